@@ -1,0 +1,345 @@
+//! Basic content properties and the content header frame payload.
+//!
+//! See AMQP 0-9-1 §4.2.6.1 (content header) and the basic class's property list.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::codec::Reader;
+use crate::error::DecodeError;
+use crate::field_table::FieldTable;
+use crate::types::ShortStr;
+
+/// The class id of `basic`, the only class that carries content.
+pub const BASIC_CLASS_ID: u16 = 60;
+
+// Property flag bits, highest first, in the order the spec lists the properties.
+const CONTENT_TYPE: u16 = 1 << 15;
+const CONTENT_ENCODING: u16 = 1 << 14;
+const HEADERS: u16 = 1 << 13;
+const DELIVERY_MODE: u16 = 1 << 12;
+const PRIORITY: u16 = 1 << 11;
+const CORRELATION_ID: u16 = 1 << 10;
+const REPLY_TO: u16 = 1 << 9;
+const EXPIRATION: u16 = 1 << 8;
+const MESSAGE_ID: u16 = 1 << 7;
+const TIMESTAMP: u16 = 1 << 6;
+const TYPE: u16 = 1 << 5;
+const USER_ID: u16 = 1 << 4;
+const APP_ID: u16 = 1 << 3;
+const CLUSTER_ID: u16 = 1 << 2;
+/// Bit 0 says another flag word follows.
+const CONTINUATION: u16 = 1;
+/// Bit 1 is unused by the basic class.
+const UNDEFINED: u16 = 1 << 1;
+
+/// The 14 properties of a basic message, each optional, in the spec's flag order.
+///
+/// Only the properties that are `Some` are sent: the encoder builds the flag word from them.
+///
+/// # Examples
+///
+/// ```
+/// use lepus_wire::{BasicProperties, FieldTable, ShortStr};
+///
+/// let props = BasicProperties {
+///     content_type: Some(ShortStr::from_static("application/json")),
+///     delivery_mode: Some(2), // persistent
+///     headers: Some(FieldTable::new().with("attempt", 1)),
+///     ..Default::default()
+/// };
+/// assert_eq!(props.delivery_mode, Some(2));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BasicProperties {
+    /// MIME content type, such as `application/json`.
+    pub content_type: Option<ShortStr>,
+    /// MIME content encoding, such as `gzip`.
+    pub content_encoding: Option<ShortStr>,
+    /// Application headers; also read by headers exchanges.
+    pub headers: Option<FieldTable>,
+    /// 1 for transient, 2 for persistent.
+    pub delivery_mode: Option<u8>,
+    /// Message priority, 0 to 9 (queues honour it up to their `x-max-priority`).
+    pub priority: Option<u8>,
+    /// Application correlation identifier, used for RPC replies.
+    pub correlation_id: Option<ShortStr>,
+    /// Queue to reply to, used for RPC.
+    pub reply_to: Option<ShortStr>,
+    /// Per-message TTL in milliseconds, written as a decimal string (RabbitMQ's convention).
+    pub expiration: Option<ShortStr>,
+    /// Application message identifier.
+    pub message_id: Option<ShortStr>,
+    /// Message timestamp, in seconds since the Unix epoch.
+    pub timestamp: Option<u64>,
+    /// Message type name (the spec's `type`).
+    pub kind: Option<ShortStr>,
+    /// Creating user id; RabbitMQ checks it against the connection's user.
+    pub user_id: Option<ShortStr>,
+    /// Creating application id.
+    pub app_id: Option<ShortStr>,
+    /// Reserved by the spec; RabbitMQ passes it through.
+    pub cluster_id: Option<ShortStr>,
+}
+
+impl BasicProperties {
+    /// The property flag word for the properties that are set.
+    pub fn flags(&self) -> u16 {
+        let bit = |set: bool, flag: u16| if set { flag } else { 0 };
+        bit(self.content_type.is_some(), CONTENT_TYPE)
+            | bit(self.content_encoding.is_some(), CONTENT_ENCODING)
+            | bit(self.headers.is_some(), HEADERS)
+            | bit(self.delivery_mode.is_some(), DELIVERY_MODE)
+            | bit(self.priority.is_some(), PRIORITY)
+            | bit(self.correlation_id.is_some(), CORRELATION_ID)
+            | bit(self.reply_to.is_some(), REPLY_TO)
+            | bit(self.expiration.is_some(), EXPIRATION)
+            | bit(self.message_id.is_some(), MESSAGE_ID)
+            | bit(self.timestamp.is_some(), TIMESTAMP)
+            | bit(self.kind.is_some(), TYPE)
+            | bit(self.user_id.is_some(), USER_ID)
+            | bit(self.app_id.is_some(), APP_ID)
+            | bit(self.cluster_id.is_some(), CLUSTER_ID)
+    }
+
+    pub(crate) fn encode(&self, out: &mut BytesMut) {
+        out.put_u16(self.flags());
+        let short = |out: &mut BytesMut, v: &Option<ShortStr>| {
+            if let Some(v) = v {
+                v.encode(out);
+            }
+        };
+        short(out, &self.content_type);
+        short(out, &self.content_encoding);
+        if let Some(h) = &self.headers {
+            h.encode(out);
+        }
+        if let Some(v) = self.delivery_mode {
+            out.put_u8(v);
+        }
+        if let Some(v) = self.priority {
+            out.put_u8(v);
+        }
+        short(out, &self.correlation_id);
+        short(out, &self.reply_to);
+        short(out, &self.expiration);
+        short(out, &self.message_id);
+        if let Some(v) = self.timestamp {
+            out.put_u64(v);
+        }
+        short(out, &self.kind);
+        short(out, &self.user_id);
+        short(out, &self.app_id);
+        short(out, &self.cluster_id);
+    }
+
+    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let flags = r.u16("property flags")?;
+        if flags & UNDEFINED != 0 {
+            return Err(DecodeError::UnknownPropertyFlags(flags & UNDEFINED));
+        }
+        // A continuation word may follow (spec §4.2.6.1); the basic class defines no property
+        // there, so any further word must be empty apart from its own continuation bit.
+        let mut more = flags & CONTINUATION != 0;
+        while more {
+            let next = r.u16("property flags")?;
+            if next & !CONTINUATION != 0 {
+                return Err(DecodeError::UnknownPropertyFlags(next & !CONTINUATION));
+            }
+            more = next & CONTINUATION != 0;
+        }
+        if flags & !CONTINUATION == 0 {
+            return Ok(Self::default());
+        }
+        let short = |r: &mut Reader<'_>, flag: u16| -> Result<Option<ShortStr>, DecodeError> {
+            if flags & flag == 0 {
+                return Ok(None);
+            }
+            ShortStr::decode(r).map(Some)
+        };
+        let content_type = short(r, CONTENT_TYPE)?;
+        let content_encoding = short(r, CONTENT_ENCODING)?;
+        let headers = match flags & HEADERS {
+            0 => None,
+            _ => Some(FieldTable::decode(r)?),
+        };
+        let delivery_mode = match flags & DELIVERY_MODE {
+            0 => None,
+            _ => Some(r.u8("delivery-mode")?),
+        };
+        let priority = match flags & PRIORITY {
+            0 => None,
+            _ => Some(r.u8("priority")?),
+        };
+        let correlation_id = short(r, CORRELATION_ID)?;
+        let reply_to = short(r, REPLY_TO)?;
+        let expiration = short(r, EXPIRATION)?;
+        let message_id = short(r, MESSAGE_ID)?;
+        let timestamp = match flags & TIMESTAMP {
+            0 => None,
+            _ => Some(r.u64("timestamp")?),
+        };
+        Ok(Self {
+            content_type,
+            content_encoding,
+            headers,
+            delivery_mode,
+            priority,
+            correlation_id,
+            reply_to,
+            expiration,
+            message_id,
+            timestamp,
+            kind: short(r, TYPE)?,
+            user_id: short(r, USER_ID)?,
+            app_id: short(r, APP_ID)?,
+            cluster_id: short(r, CLUSTER_ID)?,
+        })
+    }
+}
+
+/// The payload of a content header frame: which class the content belongs to, the body's total
+/// size, and the message properties.
+///
+/// The spec's `weight` field is always 0 and is not kept; the decoder ignores it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ContentHeader {
+    /// Total size of the body that follows in body frames.
+    pub body_size: u64,
+    /// The message's properties.
+    pub properties: BasicProperties,
+}
+
+impl ContentHeader {
+    /// The class id the header is sent with; always [`BASIC_CLASS_ID`].
+    pub const CLASS_ID: u16 = BASIC_CLASS_ID;
+
+    pub(crate) fn encode(&self, out: &mut BytesMut) {
+        out.put_u16(Self::CLASS_ID);
+        out.put_u16(0); // weight
+        out.put_u64(self.body_size);
+        self.properties.encode(out);
+    }
+
+    pub(crate) fn decode(payload: &mut Bytes) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(payload);
+        let class_id = r.u16("content header")?;
+        if class_id != BASIC_CLASS_ID {
+            return Err(DecodeError::UnknownContentClass(class_id));
+        }
+        let _weight = r.u16("content header")?;
+        let body_size = r.u64("content header")?;
+        let properties = BasicProperties::decode(&mut r)?;
+        r.finish("content header")?;
+        Ok(Self {
+            body_size,
+            properties,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(bytes: &[u8]) -> Result<ContentHeader, DecodeError> {
+        ContentHeader::decode(&mut Bytes::copy_from_slice(bytes))
+    }
+
+    /// A content header with several properties, written by hand from spec §4.2.6.1.
+    #[test]
+    fn golden_header_with_several_properties() {
+        #[rustfmt::skip]
+        let bytes: Vec<u8> = [
+            &[0, 60, 0, 0][..],                        // class basic, weight 0
+            &[0, 0, 0, 0, 0, 0, 0x01, 0x00],            // body size 256
+            &[0b1011_1000, 0b0100_0000],                // content-type, headers, delivery-mode,
+                                                        // priority, timestamp
+            &[16], b"application/json",                 // content-type
+            &[0, 0, 0, 7, 1, b'a', b'I', 0, 0, 0, 7],  // headers {"a": I 7}
+            &[2],                                       // delivery-mode persistent
+            &[5],                                       // priority 5
+            &1_700_000_000u64.to_be_bytes(),            // timestamp
+        ]
+        .concat();
+
+        let expected = ContentHeader {
+            body_size: 256,
+            properties: BasicProperties {
+                content_type: Some(ShortStr::from_static("application/json")),
+                headers: Some(FieldTable::new().with("a", 7)),
+                delivery_mode: Some(2),
+                priority: Some(5),
+                timestamp: Some(1_700_000_000),
+                ..Default::default()
+            },
+        };
+        assert_eq!(decode(&bytes).unwrap(), expected);
+        let mut out = BytesMut::new();
+        expected.encode(&mut out);
+        assert_eq!(out.to_vec(), bytes);
+    }
+
+    #[test]
+    fn every_flag_in_spec_order() {
+        let all = BasicProperties {
+            content_type: Some(ShortStr::from_static("a")),
+            content_encoding: Some(ShortStr::from_static("b")),
+            headers: Some(FieldTable::new()),
+            delivery_mode: Some(1),
+            priority: Some(2),
+            correlation_id: Some(ShortStr::from_static("c")),
+            reply_to: Some(ShortStr::from_static("d")),
+            expiration: Some(ShortStr::from_static("e")),
+            message_id: Some(ShortStr::from_static("f")),
+            timestamp: Some(3),
+            kind: Some(ShortStr::from_static("g")),
+            user_id: Some(ShortStr::from_static("h")),
+            app_id: Some(ShortStr::from_static("i")),
+            cluster_id: Some(ShortStr::from_static("j")),
+        };
+        assert_eq!(all.flags(), 0xfffc);
+        let mut out = BytesMut::new();
+        all.encode(&mut out);
+        #[rustfmt::skip]
+        let expected: Vec<u8> = [
+            &[0xff, 0xfc][..], &[1, b'a'], &[1, b'b'], &[0, 0, 0, 0], &[1], &[2],
+            &[1, b'c'], &[1, b'd'], &[1, b'e'], &[1, b'f'], &[0, 0, 0, 0, 0, 0, 0, 3],
+            &[1, b'g'], &[1, b'h'], &[1, b'i'], &[1, b'j'],
+        ]
+        .concat();
+        assert_eq!(out.to_vec(), expected);
+    }
+
+    #[test]
+    fn continuation_word_is_read_and_unknown_flags_rejected() {
+        let base = [0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let mut ok = base.to_vec();
+        ok.extend_from_slice(&[0x10, 0x01, 0x00, 0x00, 2]); // delivery-mode + continuation
+        assert_eq!(decode(&ok).unwrap().properties.delivery_mode, Some(2));
+
+        let mut bad = base.to_vec();
+        bad.extend_from_slice(&[0x00, 0x01, 0x80, 0x00]);
+        assert_eq!(
+            decode(&bad).unwrap_err(),
+            DecodeError::UnknownPropertyFlags(0x8000)
+        );
+        let mut bit1 = base.to_vec();
+        bit1.extend_from_slice(&[0x00, 0x02]);
+        assert_eq!(
+            decode(&bit1).unwrap_err(),
+            DecodeError::UnknownPropertyFlags(2)
+        );
+    }
+
+    #[test]
+    fn other_class_and_trailing_bytes_are_rejected() {
+        assert_eq!(
+            decode(&[0, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap_err(),
+            DecodeError::UnknownContentClass(10)
+        );
+        assert!(matches!(
+            decode(&[0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9]).unwrap_err(),
+            DecodeError::TrailingBytes { count: 1, .. }
+        ));
+    }
+}
