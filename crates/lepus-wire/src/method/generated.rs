@@ -67,13 +67,7 @@ pub mod connection {
             let server_properties = FieldTable::decode(r)?;
             let mechanisms = LongStr::decode(r)?;
             let locales = LongStr::decode(r)?;
-            Ok(Self {
-                version_major,
-                version_minor,
-                server_properties,
-                mechanisms,
-                locales,
-            })
+            Ok(Self { version_major, version_minor, server_properties, mechanisms, locales })
         }
     }
 
@@ -124,12 +118,7 @@ pub mod connection {
             let mechanism = ShortStr::decode(r)?;
             let response = LongStr::decode(r)?;
             let locale = ShortStr::decode(r)?;
-            Ok(Self {
-                client_properties,
-                mechanism,
-                response,
-                locale,
-            })
+            Ok(Self { client_properties, mechanism, response, locale })
         }
     }
 
@@ -247,11 +236,7 @@ pub mod connection {
             let channel_max = r.u16("connection.tune")?;
             let frame_max = r.u32("connection.tune")?;
             let heartbeat = r.u16("connection.tune")?;
-            Ok(Self {
-                channel_max,
-                frame_max,
-                heartbeat,
-            })
+            Ok(Self { channel_max, frame_max, heartbeat })
         }
     }
 
@@ -297,11 +282,7 @@ pub mod connection {
             let channel_max = r.u16("connection.tune-ok")?;
             let frame_max = r.u32("connection.tune-ok")?;
             let heartbeat = r.u16("connection.tune-ok")?;
-            Ok(Self {
-                channel_max,
-                frame_max,
-                heartbeat,
-            })
+            Ok(Self { channel_max, frame_max, heartbeat })
         }
     }
 
@@ -416,12 +397,7 @@ pub mod connection {
             let reply_text = ShortStr::decode(r)?;
             let class_id = r.u16("connection.close")?;
             let method_id = r.u16("connection.close")?;
-            Ok(Self {
-                reply_code,
-                reply_text,
-                class_id,
-                method_id,
-            })
+            Ok(Self { reply_code, reply_text, class_id, method_id })
         }
     }
 
@@ -437,7 +413,8 @@ pub mod connection {
         const NAME: &'static str = "connection.close-ok";
 
         #[inline]
-        fn encode_args(&self, _out: &mut BytesMut) {}
+        fn encode_args(&self, _out: &mut BytesMut) {
+        }
 
         #[inline]
         fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
@@ -493,7 +470,8 @@ pub mod connection {
         const NAME: &'static str = "connection.unblocked";
 
         #[inline]
-        fn encode_args(&self, _out: &mut BytesMut) {}
+        fn encode_args(&self, _out: &mut BytesMut) {
+        }
 
         #[inline]
         fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
@@ -554,7 +532,8 @@ pub mod connection {
         const NAME: &'static str = "connection.update-secret-ok";
 
         #[inline]
-        fn encode_args(&self, _out: &mut BytesMut) {}
+        fn encode_args(&self, _out: &mut BytesMut) {
+        }
 
         #[inline]
         fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
@@ -629,7 +608,9 @@ pub mod channel {
     impl Default for Flow {
         /// The spec's default value for each argument.
         fn default() -> Self {
-            Self { active: false }
+            Self {
+                active: false,
+            }
         }
     }
 
@@ -664,7 +645,9 @@ pub mod channel {
     impl Default for FlowOk {
         /// The spec's default value for each argument.
         fn default() -> Self {
-            Self { active: false }
+            Self {
+                active: false,
+            }
         }
     }
 
@@ -734,12 +717,7 @@ pub mod channel {
             let reply_text = ShortStr::decode(r)?;
             let class_id = r.u16("channel.close")?;
             let method_id = r.u16("channel.close")?;
-            Ok(Self {
-                reply_code,
-                reply_text,
-                class_id,
-                method_id,
-            })
+            Ok(Self { reply_code, reply_text, class_id, method_id })
         }
     }
 
@@ -755,7 +733,8 @@ pub mod channel {
         const NAME: &'static str = "channel.close-ok";
 
         #[inline]
-        fn encode_args(&self, _out: &mut BytesMut) {}
+        fn encode_args(&self, _out: &mut BytesMut) {
+        }
 
         #[inline]
         fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
@@ -811,13 +790,7 @@ pub mod access {
         #[inline]
         fn encode_args(&self, out: &mut BytesMut) {
             self.realm.encode(out);
-            out.put_u8(
-                u8::from(self.exclusive)
-                    | (u8::from(self.passive) << 1)
-                    | (u8::from(self.active) << 2)
-                    | (u8::from(self.write) << 3)
-                    | (u8::from(self.read) << 4),
-            ); // exclusive, passive, active, write, read
+            out.put_u8(u8::from(self.exclusive) | (u8::from(self.passive) << 1) | (u8::from(self.active) << 2) | (u8::from(self.write) << 3) | (u8::from(self.read) << 4)); // exclusive, passive, active, write, read
         }
 
         #[inline]
@@ -830,14 +803,7 @@ pub mod access {
             let active = bits & 0x04 != 0;
             let write = bits & 0x08 != 0;
             let read = bits & 0x10 != 0;
-            Ok(Self {
-                realm,
-                exclusive,
-                passive,
-                active,
-                write,
-                read,
-            })
+            Ok(Self { realm, exclusive, passive, active, write, read })
         }
     }
 
@@ -853,7 +819,9 @@ pub mod access {
     impl Default for RequestOk {
         /// The spec's default value for each argument.
         fn default() -> Self {
-            Self { ticket: 1 }
+            Self {
+                ticket: 1,
+            }
         }
     }
 
@@ -931,13 +899,7 @@ pub mod exchange {
             out.put_u16(0 /* ticket (reserved) */);
             self.exchange.encode(out);
             self.kind.encode(out);
-            out.put_u8(
-                u8::from(self.passive)
-                    | (u8::from(self.durable) << 1)
-                    | (u8::from(self.auto_delete) << 2)
-                    | (u8::from(self.internal) << 3)
-                    | (u8::from(self.nowait) << 4),
-            ); // passive, durable, auto-delete, internal, nowait
+            out.put_u8(u8::from(self.passive) | (u8::from(self.durable) << 1) | (u8::from(self.auto_delete) << 2) | (u8::from(self.internal) << 3) | (u8::from(self.nowait) << 4)); // passive, durable, auto-delete, internal, nowait
             self.arguments.encode(out);
         }
 
@@ -954,16 +916,7 @@ pub mod exchange {
             let internal = bits & 0x08 != 0;
             let nowait = bits & 0x10 != 0;
             let arguments = FieldTable::decode(r)?;
-            Ok(Self {
-                exchange,
-                kind,
-                passive,
-                durable,
-                auto_delete,
-                internal,
-                nowait,
-                arguments,
-            })
+            Ok(Self { exchange, kind, passive, durable, auto_delete, internal, nowait, arguments })
         }
     }
 
@@ -979,7 +932,8 @@ pub mod exchange {
         const NAME: &'static str = "exchange.declare-ok";
 
         #[inline]
-        fn encode_args(&self, _out: &mut BytesMut) {}
+        fn encode_args(&self, _out: &mut BytesMut) {
+        }
 
         #[inline]
         fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
@@ -1020,8 +974,7 @@ pub mod exchange {
         fn encode_args(&self, out: &mut BytesMut) {
             out.put_u16(0 /* ticket (reserved) */);
             self.exchange.encode(out);
-            out.put_u8(u8::from(self.if_unused) | (u8::from(self.nowait) << 1));
-            // if-unused, nowait
+            out.put_u8(u8::from(self.if_unused) | (u8::from(self.nowait) << 1)); // if-unused, nowait
         }
 
         #[inline]
@@ -1032,11 +985,7 @@ pub mod exchange {
             let bits = r.u8("exchange.delete")?;
             let if_unused = bits & 0x01 != 0;
             let nowait = bits & 0x02 != 0;
-            Ok(Self {
-                exchange,
-                if_unused,
-                nowait,
-            })
+            Ok(Self { exchange, if_unused, nowait })
         }
     }
 
@@ -1052,7 +1001,8 @@ pub mod exchange {
         const NAME: &'static str = "exchange.delete-ok";
 
         #[inline]
-        fn encode_args(&self, _out: &mut BytesMut) {}
+        fn encode_args(&self, _out: &mut BytesMut) {
+        }
 
         #[inline]
         fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
@@ -1115,13 +1065,7 @@ pub mod exchange {
             let bits = r.u8("exchange.bind")?;
             let nowait = bits & 0x01 != 0;
             let arguments = FieldTable::decode(r)?;
-            Ok(Self {
-                destination,
-                source,
-                routing_key,
-                nowait,
-                arguments,
-            })
+            Ok(Self { destination, source, routing_key, nowait, arguments })
         }
     }
 
@@ -1137,7 +1081,8 @@ pub mod exchange {
         const NAME: &'static str = "exchange.bind-ok";
 
         #[inline]
-        fn encode_args(&self, _out: &mut BytesMut) {}
+        fn encode_args(&self, _out: &mut BytesMut) {
+        }
 
         #[inline]
         fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
@@ -1200,13 +1145,7 @@ pub mod exchange {
             let bits = r.u8("exchange.unbind")?;
             let nowait = bits & 0x01 != 0;
             let arguments = FieldTable::decode(r)?;
-            Ok(Self {
-                destination,
-                source,
-                routing_key,
-                nowait,
-                arguments,
-            })
+            Ok(Self { destination, source, routing_key, nowait, arguments })
         }
     }
 
@@ -1222,7 +1161,8 @@ pub mod exchange {
         const NAME: &'static str = "exchange.unbind-ok";
 
         #[inline]
-        fn encode_args(&self, _out: &mut BytesMut) {}
+        fn encode_args(&self, _out: &mut BytesMut) {
+        }
 
         #[inline]
         fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
@@ -1282,13 +1222,7 @@ pub mod queue {
         fn encode_args(&self, out: &mut BytesMut) {
             out.put_u16(0 /* ticket (reserved) */);
             self.queue.encode(out);
-            out.put_u8(
-                u8::from(self.passive)
-                    | (u8::from(self.durable) << 1)
-                    | (u8::from(self.exclusive) << 2)
-                    | (u8::from(self.auto_delete) << 3)
-                    | (u8::from(self.nowait) << 4),
-            ); // passive, durable, exclusive, auto-delete, nowait
+            out.put_u8(u8::from(self.passive) | (u8::from(self.durable) << 1) | (u8::from(self.exclusive) << 2) | (u8::from(self.auto_delete) << 3) | (u8::from(self.nowait) << 4)); // passive, durable, exclusive, auto-delete, nowait
             self.arguments.encode(out);
         }
 
@@ -1304,15 +1238,7 @@ pub mod queue {
             let auto_delete = bits & 0x08 != 0;
             let nowait = bits & 0x10 != 0;
             let arguments = FieldTable::decode(r)?;
-            Ok(Self {
-                queue,
-                passive,
-                durable,
-                exclusive,
-                auto_delete,
-                nowait,
-                arguments,
-            })
+            Ok(Self { queue, passive, durable, exclusive, auto_delete, nowait, arguments })
         }
     }
 
@@ -1358,11 +1284,7 @@ pub mod queue {
             let queue = ShortStr::decode(r)?;
             let message_count = r.u32("queue.declare-ok")?;
             let consumer_count = r.u32("queue.declare-ok")?;
-            Ok(Self {
-                queue,
-                message_count,
-                consumer_count,
-            })
+            Ok(Self { queue, message_count, consumer_count })
         }
     }
 
@@ -1421,13 +1343,7 @@ pub mod queue {
             let bits = r.u8("queue.bind")?;
             let nowait = bits & 0x01 != 0;
             let arguments = FieldTable::decode(r)?;
-            Ok(Self {
-                queue,
-                exchange,
-                routing_key,
-                nowait,
-                arguments,
-            })
+            Ok(Self { queue, exchange, routing_key, nowait, arguments })
         }
     }
 
@@ -1443,7 +1359,8 @@ pub mod queue {
         const NAME: &'static str = "queue.bind-ok";
 
         #[inline]
-        fn encode_args(&self, _out: &mut BytesMut) {}
+        fn encode_args(&self, _out: &mut BytesMut) {
+        }
 
         #[inline]
         fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
@@ -1507,7 +1424,9 @@ pub mod queue {
     impl Default for PurgeOk {
         /// The spec's default value for each argument.
         fn default() -> Self {
-            Self { message_count: 0 }
+            Self {
+                message_count: 0,
+            }
         }
     }
 
@@ -1565,11 +1484,7 @@ pub mod queue {
         fn encode_args(&self, out: &mut BytesMut) {
             out.put_u16(0 /* ticket (reserved) */);
             self.queue.encode(out);
-            out.put_u8(
-                u8::from(self.if_unused)
-                    | (u8::from(self.if_empty) << 1)
-                    | (u8::from(self.nowait) << 2),
-            ); // if-unused, if-empty, nowait
+            out.put_u8(u8::from(self.if_unused) | (u8::from(self.if_empty) << 1) | (u8::from(self.nowait) << 2)); // if-unused, if-empty, nowait
         }
 
         #[inline]
@@ -1581,12 +1496,7 @@ pub mod queue {
             let if_unused = bits & 0x01 != 0;
             let if_empty = bits & 0x02 != 0;
             let nowait = bits & 0x04 != 0;
-            Ok(Self {
-                queue,
-                if_unused,
-                if_empty,
-                nowait,
-            })
+            Ok(Self { queue, if_unused, if_empty, nowait })
         }
     }
 
@@ -1602,7 +1512,9 @@ pub mod queue {
     impl Default for DeleteOk {
         /// The spec's default value for each argument.
         fn default() -> Self {
-            Self { message_count: 0 }
+            Self {
+                message_count: 0,
+            }
         }
     }
 
@@ -1673,12 +1585,7 @@ pub mod queue {
             let exchange = ShortStr::decode(r)?;
             let routing_key = ShortStr::decode(r)?;
             let arguments = FieldTable::decode(r)?;
-            Ok(Self {
-                queue,
-                exchange,
-                routing_key,
-                arguments,
-            })
+            Ok(Self { queue, exchange, routing_key, arguments })
         }
     }
 
@@ -1694,7 +1601,8 @@ pub mod queue {
         const NAME: &'static str = "queue.unbind-ok";
 
         #[inline]
-        fn encode_args(&self, _out: &mut BytesMut) {}
+        fn encode_args(&self, _out: &mut BytesMut) {
+        }
 
         #[inline]
         fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
@@ -1752,11 +1660,7 @@ pub mod basic {
             let prefetch_count = r.u16("basic.qos")?;
             let bits = r.u8("basic.qos")?;
             let global = bits & 0x01 != 0;
-            Ok(Self {
-                prefetch_size,
-                prefetch_count,
-                global,
-            })
+            Ok(Self { prefetch_size, prefetch_count, global })
         }
     }
 
@@ -1772,7 +1676,8 @@ pub mod basic {
         const NAME: &'static str = "basic.qos-ok";
 
         #[inline]
-        fn encode_args(&self, _out: &mut BytesMut) {}
+        fn encode_args(&self, _out: &mut BytesMut) {
+        }
 
         #[inline]
         fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
@@ -1826,12 +1731,7 @@ pub mod basic {
             out.put_u16(0 /* ticket (reserved) */);
             self.queue.encode(out);
             self.consumer_tag.encode(out);
-            out.put_u8(
-                u8::from(self.no_local)
-                    | (u8::from(self.no_ack) << 1)
-                    | (u8::from(self.exclusive) << 2)
-                    | (u8::from(self.nowait) << 3),
-            ); // no-local, no-ack, exclusive, nowait
+            out.put_u8(u8::from(self.no_local) | (u8::from(self.no_ack) << 1) | (u8::from(self.exclusive) << 2) | (u8::from(self.nowait) << 3)); // no-local, no-ack, exclusive, nowait
             self.arguments.encode(out);
         }
 
@@ -1847,15 +1747,7 @@ pub mod basic {
             let exclusive = bits & 0x04 != 0;
             let nowait = bits & 0x08 != 0;
             let arguments = FieldTable::decode(r)?;
-            Ok(Self {
-                queue,
-                consumer_tag,
-                no_local,
-                no_ack,
-                exclusive,
-                nowait,
-                arguments,
-            })
+            Ok(Self { queue, consumer_tag, no_local, no_ack, exclusive, nowait, arguments })
         }
     }
 
@@ -1933,10 +1825,7 @@ pub mod basic {
             let consumer_tag = ShortStr::decode(r)?;
             let bits = r.u8("basic.cancel")?;
             let nowait = bits & 0x01 != 0;
-            Ok(Self {
-                consumer_tag,
-                nowait,
-            })
+            Ok(Self { consumer_tag, nowait })
         }
     }
 
@@ -2013,8 +1902,7 @@ pub mod basic {
             out.put_u16(0 /* ticket (reserved) */);
             self.exchange.encode(out);
             self.routing_key.encode(out);
-            out.put_u8(u8::from(self.mandatory) | (u8::from(self.immediate) << 1));
-            // mandatory, immediate
+            out.put_u8(u8::from(self.mandatory) | (u8::from(self.immediate) << 1)); // mandatory, immediate
         }
 
         #[inline]
@@ -2026,12 +1914,7 @@ pub mod basic {
             let bits = r.u8("basic.publish")?;
             let mandatory = bits & 0x01 != 0;
             let immediate = bits & 0x02 != 0;
-            Ok(Self {
-                exchange,
-                routing_key,
-                mandatory,
-                immediate,
-            })
+            Ok(Self { exchange, routing_key, mandatory, immediate })
         }
     }
 
@@ -2082,12 +1965,7 @@ pub mod basic {
             let reply_text = ShortStr::decode(r)?;
             let exchange = ShortStr::decode(r)?;
             let routing_key = ShortStr::decode(r)?;
-            Ok(Self {
-                reply_code,
-                reply_text,
-                exchange,
-                routing_key,
-            })
+            Ok(Self { reply_code, reply_text, exchange, routing_key })
         }
     }
 
@@ -2144,13 +2022,7 @@ pub mod basic {
             let redelivered = bits & 0x01 != 0;
             let exchange = ShortStr::decode(r)?;
             let routing_key = ShortStr::decode(r)?;
-            Ok(Self {
-                consumer_tag,
-                delivery_tag,
-                redelivered,
-                exchange,
-                routing_key,
-            })
+            Ok(Self { consumer_tag, delivery_tag, redelivered, exchange, routing_key })
         }
     }
 
@@ -2251,13 +2123,7 @@ pub mod basic {
             let exchange = ShortStr::decode(r)?;
             let routing_key = ShortStr::decode(r)?;
             let message_count = r.u32("basic.get-ok")?;
-            Ok(Self {
-                delivery_tag,
-                redelivered,
-                exchange,
-                routing_key,
-                message_count,
-            })
+            Ok(Self { delivery_tag, redelivered, exchange, routing_key, message_count })
         }
     }
 
@@ -2323,10 +2189,7 @@ pub mod basic {
             let delivery_tag = r.u64("basic.ack")?;
             let bits = r.u8("basic.ack")?;
             let multiple = bits & 0x01 != 0;
-            Ok(Self {
-                delivery_tag,
-                multiple,
-            })
+            Ok(Self { delivery_tag, multiple })
         }
     }
 
@@ -2368,10 +2231,7 @@ pub mod basic {
             let delivery_tag = r.u64("basic.reject")?;
             let bits = r.u8("basic.reject")?;
             let requeue = bits & 0x01 != 0;
-            Ok(Self {
-                delivery_tag,
-                requeue,
-            })
+            Ok(Self { delivery_tag, requeue })
         }
     }
 
@@ -2387,7 +2247,9 @@ pub mod basic {
     impl Default for RecoverAsync {
         /// The spec's default value for each argument.
         fn default() -> Self {
-            Self { requeue: false }
+            Self {
+                requeue: false,
+            }
         }
     }
 
@@ -2422,7 +2284,9 @@ pub mod basic {
     impl Default for Recover {
         /// The spec's default value for each argument.
         fn default() -> Self {
-            Self { requeue: false }
+            Self {
+                requeue: false,
+            }
         }
     }
 
@@ -2457,7 +2321,8 @@ pub mod basic {
         const NAME: &'static str = "basic.recover-ok";
 
         #[inline]
-        fn encode_args(&self, _out: &mut BytesMut) {}
+        fn encode_args(&self, _out: &mut BytesMut) {
+        }
 
         #[inline]
         fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
@@ -2497,8 +2362,7 @@ pub mod basic {
         #[inline]
         fn encode_args(&self, out: &mut BytesMut) {
             out.put_u64(self.delivery_tag);
-            out.put_u8(u8::from(self.multiple) | (u8::from(self.requeue) << 1));
-            // multiple, requeue
+            out.put_u8(u8::from(self.multiple) | (u8::from(self.requeue) << 1)); // multiple, requeue
         }
 
         #[inline]
@@ -2508,11 +2372,7 @@ pub mod basic {
             let bits = r.u8("basic.nack")?;
             let multiple = bits & 0x01 != 0;
             let requeue = bits & 0x02 != 0;
-            Ok(Self {
-                delivery_tag,
-                multiple,
-                requeue,
-            })
+            Ok(Self { delivery_tag, multiple, requeue })
         }
     }
 }
@@ -2535,7 +2395,8 @@ pub mod tx {
         const NAME: &'static str = "tx.select";
 
         #[inline]
-        fn encode_args(&self, _out: &mut BytesMut) {}
+        fn encode_args(&self, _out: &mut BytesMut) {
+        }
 
         #[inline]
         fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
@@ -2555,7 +2416,8 @@ pub mod tx {
         const NAME: &'static str = "tx.select-ok";
 
         #[inline]
-        fn encode_args(&self, _out: &mut BytesMut) {}
+        fn encode_args(&self, _out: &mut BytesMut) {
+        }
 
         #[inline]
         fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
@@ -2575,7 +2437,8 @@ pub mod tx {
         const NAME: &'static str = "tx.commit";
 
         #[inline]
-        fn encode_args(&self, _out: &mut BytesMut) {}
+        fn encode_args(&self, _out: &mut BytesMut) {
+        }
 
         #[inline]
         fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
@@ -2595,7 +2458,8 @@ pub mod tx {
         const NAME: &'static str = "tx.commit-ok";
 
         #[inline]
-        fn encode_args(&self, _out: &mut BytesMut) {}
+        fn encode_args(&self, _out: &mut BytesMut) {
+        }
 
         #[inline]
         fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
@@ -2615,7 +2479,8 @@ pub mod tx {
         const NAME: &'static str = "tx.rollback";
 
         #[inline]
-        fn encode_args(&self, _out: &mut BytesMut) {}
+        fn encode_args(&self, _out: &mut BytesMut) {
+        }
 
         #[inline]
         fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
@@ -2635,7 +2500,8 @@ pub mod tx {
         const NAME: &'static str = "tx.rollback-ok";
 
         #[inline]
-        fn encode_args(&self, _out: &mut BytesMut) {}
+        fn encode_args(&self, _out: &mut BytesMut) {
+        }
 
         #[inline]
         fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
@@ -2662,7 +2528,9 @@ pub mod confirm {
     impl Default for Select {
         /// The spec's default value for each argument.
         fn default() -> Self {
-            Self { nowait: false }
+            Self {
+                nowait: false,
+            }
         }
     }
 
@@ -2697,7 +2565,8 @@ pub mod confirm {
         const NAME: &'static str = "confirm.select-ok";
 
         #[inline]
-        fn encode_args(&self, _out: &mut BytesMut) {}
+        fn encode_args(&self, _out: &mut BytesMut) {
+        }
 
         #[inline]
         fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
@@ -2925,12 +2794,7 @@ impl Method {
             (90, 31) => Self::TxRollbackOk(super::decode_args(payload)?),
             (85, 10) => Self::ConfirmSelect(super::decode_args(payload)?),
             (85, 11) => Self::ConfirmSelectOk(super::decode_args(payload)?),
-            _ => {
-                return Err(DecodeError::UnknownMethod {
-                    class_id,
-                    method_id,
-                })
-            }
+            _ => return Err(DecodeError::UnknownMethod { class_id, method_id }),
         })
     }
 
@@ -3772,31 +3636,11 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: true,
         content: false,
         arguments: &[
-            ArgumentInfo {
-                name: "version-major",
-                ty: "octet",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "version-minor",
-                ty: "octet",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "server-properties",
-                ty: "table",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "mechanisms",
-                ty: "longstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "locales",
-                ty: "longstr",
-                reserved: false,
-            },
+            ArgumentInfo { name: "version-major", ty: "octet", reserved: false },
+            ArgumentInfo { name: "version-minor", ty: "octet", reserved: false },
+            ArgumentInfo { name: "server-properties", ty: "table", reserved: false },
+            ArgumentInfo { name: "mechanisms", ty: "longstr", reserved: false },
+            ArgumentInfo { name: "locales", ty: "longstr", reserved: false },
         ],
     },
     MethodInfo {
@@ -3806,26 +3650,10 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: false,
         content: false,
         arguments: &[
-            ArgumentInfo {
-                name: "client-properties",
-                ty: "table",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "mechanism",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "response",
-                ty: "longstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "locale",
-                ty: "shortstr",
-                reserved: false,
-            },
+            ArgumentInfo { name: "client-properties", ty: "table", reserved: false },
+            ArgumentInfo { name: "mechanism", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "response", ty: "longstr", reserved: false },
+            ArgumentInfo { name: "locale", ty: "shortstr", reserved: false },
         ],
     },
     MethodInfo {
@@ -3834,11 +3662,9 @@ pub const METHODS: &[MethodInfo] = &[
         name: "connection.secure",
         synchronous: true,
         content: false,
-        arguments: &[ArgumentInfo {
-            name: "challenge",
-            ty: "longstr",
-            reserved: false,
-        }],
+        arguments: &[
+            ArgumentInfo { name: "challenge", ty: "longstr", reserved: false },
+        ],
     },
     MethodInfo {
         class_id: 10,
@@ -3846,11 +3672,9 @@ pub const METHODS: &[MethodInfo] = &[
         name: "connection.secure-ok",
         synchronous: false,
         content: false,
-        arguments: &[ArgumentInfo {
-            name: "response",
-            ty: "longstr",
-            reserved: false,
-        }],
+        arguments: &[
+            ArgumentInfo { name: "response", ty: "longstr", reserved: false },
+        ],
     },
     MethodInfo {
         class_id: 10,
@@ -3859,21 +3683,9 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: true,
         content: false,
         arguments: &[
-            ArgumentInfo {
-                name: "channel-max",
-                ty: "short",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "frame-max",
-                ty: "long",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "heartbeat",
-                ty: "short",
-                reserved: false,
-            },
+            ArgumentInfo { name: "channel-max", ty: "short", reserved: false },
+            ArgumentInfo { name: "frame-max", ty: "long", reserved: false },
+            ArgumentInfo { name: "heartbeat", ty: "short", reserved: false },
         ],
     },
     MethodInfo {
@@ -3883,21 +3695,9 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: false,
         content: false,
         arguments: &[
-            ArgumentInfo {
-                name: "channel-max",
-                ty: "short",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "frame-max",
-                ty: "long",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "heartbeat",
-                ty: "short",
-                reserved: false,
-            },
+            ArgumentInfo { name: "channel-max", ty: "short", reserved: false },
+            ArgumentInfo { name: "frame-max", ty: "long", reserved: false },
+            ArgumentInfo { name: "heartbeat", ty: "short", reserved: false },
         ],
     },
     MethodInfo {
@@ -3907,21 +3707,9 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: true,
         content: false,
         arguments: &[
-            ArgumentInfo {
-                name: "virtual-host",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "capabilities",
-                ty: "shortstr",
-                reserved: true,
-            },
-            ArgumentInfo {
-                name: "insist",
-                ty: "bit",
-                reserved: true,
-            },
+            ArgumentInfo { name: "virtual-host", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "capabilities", ty: "shortstr", reserved: true },
+            ArgumentInfo { name: "insist", ty: "bit", reserved: true },
         ],
     },
     MethodInfo {
@@ -3930,11 +3718,9 @@ pub const METHODS: &[MethodInfo] = &[
         name: "connection.open-ok",
         synchronous: false,
         content: false,
-        arguments: &[ArgumentInfo {
-            name: "known-hosts",
-            ty: "shortstr",
-            reserved: true,
-        }],
+        arguments: &[
+            ArgumentInfo { name: "known-hosts", ty: "shortstr", reserved: true },
+        ],
     },
     MethodInfo {
         class_id: 10,
@@ -3943,26 +3729,10 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: true,
         content: false,
         arguments: &[
-            ArgumentInfo {
-                name: "reply-code",
-                ty: "short",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "reply-text",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "class-id",
-                ty: "short",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "method-id",
-                ty: "short",
-                reserved: false,
-            },
+            ArgumentInfo { name: "reply-code", ty: "short", reserved: false },
+            ArgumentInfo { name: "reply-text", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "class-id", ty: "short", reserved: false },
+            ArgumentInfo { name: "method-id", ty: "short", reserved: false },
         ],
     },
     MethodInfo {
@@ -3971,7 +3741,8 @@ pub const METHODS: &[MethodInfo] = &[
         name: "connection.close-ok",
         synchronous: false,
         content: false,
-        arguments: &[],
+        arguments: &[
+        ],
     },
     MethodInfo {
         class_id: 10,
@@ -3979,11 +3750,9 @@ pub const METHODS: &[MethodInfo] = &[
         name: "connection.blocked",
         synchronous: false,
         content: false,
-        arguments: &[ArgumentInfo {
-            name: "reason",
-            ty: "shortstr",
-            reserved: false,
-        }],
+        arguments: &[
+            ArgumentInfo { name: "reason", ty: "shortstr", reserved: false },
+        ],
     },
     MethodInfo {
         class_id: 10,
@@ -3991,7 +3760,8 @@ pub const METHODS: &[MethodInfo] = &[
         name: "connection.unblocked",
         synchronous: false,
         content: false,
-        arguments: &[],
+        arguments: &[
+        ],
     },
     MethodInfo {
         class_id: 10,
@@ -4000,16 +3770,8 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: true,
         content: false,
         arguments: &[
-            ArgumentInfo {
-                name: "new-secret",
-                ty: "longstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "reason",
-                ty: "shortstr",
-                reserved: false,
-            },
+            ArgumentInfo { name: "new-secret", ty: "longstr", reserved: false },
+            ArgumentInfo { name: "reason", ty: "shortstr", reserved: false },
         ],
     },
     MethodInfo {
@@ -4018,7 +3780,8 @@ pub const METHODS: &[MethodInfo] = &[
         name: "connection.update-secret-ok",
         synchronous: false,
         content: false,
-        arguments: &[],
+        arguments: &[
+        ],
     },
     MethodInfo {
         class_id: 20,
@@ -4026,11 +3789,9 @@ pub const METHODS: &[MethodInfo] = &[
         name: "channel.open",
         synchronous: true,
         content: false,
-        arguments: &[ArgumentInfo {
-            name: "out-of-band",
-            ty: "shortstr",
-            reserved: true,
-        }],
+        arguments: &[
+            ArgumentInfo { name: "out-of-band", ty: "shortstr", reserved: true },
+        ],
     },
     MethodInfo {
         class_id: 20,
@@ -4038,11 +3799,9 @@ pub const METHODS: &[MethodInfo] = &[
         name: "channel.open-ok",
         synchronous: false,
         content: false,
-        arguments: &[ArgumentInfo {
-            name: "channel-id",
-            ty: "longstr",
-            reserved: true,
-        }],
+        arguments: &[
+            ArgumentInfo { name: "channel-id", ty: "longstr", reserved: true },
+        ],
     },
     MethodInfo {
         class_id: 20,
@@ -4050,11 +3809,9 @@ pub const METHODS: &[MethodInfo] = &[
         name: "channel.flow",
         synchronous: true,
         content: false,
-        arguments: &[ArgumentInfo {
-            name: "active",
-            ty: "bit",
-            reserved: false,
-        }],
+        arguments: &[
+            ArgumentInfo { name: "active", ty: "bit", reserved: false },
+        ],
     },
     MethodInfo {
         class_id: 20,
@@ -4062,11 +3819,9 @@ pub const METHODS: &[MethodInfo] = &[
         name: "channel.flow-ok",
         synchronous: false,
         content: false,
-        arguments: &[ArgumentInfo {
-            name: "active",
-            ty: "bit",
-            reserved: false,
-        }],
+        arguments: &[
+            ArgumentInfo { name: "active", ty: "bit", reserved: false },
+        ],
     },
     MethodInfo {
         class_id: 20,
@@ -4075,26 +3830,10 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: true,
         content: false,
         arguments: &[
-            ArgumentInfo {
-                name: "reply-code",
-                ty: "short",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "reply-text",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "class-id",
-                ty: "short",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "method-id",
-                ty: "short",
-                reserved: false,
-            },
+            ArgumentInfo { name: "reply-code", ty: "short", reserved: false },
+            ArgumentInfo { name: "reply-text", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "class-id", ty: "short", reserved: false },
+            ArgumentInfo { name: "method-id", ty: "short", reserved: false },
         ],
     },
     MethodInfo {
@@ -4103,7 +3842,8 @@ pub const METHODS: &[MethodInfo] = &[
         name: "channel.close-ok",
         synchronous: false,
         content: false,
-        arguments: &[],
+        arguments: &[
+        ],
     },
     MethodInfo {
         class_id: 30,
@@ -4112,36 +3852,12 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: true,
         content: false,
         arguments: &[
-            ArgumentInfo {
-                name: "realm",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "exclusive",
-                ty: "bit",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "passive",
-                ty: "bit",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "active",
-                ty: "bit",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "write",
-                ty: "bit",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "read",
-                ty: "bit",
-                reserved: false,
-            },
+            ArgumentInfo { name: "realm", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "exclusive", ty: "bit", reserved: false },
+            ArgumentInfo { name: "passive", ty: "bit", reserved: false },
+            ArgumentInfo { name: "active", ty: "bit", reserved: false },
+            ArgumentInfo { name: "write", ty: "bit", reserved: false },
+            ArgumentInfo { name: "read", ty: "bit", reserved: false },
         ],
     },
     MethodInfo {
@@ -4150,11 +3866,9 @@ pub const METHODS: &[MethodInfo] = &[
         name: "access.request-ok",
         synchronous: false,
         content: false,
-        arguments: &[ArgumentInfo {
-            name: "ticket",
-            ty: "short",
-            reserved: false,
-        }],
+        arguments: &[
+            ArgumentInfo { name: "ticket", ty: "short", reserved: false },
+        ],
     },
     MethodInfo {
         class_id: 40,
@@ -4163,51 +3877,15 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: true,
         content: false,
         arguments: &[
-            ArgumentInfo {
-                name: "ticket",
-                ty: "short",
-                reserved: true,
-            },
-            ArgumentInfo {
-                name: "exchange",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "type",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "passive",
-                ty: "bit",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "durable",
-                ty: "bit",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "auto-delete",
-                ty: "bit",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "internal",
-                ty: "bit",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "nowait",
-                ty: "bit",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "arguments",
-                ty: "table",
-                reserved: false,
-            },
+            ArgumentInfo { name: "ticket", ty: "short", reserved: true },
+            ArgumentInfo { name: "exchange", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "type", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "passive", ty: "bit", reserved: false },
+            ArgumentInfo { name: "durable", ty: "bit", reserved: false },
+            ArgumentInfo { name: "auto-delete", ty: "bit", reserved: false },
+            ArgumentInfo { name: "internal", ty: "bit", reserved: false },
+            ArgumentInfo { name: "nowait", ty: "bit", reserved: false },
+            ArgumentInfo { name: "arguments", ty: "table", reserved: false },
         ],
     },
     MethodInfo {
@@ -4216,7 +3894,8 @@ pub const METHODS: &[MethodInfo] = &[
         name: "exchange.declare-ok",
         synchronous: false,
         content: false,
-        arguments: &[],
+        arguments: &[
+        ],
     },
     MethodInfo {
         class_id: 40,
@@ -4225,26 +3904,10 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: true,
         content: false,
         arguments: &[
-            ArgumentInfo {
-                name: "ticket",
-                ty: "short",
-                reserved: true,
-            },
-            ArgumentInfo {
-                name: "exchange",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "if-unused",
-                ty: "bit",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "nowait",
-                ty: "bit",
-                reserved: false,
-            },
+            ArgumentInfo { name: "ticket", ty: "short", reserved: true },
+            ArgumentInfo { name: "exchange", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "if-unused", ty: "bit", reserved: false },
+            ArgumentInfo { name: "nowait", ty: "bit", reserved: false },
         ],
     },
     MethodInfo {
@@ -4253,7 +3916,8 @@ pub const METHODS: &[MethodInfo] = &[
         name: "exchange.delete-ok",
         synchronous: false,
         content: false,
-        arguments: &[],
+        arguments: &[
+        ],
     },
     MethodInfo {
         class_id: 40,
@@ -4262,36 +3926,12 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: true,
         content: false,
         arguments: &[
-            ArgumentInfo {
-                name: "ticket",
-                ty: "short",
-                reserved: true,
-            },
-            ArgumentInfo {
-                name: "destination",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "source",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "routing-key",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "nowait",
-                ty: "bit",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "arguments",
-                ty: "table",
-                reserved: false,
-            },
+            ArgumentInfo { name: "ticket", ty: "short", reserved: true },
+            ArgumentInfo { name: "destination", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "source", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "routing-key", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "nowait", ty: "bit", reserved: false },
+            ArgumentInfo { name: "arguments", ty: "table", reserved: false },
         ],
     },
     MethodInfo {
@@ -4300,7 +3940,8 @@ pub const METHODS: &[MethodInfo] = &[
         name: "exchange.bind-ok",
         synchronous: false,
         content: false,
-        arguments: &[],
+        arguments: &[
+        ],
     },
     MethodInfo {
         class_id: 40,
@@ -4309,36 +3950,12 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: true,
         content: false,
         arguments: &[
-            ArgumentInfo {
-                name: "ticket",
-                ty: "short",
-                reserved: true,
-            },
-            ArgumentInfo {
-                name: "destination",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "source",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "routing-key",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "nowait",
-                ty: "bit",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "arguments",
-                ty: "table",
-                reserved: false,
-            },
+            ArgumentInfo { name: "ticket", ty: "short", reserved: true },
+            ArgumentInfo { name: "destination", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "source", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "routing-key", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "nowait", ty: "bit", reserved: false },
+            ArgumentInfo { name: "arguments", ty: "table", reserved: false },
         ],
     },
     MethodInfo {
@@ -4347,7 +3964,8 @@ pub const METHODS: &[MethodInfo] = &[
         name: "exchange.unbind-ok",
         synchronous: false,
         content: false,
-        arguments: &[],
+        arguments: &[
+        ],
     },
     MethodInfo {
         class_id: 50,
@@ -4356,46 +3974,14 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: true,
         content: false,
         arguments: &[
-            ArgumentInfo {
-                name: "ticket",
-                ty: "short",
-                reserved: true,
-            },
-            ArgumentInfo {
-                name: "queue",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "passive",
-                ty: "bit",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "durable",
-                ty: "bit",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "exclusive",
-                ty: "bit",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "auto-delete",
-                ty: "bit",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "nowait",
-                ty: "bit",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "arguments",
-                ty: "table",
-                reserved: false,
-            },
+            ArgumentInfo { name: "ticket", ty: "short", reserved: true },
+            ArgumentInfo { name: "queue", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "passive", ty: "bit", reserved: false },
+            ArgumentInfo { name: "durable", ty: "bit", reserved: false },
+            ArgumentInfo { name: "exclusive", ty: "bit", reserved: false },
+            ArgumentInfo { name: "auto-delete", ty: "bit", reserved: false },
+            ArgumentInfo { name: "nowait", ty: "bit", reserved: false },
+            ArgumentInfo { name: "arguments", ty: "table", reserved: false },
         ],
     },
     MethodInfo {
@@ -4405,21 +3991,9 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: false,
         content: false,
         arguments: &[
-            ArgumentInfo {
-                name: "queue",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "message-count",
-                ty: "long",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "consumer-count",
-                ty: "long",
-                reserved: false,
-            },
+            ArgumentInfo { name: "queue", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "message-count", ty: "long", reserved: false },
+            ArgumentInfo { name: "consumer-count", ty: "long", reserved: false },
         ],
     },
     MethodInfo {
@@ -4429,36 +4003,12 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: true,
         content: false,
         arguments: &[
-            ArgumentInfo {
-                name: "ticket",
-                ty: "short",
-                reserved: true,
-            },
-            ArgumentInfo {
-                name: "queue",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "exchange",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "routing-key",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "nowait",
-                ty: "bit",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "arguments",
-                ty: "table",
-                reserved: false,
-            },
+            ArgumentInfo { name: "ticket", ty: "short", reserved: true },
+            ArgumentInfo { name: "queue", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "exchange", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "routing-key", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "nowait", ty: "bit", reserved: false },
+            ArgumentInfo { name: "arguments", ty: "table", reserved: false },
         ],
     },
     MethodInfo {
@@ -4467,7 +4017,8 @@ pub const METHODS: &[MethodInfo] = &[
         name: "queue.bind-ok",
         synchronous: false,
         content: false,
-        arguments: &[],
+        arguments: &[
+        ],
     },
     MethodInfo {
         class_id: 50,
@@ -4476,21 +4027,9 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: true,
         content: false,
         arguments: &[
-            ArgumentInfo {
-                name: "ticket",
-                ty: "short",
-                reserved: true,
-            },
-            ArgumentInfo {
-                name: "queue",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "nowait",
-                ty: "bit",
-                reserved: false,
-            },
+            ArgumentInfo { name: "ticket", ty: "short", reserved: true },
+            ArgumentInfo { name: "queue", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "nowait", ty: "bit", reserved: false },
         ],
     },
     MethodInfo {
@@ -4499,11 +4038,9 @@ pub const METHODS: &[MethodInfo] = &[
         name: "queue.purge-ok",
         synchronous: false,
         content: false,
-        arguments: &[ArgumentInfo {
-            name: "message-count",
-            ty: "long",
-            reserved: false,
-        }],
+        arguments: &[
+            ArgumentInfo { name: "message-count", ty: "long", reserved: false },
+        ],
     },
     MethodInfo {
         class_id: 50,
@@ -4512,31 +4049,11 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: true,
         content: false,
         arguments: &[
-            ArgumentInfo {
-                name: "ticket",
-                ty: "short",
-                reserved: true,
-            },
-            ArgumentInfo {
-                name: "queue",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "if-unused",
-                ty: "bit",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "if-empty",
-                ty: "bit",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "nowait",
-                ty: "bit",
-                reserved: false,
-            },
+            ArgumentInfo { name: "ticket", ty: "short", reserved: true },
+            ArgumentInfo { name: "queue", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "if-unused", ty: "bit", reserved: false },
+            ArgumentInfo { name: "if-empty", ty: "bit", reserved: false },
+            ArgumentInfo { name: "nowait", ty: "bit", reserved: false },
         ],
     },
     MethodInfo {
@@ -4545,11 +4062,9 @@ pub const METHODS: &[MethodInfo] = &[
         name: "queue.delete-ok",
         synchronous: false,
         content: false,
-        arguments: &[ArgumentInfo {
-            name: "message-count",
-            ty: "long",
-            reserved: false,
-        }],
+        arguments: &[
+            ArgumentInfo { name: "message-count", ty: "long", reserved: false },
+        ],
     },
     MethodInfo {
         class_id: 50,
@@ -4558,31 +4073,11 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: true,
         content: false,
         arguments: &[
-            ArgumentInfo {
-                name: "ticket",
-                ty: "short",
-                reserved: true,
-            },
-            ArgumentInfo {
-                name: "queue",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "exchange",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "routing-key",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "arguments",
-                ty: "table",
-                reserved: false,
-            },
+            ArgumentInfo { name: "ticket", ty: "short", reserved: true },
+            ArgumentInfo { name: "queue", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "exchange", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "routing-key", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "arguments", ty: "table", reserved: false },
         ],
     },
     MethodInfo {
@@ -4591,7 +4086,8 @@ pub const METHODS: &[MethodInfo] = &[
         name: "queue.unbind-ok",
         synchronous: false,
         content: false,
-        arguments: &[],
+        arguments: &[
+        ],
     },
     MethodInfo {
         class_id: 60,
@@ -4600,21 +4096,9 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: true,
         content: false,
         arguments: &[
-            ArgumentInfo {
-                name: "prefetch-size",
-                ty: "long",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "prefetch-count",
-                ty: "short",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "global",
-                ty: "bit",
-                reserved: false,
-            },
+            ArgumentInfo { name: "prefetch-size", ty: "long", reserved: false },
+            ArgumentInfo { name: "prefetch-count", ty: "short", reserved: false },
+            ArgumentInfo { name: "global", ty: "bit", reserved: false },
         ],
     },
     MethodInfo {
@@ -4623,7 +4107,8 @@ pub const METHODS: &[MethodInfo] = &[
         name: "basic.qos-ok",
         synchronous: false,
         content: false,
-        arguments: &[],
+        arguments: &[
+        ],
     },
     MethodInfo {
         class_id: 60,
@@ -4632,46 +4117,14 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: true,
         content: false,
         arguments: &[
-            ArgumentInfo {
-                name: "ticket",
-                ty: "short",
-                reserved: true,
-            },
-            ArgumentInfo {
-                name: "queue",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "consumer-tag",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "no-local",
-                ty: "bit",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "no-ack",
-                ty: "bit",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "exclusive",
-                ty: "bit",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "nowait",
-                ty: "bit",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "arguments",
-                ty: "table",
-                reserved: false,
-            },
+            ArgumentInfo { name: "ticket", ty: "short", reserved: true },
+            ArgumentInfo { name: "queue", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "consumer-tag", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "no-local", ty: "bit", reserved: false },
+            ArgumentInfo { name: "no-ack", ty: "bit", reserved: false },
+            ArgumentInfo { name: "exclusive", ty: "bit", reserved: false },
+            ArgumentInfo { name: "nowait", ty: "bit", reserved: false },
+            ArgumentInfo { name: "arguments", ty: "table", reserved: false },
         ],
     },
     MethodInfo {
@@ -4680,11 +4133,9 @@ pub const METHODS: &[MethodInfo] = &[
         name: "basic.consume-ok",
         synchronous: false,
         content: false,
-        arguments: &[ArgumentInfo {
-            name: "consumer-tag",
-            ty: "shortstr",
-            reserved: false,
-        }],
+        arguments: &[
+            ArgumentInfo { name: "consumer-tag", ty: "shortstr", reserved: false },
+        ],
     },
     MethodInfo {
         class_id: 60,
@@ -4693,16 +4144,8 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: true,
         content: false,
         arguments: &[
-            ArgumentInfo {
-                name: "consumer-tag",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "nowait",
-                ty: "bit",
-                reserved: false,
-            },
+            ArgumentInfo { name: "consumer-tag", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "nowait", ty: "bit", reserved: false },
         ],
     },
     MethodInfo {
@@ -4711,11 +4154,9 @@ pub const METHODS: &[MethodInfo] = &[
         name: "basic.cancel-ok",
         synchronous: false,
         content: false,
-        arguments: &[ArgumentInfo {
-            name: "consumer-tag",
-            ty: "shortstr",
-            reserved: false,
-        }],
+        arguments: &[
+            ArgumentInfo { name: "consumer-tag", ty: "shortstr", reserved: false },
+        ],
     },
     MethodInfo {
         class_id: 60,
@@ -4724,31 +4165,11 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: false,
         content: true,
         arguments: &[
-            ArgumentInfo {
-                name: "ticket",
-                ty: "short",
-                reserved: true,
-            },
-            ArgumentInfo {
-                name: "exchange",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "routing-key",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "mandatory",
-                ty: "bit",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "immediate",
-                ty: "bit",
-                reserved: false,
-            },
+            ArgumentInfo { name: "ticket", ty: "short", reserved: true },
+            ArgumentInfo { name: "exchange", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "routing-key", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "mandatory", ty: "bit", reserved: false },
+            ArgumentInfo { name: "immediate", ty: "bit", reserved: false },
         ],
     },
     MethodInfo {
@@ -4758,26 +4179,10 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: false,
         content: true,
         arguments: &[
-            ArgumentInfo {
-                name: "reply-code",
-                ty: "short",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "reply-text",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "exchange",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "routing-key",
-                ty: "shortstr",
-                reserved: false,
-            },
+            ArgumentInfo { name: "reply-code", ty: "short", reserved: false },
+            ArgumentInfo { name: "reply-text", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "exchange", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "routing-key", ty: "shortstr", reserved: false },
         ],
     },
     MethodInfo {
@@ -4787,31 +4192,11 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: false,
         content: true,
         arguments: &[
-            ArgumentInfo {
-                name: "consumer-tag",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "delivery-tag",
-                ty: "longlong",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "redelivered",
-                ty: "bit",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "exchange",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "routing-key",
-                ty: "shortstr",
-                reserved: false,
-            },
+            ArgumentInfo { name: "consumer-tag", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "delivery-tag", ty: "longlong", reserved: false },
+            ArgumentInfo { name: "redelivered", ty: "bit", reserved: false },
+            ArgumentInfo { name: "exchange", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "routing-key", ty: "shortstr", reserved: false },
         ],
     },
     MethodInfo {
@@ -4821,21 +4206,9 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: true,
         content: false,
         arguments: &[
-            ArgumentInfo {
-                name: "ticket",
-                ty: "short",
-                reserved: true,
-            },
-            ArgumentInfo {
-                name: "queue",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "no-ack",
-                ty: "bit",
-                reserved: false,
-            },
+            ArgumentInfo { name: "ticket", ty: "short", reserved: true },
+            ArgumentInfo { name: "queue", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "no-ack", ty: "bit", reserved: false },
         ],
     },
     MethodInfo {
@@ -4845,31 +4218,11 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: false,
         content: true,
         arguments: &[
-            ArgumentInfo {
-                name: "delivery-tag",
-                ty: "longlong",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "redelivered",
-                ty: "bit",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "exchange",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "routing-key",
-                ty: "shortstr",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "message-count",
-                ty: "long",
-                reserved: false,
-            },
+            ArgumentInfo { name: "delivery-tag", ty: "longlong", reserved: false },
+            ArgumentInfo { name: "redelivered", ty: "bit", reserved: false },
+            ArgumentInfo { name: "exchange", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "routing-key", ty: "shortstr", reserved: false },
+            ArgumentInfo { name: "message-count", ty: "long", reserved: false },
         ],
     },
     MethodInfo {
@@ -4878,11 +4231,9 @@ pub const METHODS: &[MethodInfo] = &[
         name: "basic.get-empty",
         synchronous: false,
         content: false,
-        arguments: &[ArgumentInfo {
-            name: "cluster-id",
-            ty: "shortstr",
-            reserved: true,
-        }],
+        arguments: &[
+            ArgumentInfo { name: "cluster-id", ty: "shortstr", reserved: true },
+        ],
     },
     MethodInfo {
         class_id: 60,
@@ -4891,16 +4242,8 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: false,
         content: false,
         arguments: &[
-            ArgumentInfo {
-                name: "delivery-tag",
-                ty: "longlong",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "multiple",
-                ty: "bit",
-                reserved: false,
-            },
+            ArgumentInfo { name: "delivery-tag", ty: "longlong", reserved: false },
+            ArgumentInfo { name: "multiple", ty: "bit", reserved: false },
         ],
     },
     MethodInfo {
@@ -4910,16 +4253,8 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: false,
         content: false,
         arguments: &[
-            ArgumentInfo {
-                name: "delivery-tag",
-                ty: "longlong",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "requeue",
-                ty: "bit",
-                reserved: false,
-            },
+            ArgumentInfo { name: "delivery-tag", ty: "longlong", reserved: false },
+            ArgumentInfo { name: "requeue", ty: "bit", reserved: false },
         ],
     },
     MethodInfo {
@@ -4928,11 +4263,9 @@ pub const METHODS: &[MethodInfo] = &[
         name: "basic.recover-async",
         synchronous: false,
         content: false,
-        arguments: &[ArgumentInfo {
-            name: "requeue",
-            ty: "bit",
-            reserved: false,
-        }],
+        arguments: &[
+            ArgumentInfo { name: "requeue", ty: "bit", reserved: false },
+        ],
     },
     MethodInfo {
         class_id: 60,
@@ -4940,11 +4273,9 @@ pub const METHODS: &[MethodInfo] = &[
         name: "basic.recover",
         synchronous: true,
         content: false,
-        arguments: &[ArgumentInfo {
-            name: "requeue",
-            ty: "bit",
-            reserved: false,
-        }],
+        arguments: &[
+            ArgumentInfo { name: "requeue", ty: "bit", reserved: false },
+        ],
     },
     MethodInfo {
         class_id: 60,
@@ -4952,7 +4283,8 @@ pub const METHODS: &[MethodInfo] = &[
         name: "basic.recover-ok",
         synchronous: false,
         content: false,
-        arguments: &[],
+        arguments: &[
+        ],
     },
     MethodInfo {
         class_id: 60,
@@ -4961,21 +4293,9 @@ pub const METHODS: &[MethodInfo] = &[
         synchronous: false,
         content: false,
         arguments: &[
-            ArgumentInfo {
-                name: "delivery-tag",
-                ty: "longlong",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "multiple",
-                ty: "bit",
-                reserved: false,
-            },
-            ArgumentInfo {
-                name: "requeue",
-                ty: "bit",
-                reserved: false,
-            },
+            ArgumentInfo { name: "delivery-tag", ty: "longlong", reserved: false },
+            ArgumentInfo { name: "multiple", ty: "bit", reserved: false },
+            ArgumentInfo { name: "requeue", ty: "bit", reserved: false },
         ],
     },
     MethodInfo {
@@ -4984,7 +4304,8 @@ pub const METHODS: &[MethodInfo] = &[
         name: "tx.select",
         synchronous: true,
         content: false,
-        arguments: &[],
+        arguments: &[
+        ],
     },
     MethodInfo {
         class_id: 90,
@@ -4992,7 +4313,8 @@ pub const METHODS: &[MethodInfo] = &[
         name: "tx.select-ok",
         synchronous: false,
         content: false,
-        arguments: &[],
+        arguments: &[
+        ],
     },
     MethodInfo {
         class_id: 90,
@@ -5000,7 +4322,8 @@ pub const METHODS: &[MethodInfo] = &[
         name: "tx.commit",
         synchronous: true,
         content: false,
-        arguments: &[],
+        arguments: &[
+        ],
     },
     MethodInfo {
         class_id: 90,
@@ -5008,7 +4331,8 @@ pub const METHODS: &[MethodInfo] = &[
         name: "tx.commit-ok",
         synchronous: false,
         content: false,
-        arguments: &[],
+        arguments: &[
+        ],
     },
     MethodInfo {
         class_id: 90,
@@ -5016,7 +4340,8 @@ pub const METHODS: &[MethodInfo] = &[
         name: "tx.rollback",
         synchronous: true,
         content: false,
-        arguments: &[],
+        arguments: &[
+        ],
     },
     MethodInfo {
         class_id: 90,
@@ -5024,7 +4349,8 @@ pub const METHODS: &[MethodInfo] = &[
         name: "tx.rollback-ok",
         synchronous: false,
         content: false,
-        arguments: &[],
+        arguments: &[
+        ],
     },
     MethodInfo {
         class_id: 85,
@@ -5032,11 +4358,9 @@ pub const METHODS: &[MethodInfo] = &[
         name: "confirm.select",
         synchronous: true,
         content: false,
-        arguments: &[ArgumentInfo {
-            name: "nowait",
-            ty: "bit",
-            reserved: false,
-        }],
+        arguments: &[
+            ArgumentInfo { name: "nowait", ty: "bit", reserved: false },
+        ],
     },
     MethodInfo {
         class_id: 85,
@@ -5044,7 +4368,8 @@ pub const METHODS: &[MethodInfo] = &[
         name: "confirm.select-ok",
         synchronous: false,
         content: false,
-        arguments: &[],
+        arguments: &[
+        ],
     },
 ];
 
@@ -5089,444 +4414,71 @@ pub(crate) mod strategies {
     /// Any method, with arbitrary arguments.
     pub(crate) fn method() -> BoxedStrategy<Method> {
         Union::new(vec![
-            (
-                any::<u8>(),
-                any::<u8>(),
-                field_table(),
-                long_str(),
-                long_str(),
-            )
-                .prop_map(
-                    |(version_major, version_minor, server_properties, mechanisms, locales)| {
-                        Method::ConnectionStart(connection::Start {
-                            version_major,
-                            version_minor,
-                            server_properties,
-                            mechanisms,
-                            locales,
-                        })
-                    },
-                )
-                .boxed(),
-            (field_table(), short_str(), long_str(), short_str())
-                .prop_map(|(client_properties, mechanism, response, locale)| {
-                    Method::ConnectionStartOk(connection::StartOk {
-                        client_properties,
-                        mechanism,
-                        response,
-                        locale,
-                    })
-                })
-                .boxed(),
-            (long_str(),)
-                .prop_map(|(challenge,)| Method::ConnectionSecure(connection::Secure { challenge }))
-                .boxed(),
-            (long_str(),)
-                .prop_map(|(response,)| {
-                    Method::ConnectionSecureOk(connection::SecureOk { response })
-                })
-                .boxed(),
-            (any::<u16>(), any::<u32>(), any::<u16>())
-                .prop_map(|(channel_max, frame_max, heartbeat)| {
-                    Method::ConnectionTune(connection::Tune {
-                        channel_max,
-                        frame_max,
-                        heartbeat,
-                    })
-                })
-                .boxed(),
-            (any::<u16>(), any::<u32>(), any::<u16>())
-                .prop_map(|(channel_max, frame_max, heartbeat)| {
-                    Method::ConnectionTuneOk(connection::TuneOk {
-                        channel_max,
-                        frame_max,
-                        heartbeat,
-                    })
-                })
-                .boxed(),
-            (short_str(),)
-                .prop_map(|(virtual_host,)| {
-                    Method::ConnectionOpen(connection::Open { virtual_host })
-                })
-                .boxed(),
+            (any::<u8>(), any::<u8>(), field_table(), long_str(), long_str(),).prop_map(|(version_major, version_minor, server_properties, mechanisms, locales,)| Method::ConnectionStart(connection::Start { version_major, version_minor, server_properties, mechanisms, locales })).boxed(),
+            (field_table(), short_str(), long_str(), short_str(),).prop_map(|(client_properties, mechanism, response, locale,)| Method::ConnectionStartOk(connection::StartOk { client_properties, mechanism, response, locale })).boxed(),
+            (long_str(),).prop_map(|(challenge,)| Method::ConnectionSecure(connection::Secure { challenge })).boxed(),
+            (long_str(),).prop_map(|(response,)| Method::ConnectionSecureOk(connection::SecureOk { response })).boxed(),
+            (any::<u16>(), any::<u32>(), any::<u16>(),).prop_map(|(channel_max, frame_max, heartbeat,)| Method::ConnectionTune(connection::Tune { channel_max, frame_max, heartbeat })).boxed(),
+            (any::<u16>(), any::<u32>(), any::<u16>(),).prop_map(|(channel_max, frame_max, heartbeat,)| Method::ConnectionTuneOk(connection::TuneOk { channel_max, frame_max, heartbeat })).boxed(),
+            (short_str(),).prop_map(|(virtual_host,)| Method::ConnectionOpen(connection::Open { virtual_host })).boxed(),
             Just(Method::ConnectionOpenOk(connection::OpenOk)).boxed(),
-            (any::<u16>(), short_str(), any::<u16>(), any::<u16>())
-                .prop_map(|(reply_code, reply_text, class_id, method_id)| {
-                    Method::ConnectionClose(connection::Close {
-                        reply_code,
-                        reply_text,
-                        class_id,
-                        method_id,
-                    })
-                })
-                .boxed(),
+            (any::<u16>(), short_str(), any::<u16>(), any::<u16>(),).prop_map(|(reply_code, reply_text, class_id, method_id,)| Method::ConnectionClose(connection::Close { reply_code, reply_text, class_id, method_id })).boxed(),
             Just(Method::ConnectionCloseOk(connection::CloseOk)).boxed(),
-            (short_str(),)
-                .prop_map(|(reason,)| Method::ConnectionBlocked(connection::Blocked { reason }))
-                .boxed(),
+            (short_str(),).prop_map(|(reason,)| Method::ConnectionBlocked(connection::Blocked { reason })).boxed(),
             Just(Method::ConnectionUnblocked(connection::Unblocked)).boxed(),
-            (long_str(), short_str())
-                .prop_map(|(new_secret, reason)| {
-                    Method::ConnectionUpdateSecret(connection::UpdateSecret { new_secret, reason })
-                })
-                .boxed(),
+            (long_str(), short_str(),).prop_map(|(new_secret, reason,)| Method::ConnectionUpdateSecret(connection::UpdateSecret { new_secret, reason })).boxed(),
             Just(Method::ConnectionUpdateSecretOk(connection::UpdateSecretOk)).boxed(),
             Just(Method::ChannelOpen(channel::Open)).boxed(),
             Just(Method::ChannelOpenOk(channel::OpenOk)).boxed(),
-            (any::<bool>(),)
-                .prop_map(|(active,)| Method::ChannelFlow(channel::Flow { active }))
-                .boxed(),
-            (any::<bool>(),)
-                .prop_map(|(active,)| Method::ChannelFlowOk(channel::FlowOk { active }))
-                .boxed(),
-            (any::<u16>(), short_str(), any::<u16>(), any::<u16>())
-                .prop_map(|(reply_code, reply_text, class_id, method_id)| {
-                    Method::ChannelClose(channel::Close {
-                        reply_code,
-                        reply_text,
-                        class_id,
-                        method_id,
-                    })
-                })
-                .boxed(),
+            (any::<bool>(),).prop_map(|(active,)| Method::ChannelFlow(channel::Flow { active })).boxed(),
+            (any::<bool>(),).prop_map(|(active,)| Method::ChannelFlowOk(channel::FlowOk { active })).boxed(),
+            (any::<u16>(), short_str(), any::<u16>(), any::<u16>(),).prop_map(|(reply_code, reply_text, class_id, method_id,)| Method::ChannelClose(channel::Close { reply_code, reply_text, class_id, method_id })).boxed(),
             Just(Method::ChannelCloseOk(channel::CloseOk)).boxed(),
-            (
-                short_str(),
-                any::<bool>(),
-                any::<bool>(),
-                any::<bool>(),
-                any::<bool>(),
-                any::<bool>(),
-            )
-                .prop_map(|(realm, exclusive, passive, active, write, read)| {
-                    Method::AccessRequest(access::Request {
-                        realm,
-                        exclusive,
-                        passive,
-                        active,
-                        write,
-                        read,
-                    })
-                })
-                .boxed(),
-            (any::<u16>(),)
-                .prop_map(|(ticket,)| Method::AccessRequestOk(access::RequestOk { ticket }))
-                .boxed(),
-            (
-                short_str(),
-                short_str(),
-                any::<bool>(),
-                any::<bool>(),
-                any::<bool>(),
-                any::<bool>(),
-                any::<bool>(),
-                field_table(),
-            )
-                .prop_map(
-                    |(
-                        exchange,
-                        kind,
-                        passive,
-                        durable,
-                        auto_delete,
-                        internal,
-                        nowait,
-                        arguments,
-                    )| {
-                        Method::ExchangeDeclare(exchange::Declare {
-                            exchange,
-                            kind,
-                            passive,
-                            durable,
-                            auto_delete,
-                            internal,
-                            nowait,
-                            arguments,
-                        })
-                    },
-                )
-                .boxed(),
+            (short_str(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(),).prop_map(|(realm, exclusive, passive, active, write, read,)| Method::AccessRequest(access::Request { realm, exclusive, passive, active, write, read })).boxed(),
+            (any::<u16>(),).prop_map(|(ticket,)| Method::AccessRequestOk(access::RequestOk { ticket })).boxed(),
+            (short_str(), short_str(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), field_table(),).prop_map(|(exchange, kind, passive, durable, auto_delete, internal, nowait, arguments,)| Method::ExchangeDeclare(exchange::Declare { exchange, kind, passive, durable, auto_delete, internal, nowait, arguments })).boxed(),
             Just(Method::ExchangeDeclareOk(exchange::DeclareOk)).boxed(),
-            (short_str(), any::<bool>(), any::<bool>())
-                .prop_map(|(exchange, if_unused, nowait)| {
-                    Method::ExchangeDelete(exchange::Delete {
-                        exchange,
-                        if_unused,
-                        nowait,
-                    })
-                })
-                .boxed(),
+            (short_str(), any::<bool>(), any::<bool>(),).prop_map(|(exchange, if_unused, nowait,)| Method::ExchangeDelete(exchange::Delete { exchange, if_unused, nowait })).boxed(),
             Just(Method::ExchangeDeleteOk(exchange::DeleteOk)).boxed(),
-            (
-                short_str(),
-                short_str(),
-                short_str(),
-                any::<bool>(),
-                field_table(),
-            )
-                .prop_map(|(destination, source, routing_key, nowait, arguments)| {
-                    Method::ExchangeBind(exchange::Bind {
-                        destination,
-                        source,
-                        routing_key,
-                        nowait,
-                        arguments,
-                    })
-                })
-                .boxed(),
+            (short_str(), short_str(), short_str(), any::<bool>(), field_table(),).prop_map(|(destination, source, routing_key, nowait, arguments,)| Method::ExchangeBind(exchange::Bind { destination, source, routing_key, nowait, arguments })).boxed(),
             Just(Method::ExchangeBindOk(exchange::BindOk)).boxed(),
-            (
-                short_str(),
-                short_str(),
-                short_str(),
-                any::<bool>(),
-                field_table(),
-            )
-                .prop_map(|(destination, source, routing_key, nowait, arguments)| {
-                    Method::ExchangeUnbind(exchange::Unbind {
-                        destination,
-                        source,
-                        routing_key,
-                        nowait,
-                        arguments,
-                    })
-                })
-                .boxed(),
+            (short_str(), short_str(), short_str(), any::<bool>(), field_table(),).prop_map(|(destination, source, routing_key, nowait, arguments,)| Method::ExchangeUnbind(exchange::Unbind { destination, source, routing_key, nowait, arguments })).boxed(),
             Just(Method::ExchangeUnbindOk(exchange::UnbindOk)).boxed(),
-            (
-                short_str(),
-                any::<bool>(),
-                any::<bool>(),
-                any::<bool>(),
-                any::<bool>(),
-                any::<bool>(),
-                field_table(),
-            )
-                .prop_map(
-                    |(queue, passive, durable, exclusive, auto_delete, nowait, arguments)| {
-                        Method::QueueDeclare(queue::Declare {
-                            queue,
-                            passive,
-                            durable,
-                            exclusive,
-                            auto_delete,
-                            nowait,
-                            arguments,
-                        })
-                    },
-                )
-                .boxed(),
-            (short_str(), any::<u32>(), any::<u32>())
-                .prop_map(|(queue, message_count, consumer_count)| {
-                    Method::QueueDeclareOk(queue::DeclareOk {
-                        queue,
-                        message_count,
-                        consumer_count,
-                    })
-                })
-                .boxed(),
-            (
-                short_str(),
-                short_str(),
-                short_str(),
-                any::<bool>(),
-                field_table(),
-            )
-                .prop_map(|(queue, exchange, routing_key, nowait, arguments)| {
-                    Method::QueueBind(queue::Bind {
-                        queue,
-                        exchange,
-                        routing_key,
-                        nowait,
-                        arguments,
-                    })
-                })
-                .boxed(),
+            (short_str(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), field_table(),).prop_map(|(queue, passive, durable, exclusive, auto_delete, nowait, arguments,)| Method::QueueDeclare(queue::Declare { queue, passive, durable, exclusive, auto_delete, nowait, arguments })).boxed(),
+            (short_str(), any::<u32>(), any::<u32>(),).prop_map(|(queue, message_count, consumer_count,)| Method::QueueDeclareOk(queue::DeclareOk { queue, message_count, consumer_count })).boxed(),
+            (short_str(), short_str(), short_str(), any::<bool>(), field_table(),).prop_map(|(queue, exchange, routing_key, nowait, arguments,)| Method::QueueBind(queue::Bind { queue, exchange, routing_key, nowait, arguments })).boxed(),
             Just(Method::QueueBindOk(queue::BindOk)).boxed(),
-            (short_str(), any::<bool>())
-                .prop_map(|(queue, nowait)| Method::QueuePurge(queue::Purge { queue, nowait }))
-                .boxed(),
-            (any::<u32>(),)
-                .prop_map(|(message_count,)| Method::QueuePurgeOk(queue::PurgeOk { message_count }))
-                .boxed(),
-            (short_str(), any::<bool>(), any::<bool>(), any::<bool>())
-                .prop_map(|(queue, if_unused, if_empty, nowait)| {
-                    Method::QueueDelete(queue::Delete {
-                        queue,
-                        if_unused,
-                        if_empty,
-                        nowait,
-                    })
-                })
-                .boxed(),
-            (any::<u32>(),)
-                .prop_map(|(message_count,)| {
-                    Method::QueueDeleteOk(queue::DeleteOk { message_count })
-                })
-                .boxed(),
-            (short_str(), short_str(), short_str(), field_table())
-                .prop_map(|(queue, exchange, routing_key, arguments)| {
-                    Method::QueueUnbind(queue::Unbind {
-                        queue,
-                        exchange,
-                        routing_key,
-                        arguments,
-                    })
-                })
-                .boxed(),
+            (short_str(), any::<bool>(),).prop_map(|(queue, nowait,)| Method::QueuePurge(queue::Purge { queue, nowait })).boxed(),
+            (any::<u32>(),).prop_map(|(message_count,)| Method::QueuePurgeOk(queue::PurgeOk { message_count })).boxed(),
+            (short_str(), any::<bool>(), any::<bool>(), any::<bool>(),).prop_map(|(queue, if_unused, if_empty, nowait,)| Method::QueueDelete(queue::Delete { queue, if_unused, if_empty, nowait })).boxed(),
+            (any::<u32>(),).prop_map(|(message_count,)| Method::QueueDeleteOk(queue::DeleteOk { message_count })).boxed(),
+            (short_str(), short_str(), short_str(), field_table(),).prop_map(|(queue, exchange, routing_key, arguments,)| Method::QueueUnbind(queue::Unbind { queue, exchange, routing_key, arguments })).boxed(),
             Just(Method::QueueUnbindOk(queue::UnbindOk)).boxed(),
-            (any::<u32>(), any::<u16>(), any::<bool>())
-                .prop_map(|(prefetch_size, prefetch_count, global)| {
-                    Method::BasicQos(basic::Qos {
-                        prefetch_size,
-                        prefetch_count,
-                        global,
-                    })
-                })
-                .boxed(),
+            (any::<u32>(), any::<u16>(), any::<bool>(),).prop_map(|(prefetch_size, prefetch_count, global,)| Method::BasicQos(basic::Qos { prefetch_size, prefetch_count, global })).boxed(),
             Just(Method::BasicQosOk(basic::QosOk)).boxed(),
-            (
-                short_str(),
-                short_str(),
-                any::<bool>(),
-                any::<bool>(),
-                any::<bool>(),
-                any::<bool>(),
-                field_table(),
-            )
-                .prop_map(
-                    |(queue, consumer_tag, no_local, no_ack, exclusive, nowait, arguments)| {
-                        Method::BasicConsume(basic::Consume {
-                            queue,
-                            consumer_tag,
-                            no_local,
-                            no_ack,
-                            exclusive,
-                            nowait,
-                            arguments,
-                        })
-                    },
-                )
-                .boxed(),
-            (short_str(),)
-                .prop_map(|(consumer_tag,)| {
-                    Method::BasicConsumeOk(basic::ConsumeOk { consumer_tag })
-                })
-                .boxed(),
-            (short_str(), any::<bool>())
-                .prop_map(|(consumer_tag, nowait)| {
-                    Method::BasicCancel(basic::Cancel {
-                        consumer_tag,
-                        nowait,
-                    })
-                })
-                .boxed(),
-            (short_str(),)
-                .prop_map(|(consumer_tag,)| Method::BasicCancelOk(basic::CancelOk { consumer_tag }))
-                .boxed(),
-            (short_str(), short_str(), any::<bool>(), any::<bool>())
-                .prop_map(|(exchange, routing_key, mandatory, immediate)| {
-                    Method::BasicPublish(basic::Publish {
-                        exchange,
-                        routing_key,
-                        mandatory,
-                        immediate,
-                    })
-                })
-                .boxed(),
-            (any::<u16>(), short_str(), short_str(), short_str())
-                .prop_map(|(reply_code, reply_text, exchange, routing_key)| {
-                    Method::BasicReturn(basic::Return {
-                        reply_code,
-                        reply_text,
-                        exchange,
-                        routing_key,
-                    })
-                })
-                .boxed(),
-            (
-                short_str(),
-                any::<u64>(),
-                any::<bool>(),
-                short_str(),
-                short_str(),
-            )
-                .prop_map(
-                    |(consumer_tag, delivery_tag, redelivered, exchange, routing_key)| {
-                        Method::BasicDeliver(basic::Deliver {
-                            consumer_tag,
-                            delivery_tag,
-                            redelivered,
-                            exchange,
-                            routing_key,
-                        })
-                    },
-                )
-                .boxed(),
-            (short_str(), any::<bool>())
-                .prop_map(|(queue, no_ack)| Method::BasicGet(basic::Get { queue, no_ack }))
-                .boxed(),
-            (
-                any::<u64>(),
-                any::<bool>(),
-                short_str(),
-                short_str(),
-                any::<u32>(),
-            )
-                .prop_map(
-                    |(delivery_tag, redelivered, exchange, routing_key, message_count)| {
-                        Method::BasicGetOk(basic::GetOk {
-                            delivery_tag,
-                            redelivered,
-                            exchange,
-                            routing_key,
-                            message_count,
-                        })
-                    },
-                )
-                .boxed(),
+            (short_str(), short_str(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), field_table(),).prop_map(|(queue, consumer_tag, no_local, no_ack, exclusive, nowait, arguments,)| Method::BasicConsume(basic::Consume { queue, consumer_tag, no_local, no_ack, exclusive, nowait, arguments })).boxed(),
+            (short_str(),).prop_map(|(consumer_tag,)| Method::BasicConsumeOk(basic::ConsumeOk { consumer_tag })).boxed(),
+            (short_str(), any::<bool>(),).prop_map(|(consumer_tag, nowait,)| Method::BasicCancel(basic::Cancel { consumer_tag, nowait })).boxed(),
+            (short_str(),).prop_map(|(consumer_tag,)| Method::BasicCancelOk(basic::CancelOk { consumer_tag })).boxed(),
+            (short_str(), short_str(), any::<bool>(), any::<bool>(),).prop_map(|(exchange, routing_key, mandatory, immediate,)| Method::BasicPublish(basic::Publish { exchange, routing_key, mandatory, immediate })).boxed(),
+            (any::<u16>(), short_str(), short_str(), short_str(),).prop_map(|(reply_code, reply_text, exchange, routing_key,)| Method::BasicReturn(basic::Return { reply_code, reply_text, exchange, routing_key })).boxed(),
+            (short_str(), any::<u64>(), any::<bool>(), short_str(), short_str(),).prop_map(|(consumer_tag, delivery_tag, redelivered, exchange, routing_key,)| Method::BasicDeliver(basic::Deliver { consumer_tag, delivery_tag, redelivered, exchange, routing_key })).boxed(),
+            (short_str(), any::<bool>(),).prop_map(|(queue, no_ack,)| Method::BasicGet(basic::Get { queue, no_ack })).boxed(),
+            (any::<u64>(), any::<bool>(), short_str(), short_str(), any::<u32>(),).prop_map(|(delivery_tag, redelivered, exchange, routing_key, message_count,)| Method::BasicGetOk(basic::GetOk { delivery_tag, redelivered, exchange, routing_key, message_count })).boxed(),
             Just(Method::BasicGetEmpty(basic::GetEmpty)).boxed(),
-            (any::<u64>(), any::<bool>())
-                .prop_map(|(delivery_tag, multiple)| {
-                    Method::BasicAck(basic::Ack {
-                        delivery_tag,
-                        multiple,
-                    })
-                })
-                .boxed(),
-            (any::<u64>(), any::<bool>())
-                .prop_map(|(delivery_tag, requeue)| {
-                    Method::BasicReject(basic::Reject {
-                        delivery_tag,
-                        requeue,
-                    })
-                })
-                .boxed(),
-            (any::<bool>(),)
-                .prop_map(|(requeue,)| Method::BasicRecoverAsync(basic::RecoverAsync { requeue }))
-                .boxed(),
-            (any::<bool>(),)
-                .prop_map(|(requeue,)| Method::BasicRecover(basic::Recover { requeue }))
-                .boxed(),
+            (any::<u64>(), any::<bool>(),).prop_map(|(delivery_tag, multiple,)| Method::BasicAck(basic::Ack { delivery_tag, multiple })).boxed(),
+            (any::<u64>(), any::<bool>(),).prop_map(|(delivery_tag, requeue,)| Method::BasicReject(basic::Reject { delivery_tag, requeue })).boxed(),
+            (any::<bool>(),).prop_map(|(requeue,)| Method::BasicRecoverAsync(basic::RecoverAsync { requeue })).boxed(),
+            (any::<bool>(),).prop_map(|(requeue,)| Method::BasicRecover(basic::Recover { requeue })).boxed(),
             Just(Method::BasicRecoverOk(basic::RecoverOk)).boxed(),
-            (any::<u64>(), any::<bool>(), any::<bool>())
-                .prop_map(|(delivery_tag, multiple, requeue)| {
-                    Method::BasicNack(basic::Nack {
-                        delivery_tag,
-                        multiple,
-                        requeue,
-                    })
-                })
-                .boxed(),
+            (any::<u64>(), any::<bool>(), any::<bool>(),).prop_map(|(delivery_tag, multiple, requeue,)| Method::BasicNack(basic::Nack { delivery_tag, multiple, requeue })).boxed(),
             Just(Method::TxSelect(tx::Select)).boxed(),
             Just(Method::TxSelectOk(tx::SelectOk)).boxed(),
             Just(Method::TxCommit(tx::Commit)).boxed(),
             Just(Method::TxCommitOk(tx::CommitOk)).boxed(),
             Just(Method::TxRollback(tx::Rollback)).boxed(),
             Just(Method::TxRollbackOk(tx::RollbackOk)).boxed(),
-            (any::<bool>(),)
-                .prop_map(|(nowait,)| Method::ConfirmSelect(confirm::Select { nowait }))
-                .boxed(),
+            (any::<bool>(),).prop_map(|(nowait,)| Method::ConfirmSelect(confirm::Select { nowait })).boxed(),
             Just(Method::ConfirmSelectOk(confirm::SelectOk)).boxed(),
         ])
         .boxed()

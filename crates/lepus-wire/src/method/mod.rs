@@ -27,6 +27,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::DecodeError;
 
+// Generated code is kept exactly as the generator writes it (a test compares the two).
+#[rustfmt::skip]
 mod generated;
 
 pub use generated::*;
