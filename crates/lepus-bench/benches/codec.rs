@@ -1,0 +1,203 @@
+//! Codec throughput, lepus-wire against amq-protocol (lapin's codec), on identical inputs.
+//!
+//! One message is three frames: `basic.publish` (or `basic.deliver`) + content header (default
+//! properties) + one body frame, with a 64-byte and a 4 KiB body. The routing key and consumer
+//! tag match the shared peer codec benchmark. Encoding writes prebuilt values into a reused
+//! buffer; decoding parses the three frames from contiguous received bytes into owned values
+//! (and drops them).
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+
+use amq_protocol::frame::{gen_frame, parse_frame, AMQPContentHeader, AMQPFrame, WriteContext};
+use amq_protocol::protocol::{basic as amq_basic, AMQPClass, BasicProperties as AmqProperties};
+use bytes::{Bytes, BytesMut};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use lepus_wire::method::basic;
+use lepus_wire::{frame, BasicProperties, ContentHeader, Frame, ShortStr, FRAME_END};
+
+const CHANNEL: u16 = 1;
+const FRAME_MAX: u32 = 131_072;
+const ROUTING_KEY: &str = "bench.codec.publish.0123456789abcdef";
+const CONSUMER_TAG: &str = "amq.ctag-0123456789abcdefghijkl";
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Publish,
+    Deliver,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Publish => "publish",
+            Self::Deliver => "deliver",
+        }
+    }
+}
+
+fn body(size: usize) -> Vec<u8> {
+    (0..size).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+// ---- lepus ----
+
+enum LepusMethod {
+    Publish(basic::Publish),
+    Deliver(basic::Deliver),
+}
+
+struct LepusMessage {
+    method: LepusMethod,
+    header: ContentHeader,
+    body: Bytes,
+}
+
+fn lepus_message(kind: Kind, payload: &[u8]) -> LepusMessage {
+    let method = match kind {
+        Kind::Publish => LepusMethod::Publish(basic::Publish {
+            routing_key: ShortStr::from_static(ROUTING_KEY),
+            ..Default::default()
+        }),
+        Kind::Deliver => LepusMethod::Deliver(basic::Deliver {
+            consumer_tag: ShortStr::from_static(CONSUMER_TAG),
+            delivery_tag: 123_456,
+            redelivered: false,
+            exchange: ShortStr::default(),
+            routing_key: ShortStr::from_static(ROUTING_KEY),
+        }),
+    };
+    LepusMessage {
+        method,
+        header: ContentHeader {
+            body_size: payload.len() as u64,
+            properties: BasicProperties::default(),
+        },
+        body: Bytes::copy_from_slice(payload),
+    }
+}
+
+#[inline]
+fn lepus_encode(m: &LepusMessage, out: &mut BytesMut) {
+    match &m.method {
+        LepusMethod::Publish(p) => frame::encode_method(out, CHANNEL, p, FRAME_MAX).unwrap(),
+        LepusMethod::Deliver(d) => frame::encode_method(out, CHANNEL, d, FRAME_MAX).unwrap(),
+    }
+    frame::encode_header(out, CHANNEL, &m.header, FRAME_MAX).unwrap();
+    frame::encode_body_header(out, CHANNEL, m.body.len());
+    out.extend_from_slice(&m.body);
+    out.extend_from_slice(&[FRAME_END]);
+}
+
+#[inline]
+fn lepus_decode(wire: &Bytes) -> [Option<Frame>; 3] {
+    let mut buf = wire.clone();
+    let out = [
+        Frame::decode_bytes(&mut buf, FRAME_MAX).unwrap(),
+        Frame::decode_bytes(&mut buf, FRAME_MAX).unwrap(),
+        Frame::decode_bytes(&mut buf, FRAME_MAX).unwrap(),
+    ];
+    debug_assert!(buf.is_empty());
+    out
+}
+
+// ---- amq-protocol ----
+
+fn amq_frames(kind: Kind, payload: &[u8]) -> [AMQPFrame; 3] {
+    let method = match kind {
+        Kind::Publish => amq_basic::AMQPMethod::Publish(amq_basic::Publish {
+            exchange: "".into(),
+            routing_key: ROUTING_KEY.into(),
+            mandatory: false,
+            immediate: false,
+        }),
+        Kind::Deliver => amq_basic::AMQPMethod::Deliver(amq_basic::Deliver {
+            consumer_tag: CONSUMER_TAG.into(),
+            delivery_tag: 123_456,
+            redelivered: false,
+            exchange: "".into(),
+            routing_key: ROUTING_KEY.into(),
+        }),
+    };
+    [
+        AMQPFrame::Method(CHANNEL, AMQPClass::Basic(method)),
+        AMQPFrame::Header(
+            CHANNEL,
+            AMQPContentHeader {
+                class_id: 60,
+                body_size: payload.len() as u64,
+                properties: AmqProperties::default(),
+            },
+        ),
+        AMQPFrame::Body(CHANNEL, payload.to_vec()),
+    ]
+}
+
+#[inline]
+fn amq_encode(frames: &[AMQPFrame], mut buf: Vec<u8>) -> Vec<u8> {
+    for f in frames {
+        buf = gen_frame(f)(WriteContext::from(buf))
+            .expect("gen_frame")
+            .into_inner()
+            .0;
+    }
+    buf
+}
+
+#[inline]
+fn amq_decode(mut bytes: &[u8]) -> [Option<AMQPFrame>; 3] {
+    let mut out = [None, None, None];
+    for slot in &mut out {
+        let (rest, f) = parse_frame(bytes).expect("parse_frame");
+        *slot = Some(f);
+        bytes = rest;
+    }
+    out
+}
+
+fn codec(c: &mut Criterion) {
+    for kind in [Kind::Publish, Kind::Deliver] {
+        for size in [64usize, 4096] {
+            let payload = body(size);
+            let lepus = lepus_message(kind, &payload);
+            let amq = amq_frames(kind, &payload);
+
+            // Both codecs must produce the same bytes, or the comparison means nothing.
+            let mut lepus_wire = BytesMut::new();
+            lepus_encode(&lepus, &mut lepus_wire);
+            let amq_wire = amq_encode(&amq, Vec::new());
+            assert_eq!(&lepus_wire[..], &amq_wire[..], "codecs disagree");
+            let wire = lepus_wire.freeze();
+
+            let mut group = c.benchmark_group(format!("{}-{size}B", kind.name()));
+            group.throughput(Throughput::Elements(1));
+
+            let mut out = BytesMut::with_capacity(2 * wire.len());
+            group.bench_function(BenchmarkId::new("encode", "lepus"), |b| {
+                b.iter(|| {
+                    out.clear();
+                    lepus_encode(black_box(&lepus), &mut out);
+                    black_box(&out);
+                })
+            });
+            let mut vec = Vec::with_capacity(2 * wire.len());
+            group.bench_function(BenchmarkId::new("encode", "amq-protocol"), |b| {
+                b.iter(|| {
+                    vec.clear();
+                    vec = amq_encode(black_box(&amq), std::mem::take(&mut vec));
+                    black_box(&vec);
+                })
+            });
+            group.bench_function(BenchmarkId::new("decode", "lepus"), |b| {
+                b.iter(|| black_box(lepus_decode(black_box(&wire))))
+            });
+            group.bench_function(BenchmarkId::new("decode", "amq-protocol"), |b| {
+                b.iter(|| black_box(amq_decode(black_box(&wire[..]))))
+            });
+            group.finish();
+        }
+    }
+}
+
+criterion_group!(benches, codec);
+criterion_main!(benches);

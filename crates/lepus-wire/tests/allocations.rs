@@ -1,0 +1,79 @@
+//! Decoding a delivery allocates nothing beyond what holds the message: method arguments,
+//! properties and body share the received buffer.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use lepus_wire::method::basic;
+use lepus_wire::{frame, BasicProperties, ContentHeader, Frame, Method, ShortStr, FRAME_END};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts calls.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn deliveries(n: u64) -> BytesMut {
+    let mut out = BytesMut::new();
+    let body = Bytes::from_static(&[b'x'; 64]);
+    for tag in 1..=n {
+        let deliver = basic::Deliver {
+            consumer_tag: ShortStr::from_static("amq.ctag-0123456789abcdefghijkl"),
+            delivery_tag: tag,
+            redelivered: false,
+            exchange: ShortStr::from_static(""),
+            routing_key: ShortStr::from_static("bench.codec.publish.0123456789abcdef"),
+        };
+        frame::encode_method(&mut out, 1, &deliver, 131_072).unwrap();
+        let header = ContentHeader {
+            body_size: 64,
+            properties: BasicProperties {
+                content_type: Some(ShortStr::from_static("text/plain")),
+                delivery_mode: Some(2),
+                ..Default::default()
+            },
+        };
+        frame::encode_header(&mut out, 1, &header, 131_072).unwrap();
+        frame::encode_body_header(&mut out, 1, body.len());
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&[FRAME_END]);
+    }
+    out
+}
+
+#[test]
+fn decoding_deliveries_does_not_allocate_per_message() {
+    const N: u64 = 1000;
+    let mut buf = deliveries(N);
+    let mut frames = Vec::with_capacity(3 * N as usize);
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    while let Some(f) = Frame::decode(&mut buf, 131_072).unwrap() {
+        frames.push(f);
+    }
+    let allocated = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    assert_eq!(frames.len(), 3 * N as usize);
+    assert!(matches!(
+        &frames[3],
+        Frame::Method { method: Method::BasicDeliver(d), .. } if d.delivery_tag == 2
+    ));
+    // At most one allocation in all: the read buffer switching to shared ownership at the first
+    // split. Nothing per message.
+    assert!(allocated <= 1, "{allocated} allocations for {N} deliveries");
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The project's test command: formatting, lints, then every test against a real RabbitMQ.
+#
+# Tests that change broker-wide state (memory alarms, closing every connection) live in test
+# binaries named `serial_*` and run one at a time after the others.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/ensure-broker.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
