@@ -96,7 +96,7 @@ impl Arg {
     }
 
     fn rust_type(&self) -> &'static str {
-        if self.domain == "reply-code" {
+        if self.domain == "reply-code" || self.name == "reply-code" {
             return "ReplyCode";
         }
         match self.ty {

@@ -17,7 +17,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::method::{Method, MethodArgs};
-use crate::properties::ContentHeader;
+use crate::properties::{BasicProperties, ContentHeader};
 
 /// The octet that ends every frame.
 pub const FRAME_END: u8 = 0xCE;
@@ -290,7 +290,8 @@ pub fn encode_any_method(
     check_size(out, at, size, frame_max, method.name())
 }
 
-/// Appends a content header frame. Nothing is left in `out` on error.
+/// Appends a content header frame for a basic message of `body_size` bytes. Nothing is left in
+/// `out` on error.
 ///
 /// # Errors
 ///
@@ -299,11 +300,12 @@ pub fn encode_any_method(
 pub fn encode_header(
     out: &mut BytesMut,
     channel: u16,
-    header: &ContentHeader,
+    body_size: u64,
+    properties: &BasicProperties,
     frame_max: u32,
 ) -> Result<(), EncodeError> {
     let at = begin(out, FRAME_HEADER, channel);
-    header.encode(out);
+    ContentHeader::encode_parts(body_size, properties, out);
     let size = finish(out, at);
     check_size(out, at, size, frame_max, "content header")
 }

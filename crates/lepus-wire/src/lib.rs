@@ -30,7 +30,7 @@
 //! ```
 //! use bytes::{Bytes, BytesMut};
 //! use lepus_wire::method::basic;
-//! use lepus_wire::{frame, BasicProperties, ContentHeader, Frame, Method, ShortStr, FRAME_END};
+//! use lepus_wire::{frame, BasicProperties, Frame, Method, ShortStr, FRAME_END};
 //!
 //! let body = Bytes::from_static(b"hello");
 //! let mut out = BytesMut::new();
@@ -39,8 +39,8 @@
 //!     ..Default::default()
 //! };
 //! frame::encode_method(&mut out, 1, &publish, 131_072).unwrap();
-//! let header = ContentHeader { body_size: body.len() as u64, properties: BasicProperties::default() };
-//! frame::encode_header(&mut out, 1, &header, 131_072).unwrap();
+//! let properties = BasicProperties::default();
+//! frame::encode_header(&mut out, 1, body.len() as u64, &properties, 131_072).unwrap();
 //! frame::encode_body_header(&mut out, 1, body.len());
 //! out.extend_from_slice(&body);
 //! out.extend_from_slice(&[FRAME_END]);

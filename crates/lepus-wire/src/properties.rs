@@ -214,10 +214,14 @@ impl ContentHeader {
     pub const CLASS_ID: u16 = BASIC_CLASS_ID;
 
     pub(crate) fn encode(&self, out: &mut BytesMut) {
+        Self::encode_parts(self.body_size, &self.properties, out);
+    }
+
+    pub(crate) fn encode_parts(body_size: u64, properties: &BasicProperties, out: &mut BytesMut) {
         out.put_u16(Self::CLASS_ID);
         out.put_u16(0); // weight
-        out.put_u64(self.body_size);
-        self.properties.encode(out);
+        out.put_u64(body_size);
+        properties.encode(out);
     }
 
     pub(crate) fn decode(payload: &mut Bytes) -> Result<Self, DecodeError> {

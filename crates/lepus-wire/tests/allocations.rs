@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use lepus_wire::method::basic;
-use lepus_wire::{frame, BasicProperties, ContentHeader, Frame, Method, ShortStr, FRAME_END};
+use lepus_wire::{frame, BasicProperties, Frame, Method, ShortStr, FRAME_END};
 
 struct Counting;
 
@@ -42,15 +42,12 @@ fn deliveries(n: u64) -> BytesMut {
             routing_key: ShortStr::from_static("bench.codec.publish.0123456789abcdef"),
         };
         frame::encode_method(&mut out, 1, &deliver, 131_072).unwrap();
-        let header = ContentHeader {
-            body_size: 64,
-            properties: BasicProperties {
-                content_type: Some(ShortStr::from_static("text/plain")),
-                delivery_mode: Some(2),
-                ..Default::default()
-            },
+        let properties = BasicProperties {
+            content_type: Some(ShortStr::from_static("text/plain")),
+            delivery_mode: Some(2),
+            ..Default::default()
         };
-        frame::encode_header(&mut out, 1, &header, 131_072).unwrap();
+        frame::encode_header(&mut out, 1, 64, &properties, 131_072).unwrap();
         frame::encode_body_header(&mut out, 1, body.len());
         out.extend_from_slice(&body);
         out.extend_from_slice(&[FRAME_END]);

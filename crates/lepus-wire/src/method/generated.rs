@@ -356,7 +356,7 @@ pub mod connection {
     #[derive(Debug, Clone, PartialEq)]
     pub struct Close {
         /// The reply code.
-        pub reply_code: u16,
+        pub reply_code: ReplyCode,
         /// Human-readable reply text.
         pub reply_text: ShortStr,
         /// Class of the method that caused the close, or 0.
@@ -369,7 +369,7 @@ pub mod connection {
         /// The spec's default value for each argument.
         fn default() -> Self {
             Self {
-                reply_code: 0,
+                reply_code: ReplyCode(0),
                 reply_text: ShortStr::from_static(""),
                 class_id: 0,
                 method_id: 0,
@@ -384,7 +384,7 @@ pub mod connection {
 
         #[inline]
         fn encode_args(&self, out: &mut BytesMut) {
-            out.put_u16(self.reply_code);
+            out.put_u16(self.reply_code.0);
             self.reply_text.encode(out);
             out.put_u16(self.class_id);
             out.put_u16(self.method_id);
@@ -393,7 +393,7 @@ pub mod connection {
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
             let r = &mut Reader::new(buf);
-            let reply_code = r.u16("connection.close")?;
+            let reply_code = ReplyCode(r.u16("connection.close")?);
             let reply_text = ShortStr::decode(r)?;
             let class_id = r.u16("connection.close")?;
             let method_id = r.u16("connection.close")?;
@@ -676,7 +676,7 @@ pub mod channel {
     #[derive(Debug, Clone, PartialEq)]
     pub struct Close {
         /// The reply code.
-        pub reply_code: u16,
+        pub reply_code: ReplyCode,
         /// Human-readable reply text.
         pub reply_text: ShortStr,
         /// Class of the method that caused the close, or 0.
@@ -689,7 +689,7 @@ pub mod channel {
         /// The spec's default value for each argument.
         fn default() -> Self {
             Self {
-                reply_code: 0,
+                reply_code: ReplyCode(0),
                 reply_text: ShortStr::from_static(""),
                 class_id: 0,
                 method_id: 0,
@@ -704,7 +704,7 @@ pub mod channel {
 
         #[inline]
         fn encode_args(&self, out: &mut BytesMut) {
-            out.put_u16(self.reply_code);
+            out.put_u16(self.reply_code.0);
             self.reply_text.encode(out);
             out.put_u16(self.class_id);
             out.put_u16(self.method_id);
@@ -713,7 +713,7 @@ pub mod channel {
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
             let r = &mut Reader::new(buf);
-            let reply_code = r.u16("channel.close")?;
+            let reply_code = ReplyCode(r.u16("channel.close")?);
             let reply_text = ShortStr::decode(r)?;
             let class_id = r.u16("channel.close")?;
             let method_id = r.u16("channel.close")?;
@@ -1924,7 +1924,7 @@ pub mod basic {
     #[derive(Debug, Clone, PartialEq)]
     pub struct Return {
         /// The reply code.
-        pub reply_code: u16,
+        pub reply_code: ReplyCode,
         /// Human-readable reply text.
         pub reply_text: ShortStr,
         /// Exchange name; empty is the default exchange.
@@ -1937,7 +1937,7 @@ pub mod basic {
         /// The spec's default value for each argument.
         fn default() -> Self {
             Self {
-                reply_code: 0,
+                reply_code: ReplyCode(0),
                 reply_text: ShortStr::from_static(""),
                 exchange: ShortStr::from_static(""),
                 routing_key: ShortStr::from_static(""),
@@ -1952,7 +1952,7 @@ pub mod basic {
 
         #[inline]
         fn encode_args(&self, out: &mut BytesMut) {
-            out.put_u16(self.reply_code);
+            out.put_u16(self.reply_code.0);
             self.reply_text.encode(out);
             self.exchange.encode(out);
             self.routing_key.encode(out);
@@ -1961,7 +1961,7 @@ pub mod basic {
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
             let r = &mut Reader::new(buf);
-            let reply_code = r.u16("basic.return")?;
+            let reply_code = ReplyCode(r.u16("basic.return")?);
             let reply_text = ShortStr::decode(r)?;
             let exchange = ShortStr::decode(r)?;
             let routing_key = ShortStr::decode(r)?;
@@ -4422,7 +4422,7 @@ pub(crate) mod strategies {
             (any::<u16>(), any::<u32>(), any::<u16>(),).prop_map(|(channel_max, frame_max, heartbeat,)| Method::ConnectionTuneOk(connection::TuneOk { channel_max, frame_max, heartbeat })).boxed(),
             (short_str(),).prop_map(|(virtual_host,)| Method::ConnectionOpen(connection::Open { virtual_host })).boxed(),
             Just(Method::ConnectionOpenOk(connection::OpenOk)).boxed(),
-            (any::<u16>(), short_str(), any::<u16>(), any::<u16>(),).prop_map(|(reply_code, reply_text, class_id, method_id,)| Method::ConnectionClose(connection::Close { reply_code, reply_text, class_id, method_id })).boxed(),
+            (any::<u16>().prop_map(ReplyCode), short_str(), any::<u16>(), any::<u16>(),).prop_map(|(reply_code, reply_text, class_id, method_id,)| Method::ConnectionClose(connection::Close { reply_code, reply_text, class_id, method_id })).boxed(),
             Just(Method::ConnectionCloseOk(connection::CloseOk)).boxed(),
             (short_str(),).prop_map(|(reason,)| Method::ConnectionBlocked(connection::Blocked { reason })).boxed(),
             Just(Method::ConnectionUnblocked(connection::Unblocked)).boxed(),
@@ -4432,7 +4432,7 @@ pub(crate) mod strategies {
             Just(Method::ChannelOpenOk(channel::OpenOk)).boxed(),
             (any::<bool>(),).prop_map(|(active,)| Method::ChannelFlow(channel::Flow { active })).boxed(),
             (any::<bool>(),).prop_map(|(active,)| Method::ChannelFlowOk(channel::FlowOk { active })).boxed(),
-            (any::<u16>(), short_str(), any::<u16>(), any::<u16>(),).prop_map(|(reply_code, reply_text, class_id, method_id,)| Method::ChannelClose(channel::Close { reply_code, reply_text, class_id, method_id })).boxed(),
+            (any::<u16>().prop_map(ReplyCode), short_str(), any::<u16>(), any::<u16>(),).prop_map(|(reply_code, reply_text, class_id, method_id,)| Method::ChannelClose(channel::Close { reply_code, reply_text, class_id, method_id })).boxed(),
             Just(Method::ChannelCloseOk(channel::CloseOk)).boxed(),
             (short_str(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>(),).prop_map(|(realm, exclusive, passive, active, write, read,)| Method::AccessRequest(access::Request { realm, exclusive, passive, active, write, read })).boxed(),
             (any::<u16>(),).prop_map(|(ticket,)| Method::AccessRequestOk(access::RequestOk { ticket })).boxed(),
@@ -4461,7 +4461,7 @@ pub(crate) mod strategies {
             (short_str(), any::<bool>(),).prop_map(|(consumer_tag, nowait,)| Method::BasicCancel(basic::Cancel { consumer_tag, nowait })).boxed(),
             (short_str(),).prop_map(|(consumer_tag,)| Method::BasicCancelOk(basic::CancelOk { consumer_tag })).boxed(),
             (short_str(), short_str(), any::<bool>(), any::<bool>(),).prop_map(|(exchange, routing_key, mandatory, immediate,)| Method::BasicPublish(basic::Publish { exchange, routing_key, mandatory, immediate })).boxed(),
-            (any::<u16>(), short_str(), short_str(), short_str(),).prop_map(|(reply_code, reply_text, exchange, routing_key,)| Method::BasicReturn(basic::Return { reply_code, reply_text, exchange, routing_key })).boxed(),
+            (any::<u16>().prop_map(ReplyCode), short_str(), short_str(), short_str(),).prop_map(|(reply_code, reply_text, exchange, routing_key,)| Method::BasicReturn(basic::Return { reply_code, reply_text, exchange, routing_key })).boxed(),
             (short_str(), any::<u64>(), any::<bool>(), short_str(), short_str(),).prop_map(|(consumer_tag, delivery_tag, redelivered, exchange, routing_key,)| Method::BasicDeliver(basic::Deliver { consumer_tag, delivery_tag, redelivered, exchange, routing_key })).boxed(),
             (short_str(), any::<bool>(),).prop_map(|(queue, no_ack,)| Method::BasicGet(basic::Get { queue, no_ack })).boxed(),
             (any::<u64>(), any::<bool>(), short_str(), short_str(), any::<u32>(),).prop_map(|(delivery_tag, redelivered, exchange, routing_key, message_count,)| Method::BasicGetOk(basic::GetOk { delivery_tag, redelivered, exchange, routing_key, message_count })).boxed(),
