@@ -83,8 +83,14 @@ fn lepus_encode(m: &LepusMessage, out: &mut BytesMut) {
         LepusMethod::Publish(p) => frame::encode_method(out, CHANNEL, p, FRAME_MAX).unwrap(),
         LepusMethod::Deliver(d) => frame::encode_method(out, CHANNEL, d, FRAME_MAX).unwrap(),
     }
-    frame::encode_header(out, CHANNEL, m.header.body_size, &m.header.properties, FRAME_MAX)
-        .unwrap();
+    frame::encode_header(
+        out,
+        CHANNEL,
+        m.header.body_size,
+        &m.header.properties,
+        FRAME_MAX,
+    )
+    .unwrap();
     frame::encode_body_header(out, CHANNEL, m.body.len());
     out.extend_from_slice(&m.body);
     out.extend_from_slice(&[FRAME_END]);

@@ -25,6 +25,9 @@ mod error;
 mod event;
 mod transmit;
 
+#[cfg(test)]
+mod tests;
+
 pub use auth::Sasl;
 pub use config::{
     Config, Heartbeat, DEFAULT_CHANNEL_MAX, DEFAULT_FRAME_MAX, DEFAULT_MAX_MESSAGE_SIZE,

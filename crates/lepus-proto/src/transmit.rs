@@ -78,7 +78,11 @@ mod tests {
         assert_eq!(t.drain_into(&mut out), 4 + 5 + ZERO_COPY_MIN + 3);
         assert_eq!(out.len(), 3);
         assert_eq!(&out[0][..], b"headsmall");
-        assert_eq!(out[1].as_ptr(), large.as_ptr(), "large body must not be copied");
+        assert_eq!(
+            out[1].as_ptr(),
+            large.as_ptr(),
+            "large body must not be copied"
+        );
         assert_eq!(&out[2][..], b"end");
         assert_eq!(t.len(), 0);
     }

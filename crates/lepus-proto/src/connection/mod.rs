@@ -135,7 +135,9 @@ impl Connection {
             // The server answers a protocol header it does not support with its own.
             if let Some(header) = buf.get(..8) {
                 let found: [u8; 8] = header.try_into().unwrap_or_default();
-                self.fail(ConnectionError::Protocol(DecodeError::BadProtocolHeader { found }));
+                self.fail(ConnectionError::Protocol(DecodeError::BadProtocolHeader {
+                    found,
+                }));
             }
             return;
         }
@@ -168,6 +170,16 @@ impl Connection {
         let last_sent = self.last_sent.unwrap_or(now);
         if now >= last_sent + interval && self.transmit.len() == 0 {
             frame::encode_heartbeat(self.transmit.buf());
+        }
+    }
+
+    /// Restarts the silence timer, as if a byte had just arrived.
+    ///
+    /// A driver that stops reading on purpose (a slow consumer's buffer is full) calls this, so
+    /// that its own pause is not taken for a dead server.
+    pub fn reset_receive_timer(&mut self, now: Instant) {
+        if self.last_received.is_some() {
+            self.last_received = Some(now);
         }
     }
 
@@ -361,11 +373,39 @@ impl Connection {
     /// # Errors
     ///
     /// When the channel is not open or the properties do not fit in a frame; nothing is sent.
-    #[inline]
     pub fn basic_publish(
         &mut self,
         channel: u16,
         publish: &basic::Publish,
+        properties: &BasicProperties,
+        body: Bytes,
+    ) -> Result<Option<u64>, ChannelError> {
+        let exchange = publish.exchange.to_string_lossy();
+        let routing_key = publish.routing_key.to_string_lossy();
+        self.publish(
+            channel,
+            &exchange,
+            &routing_key,
+            publish.mandatory,
+            properties,
+            body,
+        )
+    }
+
+    /// Like [`basic_publish`](Self::basic_publish), from borrowed names: the hot path, which
+    /// copies nothing but the frames' bytes (and not even a large body).
+    ///
+    /// # Errors
+    ///
+    /// When the channel is not open, a name is longer than 255 bytes, or the properties do not
+    /// fit in a frame; nothing is sent.
+    #[inline]
+    pub fn publish(
+        &mut self,
+        channel: u16,
+        exchange: &str,
+        routing_key: &str,
+        mandatory: bool,
         properties: &BasicProperties,
         body: Bytes,
     ) -> Result<Option<u64>, ChannelError> {
@@ -378,19 +418,23 @@ impl Connection {
         let seq = state.next_publish_seq;
         let buf = self.transmit.buf();
         let start = buf.len();
-        frame::encode_method(buf, channel, publish, frame_max)?;
+        frame::encode_basic_publish(buf, channel, exchange, routing_key, mandatory)?;
         if let Err(e) = frame::encode_header(buf, channel, body.len() as u64, properties, frame_max)
         {
             buf.truncate(start);
             return Err(e.into());
         }
-        let max_body = (frame_max as usize).saturating_sub(frame::FRAME_OVERHEAD).max(1);
+        let max_body = (frame_max as usize)
+            .saturating_sub(frame::FRAME_OVERHEAD)
+            .max(1);
         let mut rest = body;
         while !rest.is_empty() {
             let piece = rest.split_to(rest.len().min(max_body));
             frame::encode_body_header(self.transmit.buf(), channel, piece.len());
             self.transmit.push_body(piece);
-            self.transmit.buf().extend_from_slice(&[lepus_wire::FRAME_END]);
+            self.transmit
+                .buf()
+                .extend_from_slice(&[lepus_wire::FRAME_END]);
         }
         if let Some(next) = seq {
             if let Ok(state) = self.channel_mut(channel) {
@@ -512,7 +556,10 @@ impl Connection {
 
     /// The server broke the protocol: tell it why, then end.
     fn protocol_error(&mut self, error: ConnectionError) {
-        if matches!(self.state, State::Open | State::Closing | State::AwaitOpenOk) {
+        if matches!(
+            self.state,
+            State::Open | State::Closing | State::AwaitOpenOk
+        ) {
             let close = connection::Close {
                 reply_code: error.reply_code().unwrap_or(ReplyCode::INTERNAL_ERROR),
                 reply_text: short_lossy(&error.to_string()),
@@ -696,11 +743,18 @@ impl Connection {
             return;
         }
         match method {
-            Method::BasicDeliver(deliver) => state.incoming = Some(Incoming::new(Pending::Deliver(deliver))),
+            Method::BasicDeliver(deliver) => {
+                state.incoming = Some(Incoming::new(Pending::Deliver(deliver)))
+            }
             Method::BasicReturn(ret) => state.incoming = Some(Incoming::new(Pending::Return(ret))),
             Method::BasicGetOk(get_ok) => {
-                if !state.pending.front().is_some_and(|e| e.accepts_ids(basic::GetOk::CLASS_ID, basic::GetOk::METHOD_ID)) {
-                    return self.unexpected(format!("basic.get-ok on channel {id} without basic.get"));
+                if !state
+                    .pending
+                    .front()
+                    .is_some_and(|e| e.accepts_ids(basic::GetOk::CLASS_ID, basic::GetOk::METHOD_ID))
+                {
+                    return self
+                        .unexpected(format!("basic.get-ok on channel {id} without basic.get"));
                 }
                 state.incoming = Some(Incoming::new(Pending::GetOk(get_ok)));
             }
@@ -729,7 +783,9 @@ impl Connection {
                 });
             }
             Method::ChannelFlow(flow) => {
-                let ok = channel::FlowOk { active: flow.active };
+                let ok = channel::FlowOk {
+                    active: flow.active,
+                };
                 let _ = frame::encode_method(self.transmit.buf(), id, &ok, u32::MAX);
                 self.events.push_back(Event::Flow {
                     channel: id,
@@ -739,10 +795,17 @@ impl Connection {
             Method::ChannelClose(close) => self.server_closed_channel(id, close),
             method => {
                 let Some(&expected) = state.pending.front() else {
-                    return self.unexpected(format!("{} on channel {id} with no request outstanding", method.name()));
+                    return self.unexpected(format!(
+                        "{} on channel {id} with no request outstanding",
+                        method.name()
+                    ));
                 };
                 if !expected.accepts(&method) {
-                    return self.unexpected(format!("{} on channel {id}, expected a reply to {}", method.name(), expected.request));
+                    return self.unexpected(format!(
+                        "{} on channel {id}, expected a reply to {}",
+                        method.name(),
+                        expected.request
+                    ));
                 }
                 state.pending.pop_front();
                 if let Method::ConfirmSelectOk(_) = method {
@@ -784,13 +847,17 @@ impl Connection {
         if let Some(slot) = self.channels.get_mut(usize::from(id)) {
             *slot = None;
         }
-        self.events.push_back(Event::ChannelClosed { channel: id, close });
+        self.events
+            .push_back(Event::ChannelClosed { channel: id, close });
     }
 
     fn handle_header(&mut self, id: u16, header: ContentHeader) {
         let max = self.config.max_message_size;
         let Ok(state) = self.channel_mut(id) else {
-            return self.protocol_error_code(ReplyCode::CHANNEL_ERROR, format!("content header on channel {id}, which is not open"));
+            return self.protocol_error_code(
+                ReplyCode::CHANNEL_ERROR,
+                format!("content header on channel {id}, which is not open"),
+            );
         };
         let Some(incoming) = state.incoming.as_mut() else {
             if state.closing {
@@ -802,7 +869,10 @@ impl Connection {
             return self.unexpected(format!("second content header on channel {id}"));
         }
         if header.body_size > max {
-            return self.protocol_error(ConnectionError::MessageTooLarge { size: header.body_size, max });
+            return self.protocol_error(ConnectionError::MessageTooLarge {
+                size: header.body_size,
+                max,
+            });
         }
         incoming.start_body(header);
         if incoming.is_complete() {
@@ -812,7 +882,10 @@ impl Connection {
 
     fn handle_body(&mut self, id: u16, body: Bytes) {
         let Ok(state) = self.channel_mut(id) else {
-            return self.protocol_error_code(ReplyCode::CHANNEL_ERROR, format!("content body on channel {id}, which is not open"));
+            return self.protocol_error_code(
+                ReplyCode::CHANNEL_ERROR,
+                format!("content body on channel {id}, which is not open"),
+            );
         };
         let closing = state.closing;
         let Some(incoming) = state.incoming.as_mut().filter(|i| i.properties.is_some()) else {
@@ -822,7 +895,9 @@ impl Connection {
             return self.unexpected(format!("content body on channel {id} without a header"));
         };
         if !incoming.push_body(body) {
-            return self.unexpected(format!("content body on channel {id} longer than its header said"));
+            return self.unexpected(format!(
+                "content body on channel {id} longer than its header said"
+            ));
         }
         if incoming.is_complete() {
             self.complete_message(id);
@@ -830,15 +905,30 @@ impl Connection {
     }
 
     fn complete_message(&mut self, id: u16) {
-        let Ok(state) = self.channel_mut(id) else { return };
-        let Some(incoming) = state.incoming.take() else { return };
+        let Ok(state) = self.channel_mut(id) else {
+            return;
+        };
+        let Some(incoming) = state.incoming.take() else {
+            return;
+        };
         let (pending, message) = incoming.finish();
         let event = match pending {
-            Pending::Deliver(deliver) => Event::Delivery { channel: id, deliver, message },
-            Pending::Return(returned) => Event::Returned { channel: id, returned, message },
+            Pending::Deliver(deliver) => Event::Delivery {
+                channel: id,
+                deliver,
+                message,
+            },
+            Pending::Return(returned) => Event::Returned {
+                channel: id,
+                returned,
+                message,
+            },
             Pending::GetOk(get_ok) => {
                 state.pending.pop_front();
-                Event::Reply { channel: id, reply: Reply::GetOk { get_ok, message } }
+                Event::Reply {
+                    channel: id,
+                    reply: Reply::GetOk { get_ok, message },
+                }
             }
         };
         self.events.push_back(event);

@@ -1,0 +1,808 @@
+//! The channel handle: every AMQP 0-9-1 channel method.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use lepus_proto::Reply;
+use lepus_wire::method::{basic, channel, confirm, exchange, queue, tx};
+use lepus_wire::{BasicProperties, FieldTable, Method, ReplyCode, ShortStr};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::confirm::{PublisherConfirm, ReturnedMessage};
+use crate::consumer::{Consumer, ConsumerQueue, Delivery};
+use crate::driver::{Shared, Waiter};
+use crate::error::{Error, Result};
+use crate::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BindOptions, ExchangeDeclareOptions,
+    ExchangeDeleteOptions, ExchangeKind, QueueDeclareOptions, QueueDeclared, QueueDeleteOptions,
+};
+
+/// A message fetched with [`Channel::basic_get`].
+#[derive(Debug)]
+pub struct GetMessage {
+    /// The message; acknowledge it unless fetched with `no_ack`.
+    pub delivery: Delivery,
+    /// Messages left in the queue after this one.
+    pub message_count: u32,
+}
+
+/// An open channel. Cheap to clone; every clone is the same channel.
+///
+/// Methods are sent in call order. Requests that wait for a reply time out after the
+/// connection's `rpc_timeout`.
+///
+/// # Cancel safety
+///
+/// Dropping the future of a request after it started does not take the request back: it was
+/// already queued for sending, and its reply is discarded when it arrives.
+#[derive(Clone)]
+pub struct Channel {
+    shared: Arc<Shared>,
+    id: u16,
+    generation: u64,
+}
+
+fn short(name: &str) -> Result<ShortStr> {
+    ShortStr::try_from(name).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "'{}…': {e}",
+            name.chars().take(16).collect::<String>()
+        ))
+    })
+}
+
+impl Channel {
+    pub(crate) fn new(shared: Arc<Shared>, id: u16, generation: u64) -> Self {
+        Self {
+            shared,
+            id,
+            generation,
+        }
+    }
+
+    /// The channel id.
+    pub fn id(&self) -> u16 {
+        self.id
+    }
+
+    /// Whether the channel is open.
+    pub fn is_open(&self) -> bool {
+        self.shared.lock().check(self.id, self.generation).is_ok()
+    }
+
+    /// Sends a method and returns the receiver for its reply, if it has one.
+    fn send_request(
+        &self,
+        method: Method,
+        consume: Option<(Arc<ConsumerQueue>, bool)>,
+    ) -> Result<Option<oneshot::Receiver<Result<Reply>>>> {
+        let mut inner = self.shared.lock();
+        inner.check(self.id, self.generation)?;
+        let expects_reply = inner.proto.call(self.id, method)?;
+        inner.wake_writer(&self.shared);
+        if !expects_reply {
+            return Ok(None);
+        }
+        let (tx, rx) = oneshot::channel();
+        let waiter = match consume {
+            Some((queue, no_ack)) => Waiter::Consume { tx, queue, no_ack },
+            None => Waiter::Reply(tx),
+        };
+        if let Some(slot) = inner.channels.get_mut(&self.id) {
+            slot.waiters.push_back(waiter);
+        }
+        Ok(Some(rx))
+    }
+
+    pub(crate) async fn await_reply(
+        &self,
+        rx: oneshot::Receiver<Result<Reply>>,
+        what: &'static str,
+    ) -> Result<Reply> {
+        let after = self.shared.options.rpc_timeout;
+        match tokio::time::timeout(after, rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(self.shared.lock().closed_error()),
+            Err(_) => Err(Error::Timeout { what, after }),
+        }
+    }
+
+    async fn rpc(&self, method: Method, what: &'static str) -> Result<Option<Reply>> {
+        match self.send_request(method, None)? {
+            Some(rx) => self.await_reply(rx, what).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Closes the channel (`channel.close` 200) and waits for the broker's close-ok.
+    ///
+    /// Outstanding requests, consumers and confirms of the channel end with an error.
+    ///
+    /// # Errors
+    ///
+    /// When the connection is closed or the close-ok does not come within the close timeout.
+    pub async fn close(&self) -> Result<()> {
+        let rx = {
+            let mut inner = self.shared.lock();
+            if inner.check(self.id, self.generation).is_err() {
+                return Ok(());
+            }
+            let close = channel::Close {
+                reply_code: ReplyCode::REPLY_SUCCESS,
+                reply_text: ShortStr::from_static("closed by client"),
+                class_id: 0,
+                method_id: 0,
+            };
+            inner.proto.call(self.id, close.into())?;
+            let (tx, rx) = oneshot::channel();
+            if let Some(slot) = inner.channels.get_mut(&self.id) {
+                slot.close_waiter = Some(tx);
+            }
+            inner.wake_writer(&self.shared);
+            rx
+        };
+        let after = self.shared.options.close_timeout;
+        match tokio::time::timeout(after, rx).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(Error::Timeout {
+                what: "channel.close-ok",
+                after,
+            }),
+        }
+    }
+
+    /// Asks the broker to pause (`false`) or resume (`true`) deliveries on this channel.
+    ///
+    /// # Errors
+    ///
+    /// When the channel is closed or the broker refuses.
+    pub async fn flow(&self, active: bool) -> Result<bool> {
+        match self
+            .rpc(channel::Flow { active }.into(), "channel.flow-ok")
+            .await?
+        {
+            Some(Reply::Method(Method::ChannelFlowOk(ok))) => Ok(ok.active),
+            _ => Ok(active),
+        }
+    }
+
+    // ---- exchanges ----
+
+    /// Declares an exchange, creating it if it does not exist.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ChannelClosed`] with 406 PRECONDITION_FAILED when it exists with other
+    /// settings, and the usual connection errors.
+    pub async fn exchange_declare(
+        &self,
+        name: &str,
+        kind: ExchangeKind,
+        options: ExchangeDeclareOptions,
+    ) -> Result<()> {
+        let method = exchange::Declare {
+            exchange: short(name)?,
+            kind: short(kind.as_str())?,
+            passive: false,
+            durable: options.durable,
+            auto_delete: options.auto_delete,
+            internal: options.internal,
+            nowait: options.nowait,
+            arguments: options.arguments,
+        };
+        self.rpc(method.into(), "exchange.declare-ok")
+            .await
+            .map(drop)
+    }
+
+    /// Checks that an exchange exists, without creating it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ChannelClosed`] with 404 NOT_FOUND when it does not exist (the channel closes,
+    /// the connection stays).
+    pub async fn exchange_declare_passive(&self, name: &str) -> Result<()> {
+        let method = exchange::Declare {
+            exchange: short(name)?,
+            passive: true,
+            ..Default::default()
+        };
+        self.rpc(method.into(), "exchange.declare-ok")
+            .await
+            .map(drop)
+    }
+
+    /// Deletes an exchange.
+    ///
+    /// # Errors
+    ///
+    /// 406 with `if_unused` when it has bindings; connection errors.
+    pub async fn exchange_delete(&self, name: &str, options: ExchangeDeleteOptions) -> Result<()> {
+        let method = exchange::Delete {
+            exchange: short(name)?,
+            if_unused: options.if_unused,
+            nowait: options.nowait,
+        };
+        self.rpc(method.into(), "exchange.delete-ok")
+            .await
+            .map(drop)
+    }
+
+    /// Binds exchange `destination` to exchange `source` (a RabbitMQ extension).
+    ///
+    /// # Errors
+    ///
+    /// 404 when either exchange is missing; connection errors.
+    pub async fn exchange_bind(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        options: BindOptions,
+    ) -> Result<()> {
+        let method = exchange::Bind {
+            destination: short(destination)?,
+            source: short(source)?,
+            routing_key: short(routing_key)?,
+            nowait: options.nowait,
+            arguments: options.arguments,
+        };
+        self.rpc(method.into(), "exchange.bind-ok").await.map(drop)
+    }
+
+    /// Removes an exchange-to-exchange binding.
+    ///
+    /// # Errors
+    ///
+    /// Connection errors; 404 when an exchange is missing.
+    pub async fn exchange_unbind(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        options: BindOptions,
+    ) -> Result<()> {
+        let method = exchange::Unbind {
+            destination: short(destination)?,
+            source: short(source)?,
+            routing_key: short(routing_key)?,
+            nowait: options.nowait,
+            arguments: options.arguments,
+        };
+        self.rpc(method.into(), "exchange.unbind-ok")
+            .await
+            .map(drop)
+    }
+
+    // ---- queues ----
+
+    /// Declares a queue, creating it if it does not exist. An empty name asks the broker to
+    /// generate one, returned in [`QueueDeclared::name`].
+    ///
+    /// # Errors
+    ///
+    /// 406 when it exists with other settings, 405 RESOURCE_LOCKED when another connection
+    /// holds it exclusively; connection errors.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(ch: &lepus::Channel) -> Result<(), lepus::Error> {
+    /// use lepus::{FieldTable, QueueDeclareOptions};
+    ///
+    /// let q = ch
+    ///     .queue_declare(
+    ///         "jobs",
+    ///         QueueDeclareOptions {
+    ///             durable: true,
+    ///             arguments: FieldTable::new().with("x-queue-type", "quorum"),
+    ///             ..Default::default()
+    ///         },
+    ///     )
+    ///     .await?;
+    /// println!("{} has {} messages", q.name, q.message_count);
+    /// # Ok(()) }
+    /// ```
+    pub async fn queue_declare(
+        &self,
+        name: &str,
+        options: QueueDeclareOptions,
+    ) -> Result<QueueDeclared> {
+        let method = queue::Declare {
+            queue: short(name)?,
+            passive: false,
+            durable: options.durable,
+            exclusive: options.exclusive,
+            auto_delete: options.auto_delete,
+            nowait: options.nowait,
+            arguments: options.arguments,
+        };
+        self.declare(method, name).await
+    }
+
+    /// Checks that a queue exists and returns its counts, without creating it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ChannelClosed`] with 404 NOT_FOUND when it does not exist (the channel closes,
+    /// the connection stays).
+    pub async fn queue_declare_passive(&self, name: &str) -> Result<QueueDeclared> {
+        let method = queue::Declare {
+            queue: short(name)?,
+            passive: true,
+            ..Default::default()
+        };
+        self.declare(method, name).await
+    }
+
+    async fn declare(&self, method: queue::Declare, name: &str) -> Result<QueueDeclared> {
+        match self.rpc(method.into(), "queue.declare-ok").await? {
+            Some(Reply::Method(Method::QueueDeclareOk(ok))) => Ok(QueueDeclared {
+                name: ok.queue.to_string_lossy().into_owned(),
+                message_count: ok.message_count,
+                consumer_count: ok.consumer_count,
+            }),
+            _ => Ok(QueueDeclared {
+                name: name.to_string(),
+                message_count: 0,
+                consumer_count: 0,
+            }),
+        }
+    }
+
+    /// Binds a queue to an exchange.
+    ///
+    /// # Errors
+    ///
+    /// 404 when the queue or exchange is missing; connection errors.
+    pub async fn queue_bind(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        options: BindOptions,
+    ) -> Result<()> {
+        let method = queue::Bind {
+            queue: short(queue)?,
+            exchange: short(exchange)?,
+            routing_key: short(routing_key)?,
+            nowait: options.nowait,
+            arguments: options.arguments,
+        };
+        self.rpc(method.into(), "queue.bind-ok").await.map(drop)
+    }
+
+    /// Removes a binding between a queue and an exchange.
+    ///
+    /// # Errors
+    ///
+    /// Connection errors; 404 when the queue or exchange is missing.
+    pub async fn queue_unbind(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> Result<()> {
+        let method = queue::Unbind {
+            queue: short(queue)?,
+            exchange: short(exchange)?,
+            routing_key: short(routing_key)?,
+            arguments,
+        };
+        self.rpc(method.into(), "queue.unbind-ok").await.map(drop)
+    }
+
+    /// Removes every ready message from a queue and returns how many there were.
+    ///
+    /// # Errors
+    ///
+    /// 404 when the queue is missing; connection errors.
+    pub async fn queue_purge(&self, name: &str) -> Result<u32> {
+        let method = queue::Purge {
+            queue: short(name)?,
+            nowait: false,
+        };
+        match self.rpc(method.into(), "queue.purge-ok").await? {
+            Some(Reply::Method(Method::QueuePurgeOk(ok))) => Ok(ok.message_count),
+            _ => Ok(0),
+        }
+    }
+
+    /// Deletes a queue and returns how many messages it held.
+    ///
+    /// # Errors
+    ///
+    /// 406 with `if_unused`/`if_empty` when the condition fails; connection errors.
+    pub async fn queue_delete(&self, name: &str, options: QueueDeleteOptions) -> Result<u32> {
+        let method = queue::Delete {
+            queue: short(name)?,
+            if_unused: options.if_unused,
+            if_empty: options.if_empty,
+            nowait: options.nowait,
+        };
+        match self.rpc(method.into(), "queue.delete-ok").await? {
+            Some(Reply::Method(Method::QueueDeleteOk(ok))) => Ok(ok.message_count),
+            _ => Ok(0),
+        }
+    }
+
+    // ---- basic ----
+
+    /// Limits unacknowledged deliveries: per consumer started after this call, or for the
+    /// whole channel with `global`.
+    ///
+    /// # Errors
+    ///
+    /// Connection errors; 540 NOT_IMPLEMENTED for a non-zero prefetch size on RabbitMQ.
+    pub async fn basic_qos(&self, prefetch_count: u16, options: BasicQosOptions) -> Result<()> {
+        let method = basic::Qos {
+            prefetch_size: options.prefetch_size,
+            prefetch_count,
+            global: options.global,
+        };
+        self.rpc(method.into(), "basic.qos-ok").await.map(drop)
+    }
+
+    /// Starts a consumer on `queue` and returns its stream of deliveries. An empty
+    /// `consumer_tag` asks the broker to generate one.
+    ///
+    /// # Errors
+    ///
+    /// 404 when the queue is missing, 403 when an exclusive consumer exists; connection
+    /// errors.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(ch: &lepus::Channel) -> Result<(), lepus::Error> {
+    /// use lepus::BasicConsumeOptions;
+    ///
+    /// let mut consumer = ch.basic_consume("jobs", "", BasicConsumeOptions::default()).await?;
+    /// while let Some(delivery) = consumer.recv().await {
+    ///     let delivery = delivery?;
+    ///     println!("{:?}", delivery.body);
+    ///     delivery.ack()?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn basic_consume(
+        &self,
+        queue: &str,
+        consumer_tag: &str,
+        options: BasicConsumeOptions,
+    ) -> Result<Consumer> {
+        let method = basic::Consume {
+            queue: short(queue)?,
+            consumer_tag: short(consumer_tag)?,
+            no_local: options.no_local,
+            no_ack: options.no_ack,
+            exclusive: options.exclusive,
+            nowait: false,
+            arguments: options.arguments,
+        };
+        let q = ConsumerQueue::new(options.buffer, options.no_ack);
+        let rx = self
+            .send_request(method.into(), Some((Arc::clone(&q), options.no_ack)))?
+            .ok_or(Error::InvalidState("basic.consume expects a reply"))?;
+        match self.await_reply(rx, "basic.consume-ok").await? {
+            Reply::Method(Method::BasicConsumeOk(ok)) => {
+                Ok(Consumer::new(q, Arc::clone(&self.shared), ok.consumer_tag))
+            }
+            _ => Err(Error::InvalidState("unexpected reply to basic.consume")),
+        }
+    }
+
+    /// Cancels a consumer; its stream ends after the deliveries already received.
+    ///
+    /// # Errors
+    ///
+    /// Connection errors.
+    pub async fn basic_cancel(&self, consumer_tag: &str) -> Result<()> {
+        let method = basic::Cancel {
+            consumer_tag: short(consumer_tag)?,
+            nowait: false,
+        };
+        self.rpc(method.into(), "basic.cancel-ok").await.map(drop)
+    }
+
+    /// Fetches one message from `queue`, or `None` when it is empty.
+    ///
+    /// # Errors
+    ///
+    /// 404 when the queue is missing; connection errors.
+    pub async fn basic_get(&self, queue: &str, no_ack: bool) -> Result<Option<GetMessage>> {
+        let method = basic::Get {
+            queue: short(queue)?,
+            no_ack,
+        };
+        match self.rpc(method.into(), "basic.get-ok").await? {
+            Some(Reply::GetOk { get_ok, message }) => {
+                let message_count = get_ok.message_count;
+                let delivery = Delivery::from_get(
+                    &self.shared,
+                    self.id,
+                    self.generation,
+                    no_ack,
+                    get_ok,
+                    message,
+                );
+                Ok(Some(GetMessage {
+                    delivery,
+                    message_count,
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Publishes a message and returns a future for the broker's confirm.
+    ///
+    /// The frames are queued at once, in call order with everything else on the channel.
+    /// Without confirm mode the future resolves to [`Confirmation::NotRequested`]; after
+    /// [`confirm_select`](Self::confirm_select) it resolves to the broker's ack or nack.
+    /// A body of 4 KiB or more is sent without being copied.
+    ///
+    /// Waits (asynchronously) while the broker has blocked the connection or more than the
+    /// write buffer's high-water mark is waiting to be written.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a name over 255 bytes or properties too large for a
+    /// frame; [`Error::Timeout`] when blocked longer than the blocked-publish timeout;
+    /// connection and channel errors.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn demo(ch: &lepus::Channel) -> Result<(), lepus::Error> {
+    /// use lepus::{BasicProperties, BasicPublishOptions};
+    ///
+    /// ch.confirm_select().await?;
+    /// let mut confirms = Vec::new();
+    /// for i in 0..1000 {
+    ///     let body = format!("job {i}");
+    ///     let confirm = ch
+    ///         .basic_publish("", "jobs", BasicPublishOptions::default(), &BasicProperties::default(), body)
+    ///         .await?;
+    ///     confirms.push(confirm);
+    /// }
+    /// for confirm in confirms {
+    ///     assert!(confirm.await?.is_ack());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// [`Confirmation::NotRequested`]: crate::Confirmation::NotRequested
+    pub async fn basic_publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        options: BasicPublishOptions,
+        properties: &BasicProperties,
+        body: impl Into<Bytes>,
+    ) -> Result<PublisherConfirm> {
+        let mut body = Some(body.into());
+        let deadline = self
+            .shared
+            .options
+            .blocked_publish_timeout
+            .map(|t| (tokio::time::Instant::now() + t, t));
+        loop {
+            let waiting = {
+                let mut inner = self.shared.lock();
+                inner.check(self.id, self.generation)?;
+                let high_water = self.shared.options.write_buffer_high_water;
+                if inner.proto.blocked().is_none() && inner.buffered() < high_water {
+                    let body = body.take().unwrap_or_default();
+                    let seq = inner.proto.publish(
+                        self.id,
+                        exchange,
+                        routing_key,
+                        options.mandatory,
+                        properties,
+                        body,
+                    )?;
+                    let rx = seq.map(|seq| {
+                        let (tx, rx) = oneshot::channel();
+                        if let Some(slot) = inner.channels.get_mut(&self.id) {
+                            slot.confirms.push_back((seq, Some(tx)));
+                        }
+                        rx
+                    });
+                    inner.wake_writer(&self.shared);
+                    return Ok(PublisherConfirm::new(rx));
+                }
+                inner.publishers_waiting = true;
+                inner.wake_writer(&self.shared);
+                self.shared.space.notified()
+            };
+            match deadline {
+                Some((at, after)) => {
+                    if tokio::time::timeout_at(at, waiting).await.is_err() {
+                        return Err(Error::Timeout {
+                            what: "the broker to unblock publishing",
+                            after,
+                        });
+                    }
+                }
+                None => waiting.await,
+            }
+        }
+    }
+
+    /// Acknowledges a delivery by tag (usually [`Delivery::ack`] is handier).
+    ///
+    /// # Errors
+    ///
+    /// When the channel is closed.
+    pub fn basic_ack(&self, delivery_tag: u64, multiple: bool) -> Result<()> {
+        self.send_async(&basic::Ack {
+            delivery_tag,
+            multiple,
+        })
+    }
+
+    /// Negatively acknowledges a delivery by tag.
+    ///
+    /// # Errors
+    ///
+    /// When the channel is closed.
+    pub fn basic_nack(&self, delivery_tag: u64, multiple: bool, requeue: bool) -> Result<()> {
+        self.send_async(&basic::Nack {
+            delivery_tag,
+            multiple,
+            requeue,
+        })
+    }
+
+    /// Rejects a delivery by tag.
+    ///
+    /// # Errors
+    ///
+    /// When the channel is closed.
+    pub fn basic_reject(&self, delivery_tag: u64, requeue: bool) -> Result<()> {
+        self.send_async(&basic::Reject {
+            delivery_tag,
+            requeue,
+        })
+    }
+
+    fn send_async<M: lepus_wire::MethodArgs>(&self, method: &M) -> Result<()> {
+        let mut inner = self.shared.lock();
+        inner.check(self.id, self.generation)?;
+        inner.proto.send(self.id, method)?;
+        inner.wake_writer(&self.shared);
+        Ok(())
+    }
+
+    /// Redelivers every unacknowledged message of the channel (`basic.recover`).
+    ///
+    /// # Errors
+    ///
+    /// Connection errors.
+    pub async fn basic_recover(&self, requeue: bool) -> Result<()> {
+        self.rpc(basic::Recover { requeue }.into(), "basic.recover-ok")
+            .await
+            .map(drop)
+    }
+
+    /// Like [`basic_recover`](Self::basic_recover), without waiting for a reply (deprecated
+    /// in the spec, still served by RabbitMQ).
+    ///
+    /// # Errors
+    ///
+    /// When the channel is closed.
+    pub fn basic_recover_async(&self, requeue: bool) -> Result<()> {
+        self.send_async(&basic::RecoverAsync { requeue })
+    }
+
+    /// The messages the broker returns on this channel (mandatory and unroutable).
+    ///
+    /// Only returns received after this call are delivered; call it before publishing.
+    pub fn returns(&self) -> Result<mpsc::UnboundedReceiver<ReturnedMessage>> {
+        let mut inner = self.shared.lock();
+        inner.check(self.id, self.generation)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Some(slot) = inner.channels.get_mut(&self.id) {
+            slot.returns_tx = Some(tx);
+        }
+        Ok(rx)
+    }
+
+    // ---- confirms ----
+
+    /// Turns on publisher confirms: from now on each publish's future resolves to the
+    /// broker's ack or nack.
+    ///
+    /// # Errors
+    ///
+    /// Connection errors; 406 on a transactional channel.
+    pub async fn confirm_select(&self) -> Result<()> {
+        self.rpc(
+            confirm::Select { nowait: false }.into(),
+            "confirm.select-ok",
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Waits until every message published so far is confirmed, up to `timeout`. Returns
+    /// `true` if none was nacked since the last call.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Timeout`] when confirms are still missing at the deadline;
+    /// [`Error::InvalidState`] when the channel is not in confirm mode; connection errors.
+    pub async fn wait_for_confirms(&self, timeout: Duration) -> Result<bool> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = {
+                let mut inner = self.shared.lock();
+                inner.check(self.id, self.generation)?;
+                if inner.proto.next_publish_seq(self.id).is_none() {
+                    return Err(Error::InvalidState("channel is not in confirm mode"));
+                }
+                let Some(slot) = inner.channels.get_mut(&self.id) else {
+                    return Err(Error::ChannelNotOpen(self.id));
+                };
+                if slot.confirms.is_empty() {
+                    let ok = !slot.nacked_since_wait;
+                    slot.nacked_since_wait = false;
+                    return Ok(ok);
+                }
+                let notify = slot
+                    .confirms_drained
+                    .get_or_insert_with(|| Arc::new(Notify::new()))
+                    .clone();
+                let notified = notify.notified_owned();
+                inner.wake_writer(&self.shared);
+                notified
+            };
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(Error::Timeout {
+                    what: "publisher confirms",
+                    after: timeout,
+                });
+            }
+        }
+    }
+
+    // ---- transactions ----
+
+    /// Puts the channel in transactional mode.
+    ///
+    /// # Errors
+    ///
+    /// Connection errors; 406 on a channel in confirm mode.
+    pub async fn tx_select(&self) -> Result<()> {
+        self.rpc(tx::Select.into(), "tx.select-ok").await.map(drop)
+    }
+
+    /// Commits the current transaction's publishes and acknowledgements.
+    ///
+    /// # Errors
+    ///
+    /// Connection errors; 406 when the channel is not transactional.
+    pub async fn tx_commit(&self) -> Result<()> {
+        self.rpc(tx::Commit.into(), "tx.commit-ok").await.map(drop)
+    }
+
+    /// Discards the current transaction's publishes and acknowledgements.
+    ///
+    /// # Errors
+    ///
+    /// Connection errors; 406 when the channel is not transactional.
+    pub async fn tx_rollback(&self) -> Result<()> {
+        self.rpc(tx::Rollback.into(), "tx.rollback-ok")
+            .await
+            .map(drop)
+    }
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel").field("id", &self.id).finish()
+    }
+}

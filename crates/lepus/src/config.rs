@@ -1,0 +1,384 @@
+//! Connection settings: from an AMQP URI or built in code.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lepus_proto::{Heartbeat, Sasl, DEFAULT_CHANNEL_MAX, DEFAULT_FRAME_MAX, MIN_FRAME_MAX};
+use lepus_wire::FieldTable;
+
+use crate::error::{Error, Result};
+use crate::uri::{AmqpUri, Scheme, ServerNameIndication, Verify};
+
+/// Everything needed to open a connection, with a setter per setting.
+///
+/// Build one from a URI ([`ConnectionOptions::from_uri`]) or from defaults
+/// ([`ConnectionOptions::new`]: `guest`/`guest` at `localhost:5672`, vhost `/`), then adjust:
+///
+/// ```
+/// use std::time::Duration;
+/// use lepus::{ConnectionOptions, Heartbeat};
+///
+/// let mut options = ConnectionOptions::from_uri("amqp://app:secret@rabbit.internal/orders")?;
+/// options
+///     .heartbeat(Heartbeat::Secs(15))
+///     .rpc_timeout(Duration::from_secs(5))
+///     .connection_name("order-service");
+/// assert_eq!(options.host(), "rabbit.internal");
+/// assert!(!format!("{options:?}").contains("secret"));
+/// # Ok::<(), lepus::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct ConnectionOptions {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) vhost: String,
+    pub(crate) sasl: Sasl,
+    pub(crate) tls: Option<TlsOptions>,
+    pub(crate) heartbeat: Heartbeat,
+    pub(crate) channel_max: u16,
+    pub(crate) frame_max: u32,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) rpc_timeout: Duration,
+    pub(crate) close_timeout: Duration,
+    pub(crate) blocked_publish_timeout: Option<Duration>,
+    pub(crate) client_properties: FieldTable,
+    pub(crate) max_message_size: u64,
+    pub(crate) write_buffer_high_water: usize,
+}
+
+/// TLS settings; present when the URI's scheme is `amqps` or [`ConnectionOptions::tls`] set them.
+#[derive(Clone, Default)]
+pub struct TlsOptions {
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) cert_file: Option<PathBuf>,
+    pub(crate) key_file: Option<PathBuf>,
+    pub(crate) verify: bool,
+    pub(crate) server_name: Option<String>,
+    pub(crate) sni: bool,
+    pub(crate) config: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl TlsOptions {
+    /// Verification on, trusting the system's root certificates, SNI with the host name.
+    pub fn new() -> Self {
+        Self {
+            verify: true,
+            sni: true,
+            ..Self::default()
+        }
+    }
+
+    /// Trust the CA certificates in this PEM file instead of the system's roots.
+    pub fn ca_file(&mut self, path: impl Into<PathBuf>) -> &mut Self {
+        self.ca_file = Some(path.into());
+        self
+    }
+
+    /// Present this client certificate chain (PEM) and private key (PEM), for mutual TLS and
+    /// the `EXTERNAL` mechanism.
+    pub fn client_cert(&mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> &mut Self {
+        self.cert_file = Some(cert.into());
+        self.key_file = Some(key.into());
+        self
+    }
+
+    /// The name to verify the server's certificate against and to send as SNI, when it differs
+    /// from the host connected to.
+    pub fn server_name(&mut self, name: impl Into<String>) -> &mut Self {
+        self.server_name = Some(name.into());
+        self
+    }
+
+    /// Send no SNI extension.
+    pub fn disable_sni(&mut self) -> &mut Self {
+        self.sni = false;
+        self
+    }
+
+    /// Skip certificate verification. Dangerous: anyone on the path can read and change the
+    /// traffic. Only for tests.
+    pub fn danger_disable_verification(&mut self) -> &mut Self {
+        self.verify = false;
+        self
+    }
+
+    /// Use a complete rustls configuration instead of the settings above.
+    pub fn rustls_config(&mut self, config: Arc<rustls::ClientConfig>) -> &mut Self {
+        self.config = Some(config);
+        self
+    }
+}
+
+impl fmt::Debug for TlsOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsOptions")
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("verify", &self.verify)
+            .field("server_name", &self.server_name)
+            .field("sni", &self.sni)
+            .field("custom_config", &self.config.is_some())
+            .finish()
+    }
+}
+
+impl Default for ConnectionOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ConnectionOptions {
+    /// Defaults: `guest`/`guest` at `localhost:5672`, vhost `/`, the server's heartbeat,
+    /// frame_max 128 KiB, 2047 channels, 30 s to connect, 30 s per request.
+    pub fn new() -> Self {
+        Self {
+            host: "localhost".into(),
+            port: 5672,
+            vhost: "/".into(),
+            sasl: Sasl::Plain {
+                username: "guest".into(),
+                password: "guest".into(),
+            },
+            tls: None,
+            heartbeat: Heartbeat::ServerDefault,
+            channel_max: DEFAULT_CHANNEL_MAX,
+            frame_max: DEFAULT_FRAME_MAX,
+            connect_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(30),
+            rpc_timeout: Duration::from_secs(30),
+            close_timeout: Duration::from_secs(10),
+            blocked_publish_timeout: None,
+            client_properties: lepus_proto::Config::default_client_properties(),
+            max_message_size: lepus_proto::DEFAULT_MAX_MESSAGE_SIZE,
+            write_buffer_high_water: 4 * 1024 * 1024,
+        }
+    }
+
+    /// Settings from an AMQP URI, following RabbitMQ's URI specification:
+    /// `amqp[s]://user:pass@host:port/vhost?heartbeat=10&connection_timeout=5000&...`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Uri`] when the URI does not parse or names an unknown query parameter.
+    pub fn from_uri(uri: &str) -> Result<Self> {
+        let uri: AmqpUri = uri.parse()?;
+        let mut o = Self::new();
+        o.host = uri.host;
+        o.port = uri.port;
+        o.vhost = uri.vhost;
+        o.sasl = Sasl::Plain {
+            username: uri.username.clone(),
+            password: uri.password.expose().to_string(),
+        };
+        let q = uri.query;
+        for mechanism in &q.auth_mechanism {
+            o.sasl = match mechanism.to_ascii_uppercase().as_str() {
+                "PLAIN" => Sasl::Plain {
+                    username: uri.username.clone(),
+                    password: uri.password.expose().to_string(),
+                },
+                "AMQPLAIN" => Sasl::AmqPlain {
+                    username: uri.username.clone(),
+                    password: uri.password.expose().to_string(),
+                },
+                "EXTERNAL" => Sasl::External,
+                other => {
+                    return Err(Error::InvalidArgument(format!(
+                        "unsupported auth_mechanism '{other}' (PLAIN, AMQPLAIN or EXTERNAL)"
+                    )))
+                }
+            };
+        }
+        if let Some(h) = q.heartbeat {
+            o.heartbeat = if h == 0 {
+                Heartbeat::Disabled
+            } else {
+                Heartbeat::Secs(h)
+            };
+        }
+        if let Some(t) = q.connection_timeout {
+            o.connect_timeout = t;
+            o.handshake_timeout = t;
+        }
+        if let Some(c) = q.channel_max {
+            o.channel_max = c;
+        }
+        if let Some(f) = q.frame_max {
+            o.frame_max(f);
+        }
+        if uri.scheme == Scheme::Amqps {
+            let mut tls = TlsOptions::new();
+            tls.ca_file = q.cacertfile;
+            tls.cert_file = q.certfile;
+            tls.key_file = q.keyfile;
+            if q.verify == Some(Verify::None) {
+                tls.verify = false;
+            }
+            match q.server_name_indication {
+                Some(ServerNameIndication::Disabled) => tls.sni = false,
+                Some(ServerNameIndication::Name(n)) => tls.server_name = Some(n),
+                None => {}
+            }
+            o.tls = Some(tls);
+        }
+        Ok(o)
+    }
+
+    /// The host to connect to.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Sets host and port.
+    pub fn address(&mut self, host: impl Into<String>, port: u16) -> &mut Self {
+        self.host = host.into();
+        self.port = port;
+        self
+    }
+
+    /// Sets the virtual host.
+    pub fn vhost(&mut self, vhost: impl Into<String>) -> &mut Self {
+        self.vhost = vhost.into();
+        self
+    }
+
+    /// Authenticates with PLAIN and these credentials.
+    pub fn credentials(
+        &mut self,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> &mut Self {
+        self.sasl = Sasl::Plain {
+            username: username.into(),
+            password: password.into(),
+        };
+        self
+    }
+
+    /// Sets the SASL mechanism and credentials.
+    pub fn sasl(&mut self, sasl: Sasl) -> &mut Self {
+        self.sasl = sasl;
+        self
+    }
+
+    /// Connects over TLS with these settings.
+    pub fn tls(&mut self, tls: TlsOptions) -> &mut Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Sets the heartbeat rule; see [`Heartbeat`].
+    pub fn heartbeat(&mut self, heartbeat: Heartbeat) -> &mut Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+
+    /// Sets the highest channel id to use (the broker's lower limit wins).
+    pub fn channel_max(&mut self, channel_max: u16) -> &mut Self {
+        self.channel_max = channel_max;
+        self
+    }
+
+    /// Sets the largest frame (the broker's lower limit wins). Values below 8192 are raised to
+    /// 8192, the least RabbitMQ 4.1 and later accept; 0 leaves the choice to the broker.
+    pub fn frame_max(&mut self, frame_max: u32) -> &mut Self {
+        self.frame_max = if frame_max == 0 {
+            0
+        } else {
+            frame_max.max(MIN_FRAME_MAX)
+        };
+        self
+    }
+
+    /// Limits the TCP connect (and the TLS handshake).
+    pub fn connect_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Limits the AMQP handshake, from the protocol header to `open-ok`.
+    pub fn handshake_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Limits every request that waits for a reply (declare, bind, qos, consume, get, ...).
+    pub fn rpc_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.rpc_timeout = timeout;
+        self
+    }
+
+    /// Limits the close handshake; the socket is dropped when it passes.
+    pub fn close_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.close_timeout = timeout;
+        self
+    }
+
+    /// Limits how long a publish waits while the broker has blocked the connection (or the
+    /// write buffer is full). `None`, the default, waits until unblocked or disconnected.
+    pub fn blocked_publish_timeout(&mut self, timeout: Option<Duration>) -> &mut Self {
+        self.blocked_publish_timeout = timeout;
+        self
+    }
+
+    /// A name for the connection, shown in RabbitMQ's management UI.
+    pub fn connection_name(&mut self, name: impl Into<String>) -> &mut Self {
+        self.client_properties.insert(
+            lepus_wire::ShortStr::from_static("connection_name"),
+            name.into(),
+        );
+        self
+    }
+
+    /// The client properties sent to the broker; extend them with your own.
+    pub fn client_properties_mut(&mut self) -> &mut FieldTable {
+        &mut self.client_properties
+    }
+
+    /// The largest message body accepted from the broker (default 128 MiB).
+    pub fn max_message_size(&mut self, bytes: u64) -> &mut Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// How many bytes may wait to be written before publishers wait (default 4 MiB).
+    pub fn write_buffer_high_water(&mut self, bytes: usize) -> &mut Self {
+        self.write_buffer_high_water = bytes.max(64 * 1024);
+        self
+    }
+
+    pub(crate) fn proto_config(&self) -> lepus_proto::Config {
+        let mut c = lepus_proto::Config::default();
+        c.sasl = self.sasl.clone();
+        c.vhost = self.vhost.clone();
+        c.channel_max = self.channel_max;
+        c.frame_max = self.frame_max;
+        c.heartbeat = self.heartbeat;
+        c.client_properties = self.client_properties.clone();
+        c.max_message_size = self.max_message_size;
+        c
+    }
+}
+
+impl fmt::Debug for ConnectionOptions {
+    /// Never shows the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionOptions")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("vhost", &self.vhost)
+            .field("sasl", &self.sasl)
+            .field("tls", &self.tls)
+            .field("heartbeat", &self.heartbeat)
+            .field("channel_max", &self.channel_max)
+            .field("frame_max", &self.frame_max)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("rpc_timeout", &self.rpc_timeout)
+            .finish_non_exhaustive()
+    }
+}

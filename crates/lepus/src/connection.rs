@@ -1,0 +1,215 @@
+//! The connection handle.
+
+use std::sync::Arc;
+
+use lepus_proto::Negotiated;
+use lepus_wire::{FieldTable, LongStr, ReplyCode};
+use tokio::sync::{broadcast, oneshot};
+
+use crate::channel::Channel;
+use crate::config::ConnectionOptions;
+use crate::driver::{self, ChannelSlot, ConnectionEvent, Shared};
+use crate::error::{Error, Result};
+use crate::transport;
+
+/// An open AMQP connection. Cheap to clone; every clone is the same connection.
+///
+/// Two background tasks on the current tokio runtime do the I/O: they keep heartbeats going and
+/// deliveries flowing whatever the application is doing. They end when the connection closes.
+/// Close the connection with [`close`](Self::close) to flush what was published first; dropping
+/// the handles does not close it.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), lepus::Error> {
+/// let conn = lepus::Connection::connect("amqp://guest:guest@localhost:5672/%2f").await?;
+/// let ch = conn.open_channel().await?;
+/// // ... use the channel ...
+/// conn.close().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Connection {
+    shared: Arc<Shared>,
+}
+
+impl Connection {
+    /// Connects to the broker at `uri` (see [`ConnectionOptions::from_uri`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Uri`] for a bad URI, [`Error::Connect`] when the TCP connection fails,
+    /// [`Error::Tls`], [`Error::AuthenticationFailed`] for refused credentials,
+    /// [`Error::ConnectionClosed`] when the broker refuses (e.g. 530 for an unknown vhost), and
+    /// [`Error::Timeout`] when a step takes longer than its limit.
+    pub async fn connect(uri: &str) -> Result<Self> {
+        Self::connect_with(ConnectionOptions::from_uri(uri)?).await
+    }
+
+    /// Connects with the given options.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    pub async fn connect_with(options: ConnectionOptions) -> Result<Self> {
+        let (reader, writer) = transport::connect(&options).await?;
+        let handshake_timeout = options.handshake_timeout;
+        let proto = lepus_proto::Connection::new(options.proto_config());
+        let shared = Shared::new(proto, options);
+        let (tx, rx) = oneshot::channel();
+        shared.lock().connected = Some(tx);
+        tokio::spawn(driver::reader(Arc::clone(&shared), reader));
+        tokio::spawn(driver::writer(Arc::clone(&shared), writer));
+        let conn = Self { shared };
+        match tokio::time::timeout(handshake_timeout, rx).await {
+            Ok(Ok(Ok(()))) => Ok(conn),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err(conn.shared.lock().closed_error()),
+            Err(_) => {
+                conn.abort("AMQP handshake timed out");
+                Err(Error::Timeout {
+                    what: "AMQP handshake",
+                    after: handshake_timeout,
+                })
+            }
+        }
+    }
+
+    /// Opens a channel.
+    ///
+    /// # Errors
+    ///
+    /// When the connection is closed, every channel id is in use, or the broker refuses.
+    pub async fn open_channel(&self) -> Result<Channel> {
+        let (rx, id, generation) = {
+            let mut inner = self.shared.lock();
+            if let Some(e) = &inner.error {
+                return Err(e.clone());
+            }
+            let (id, generation) = inner.proto.open_channel()?;
+            let (tx, rx) = oneshot::channel();
+            let mut slot = ChannelSlot {
+                generation,
+                ..ChannelSlot::default()
+            };
+            slot.waiters.push_back(driver::Waiter::Reply(tx));
+            inner.channels.insert(id, slot);
+            inner.wake_writer(&self.shared);
+            (rx, id, generation)
+        };
+        let channel = Channel::new(Arc::clone(&self.shared), id, generation);
+        channel.await_reply(rx, "channel.open-ok").await?;
+        Ok(channel)
+    }
+
+    /// Closes the connection gracefully: everything published before is sent first, then
+    /// `connection.close`; waits for the broker's close-ok (at most the close timeout).
+    ///
+    /// Every channel, consumer and pending confirm ends. Closing a closed connection is a
+    /// no-op.
+    ///
+    /// # Errors
+    ///
+    /// None so far; the signature leaves room for reporting a failed flush.
+    pub async fn close(&self) -> Result<()> {
+        let mut done = self.shared.shutdown.subscribe();
+        {
+            let mut inner = self.shared.lock();
+            if inner.error.is_some() {
+                return Ok(());
+            }
+            inner
+                .proto
+                .close(ReplyCode::REPLY_SUCCESS, "closed by client");
+            driver::dispatch(&self.shared, &mut inner);
+            inner.wake_writer(&self.shared);
+        }
+        let timeout = self.shared.options.close_timeout;
+        if tokio::time::timeout(timeout, done.wait_for(|closed| *closed))
+            .await
+            .is_err()
+        {
+            self.abort("close timed out");
+        }
+        Ok(())
+    }
+
+    /// Ends the connection at once, without a close handshake.
+    fn abort(&self, reason: &str) {
+        let mut inner = self.shared.lock();
+        inner.proto.handle_transport_closed(reason.to_string());
+        driver::dispatch(&self.shared, &mut inner);
+    }
+
+    /// Whether the connection is open.
+    pub fn is_open(&self) -> bool {
+        let inner = self.shared.lock();
+        inner.error.is_none() && inner.proto.is_open()
+    }
+
+    /// Waits until the connection ends and returns why.
+    pub async fn closed(&self) -> Error {
+        let mut done = self.shared.shutdown.subscribe();
+        let _ = done.wait_for(|closed| *closed).await;
+        self.shared.lock().closed_error()
+    }
+
+    /// The broker's reason, while it blocks publishing (`connection.blocked`).
+    pub fn blocked(&self) -> Option<String> {
+        self.shared.lock().proto.blocked().map(str::to_string)
+    }
+
+    /// Blocked, unblocked and closed notifications.
+    pub fn events(&self) -> broadcast::Receiver<ConnectionEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// The properties the broker sent: product, version, platform, capabilities.
+    pub fn server_properties(&self) -> FieldTable {
+        self.shared.lock().proto.server_properties().clone()
+    }
+
+    /// The negotiated channel_max, frame_max and heartbeat.
+    pub fn negotiated(&self) -> Negotiated {
+        self.shared.lock().proto.negotiated()
+    }
+
+    /// Replaces the connection's credentials (`connection.update-secret`), such as an
+    /// expiring OAuth 2 token, and waits for the broker to accept them.
+    ///
+    /// # Errors
+    ///
+    /// When the connection is closed, the reason is over 255 bytes, or the broker refuses.
+    pub async fn update_secret(&self, secret: impl Into<LongStr>, reason: &str) -> Result<()> {
+        let rx = {
+            let mut inner = self.shared.lock();
+            if let Some(e) = &inner.error {
+                return Err(e.clone());
+            }
+            inner.proto.update_secret(secret.into(), reason)?;
+            let (tx, rx) = oneshot::channel();
+            inner.update_secret_waiters.push_back(tx);
+            inner.wake_writer(&self.shared);
+            rx
+        };
+        let after = self.shared.options.rpc_timeout;
+        match tokio::time::timeout(after, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(self.shared.lock().closed_error()),
+            Err(_) => Err(Error::Timeout {
+                what: "connection.update-secret-ok",
+                after,
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("host", &self.shared.options.host)
+            .field("open", &self.is_open())
+            .finish()
+    }
+}

@@ -1,0 +1,342 @@
+//! Consumers: a [`Stream`] of deliveries per `basic.consume`, and acknowledgements.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use futures_core::Stream;
+use lepus_proto::Message;
+use lepus_wire::method::basic;
+use lepus_wire::{BasicProperties, MethodArgs, ShortStr};
+
+use crate::driver::Shared;
+use crate::error::{Error, Result};
+
+/// A message delivered to a consumer (or fetched with `basic.get`).
+///
+/// Acknowledge it with [`ack`](Self::ack), [`nack`](Self::nack) or [`reject`](Self::reject).
+/// An acknowledgement can only reach the channel that delivered the message: after that channel
+/// closed, or on a message consumed with `no_ack`, these return an error locally instead of
+/// letting the broker close the channel with 406.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The channel-scoped tag that acknowledges this message.
+    pub delivery_tag: u64,
+    /// The message was delivered before and not acknowledged.
+    pub redelivered: bool,
+    /// The exchange it was published to (empty for the default exchange).
+    pub exchange: ShortStr,
+    /// The routing key it was published with.
+    pub routing_key: ShortStr,
+    /// The consumer it was delivered to (empty for `basic.get`).
+    pub consumer_tag: ShortStr,
+    /// The message's properties.
+    pub properties: BasicProperties,
+    /// The body. A single-frame body shares the socket read buffer: no copy.
+    pub body: Bytes,
+    acker: Acker,
+}
+
+/// What [`Delivery`] needs to acknowledge itself.
+#[derive(Clone)]
+pub(crate) struct Acker {
+    shared: Arc<Shared>,
+    channel: u16,
+    generation: u64,
+    no_ack: bool,
+}
+
+impl std::fmt::Debug for Acker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acker")
+            .field("channel", &self.channel)
+            .field("generation", &self.generation)
+            .field("no_ack", &self.no_ack)
+            .finish()
+    }
+}
+
+impl Delivery {
+    pub(crate) fn new(
+        shared: &Arc<Shared>,
+        channel: u16,
+        generation: u64,
+        no_ack: bool,
+        deliver: basic::Deliver,
+        message: Message,
+    ) -> Self {
+        Self {
+            delivery_tag: deliver.delivery_tag,
+            redelivered: deliver.redelivered,
+            exchange: deliver.exchange,
+            routing_key: deliver.routing_key,
+            consumer_tag: deliver.consumer_tag,
+            properties: message.properties,
+            body: message.body,
+            acker: Acker {
+                shared: Arc::clone(shared),
+                channel,
+                generation,
+                no_ack,
+            },
+        }
+    }
+
+    pub(crate) fn from_get(
+        shared: &Arc<Shared>,
+        channel: u16,
+        generation: u64,
+        no_ack: bool,
+        get_ok: basic::GetOk,
+        message: Message,
+    ) -> Self {
+        Self {
+            delivery_tag: get_ok.delivery_tag,
+            redelivered: get_ok.redelivered,
+            exchange: get_ok.exchange,
+            routing_key: get_ok.routing_key,
+            consumer_tag: ShortStr::default(),
+            properties: message.properties,
+            body: message.body,
+            acker: Acker {
+                shared: Arc::clone(shared),
+                channel,
+                generation,
+                no_ack,
+            },
+        }
+    }
+
+    /// The channel the message arrived on.
+    pub fn channel_id(&self) -> u16 {
+        self.acker.channel
+    }
+
+    /// Acknowledges this message.
+    ///
+    /// # Errors
+    ///
+    /// When the delivering channel is closed, or the message was consumed with `no_ack`.
+    pub fn ack(&self) -> Result<()> {
+        self.acker.send(&basic::Ack {
+            delivery_tag: self.delivery_tag,
+            multiple: false,
+        })
+    }
+
+    /// Acknowledges this message and every earlier unacknowledged one on its channel.
+    ///
+    /// # Errors
+    ///
+    /// As [`ack`](Self::ack).
+    pub fn ack_multiple(&self) -> Result<()> {
+        self.acker.send(&basic::Ack {
+            delivery_tag: self.delivery_tag,
+            multiple: true,
+        })
+    }
+
+    /// Negatively acknowledges this message: requeued if `requeue`, else dropped or
+    /// dead-lettered.
+    ///
+    /// # Errors
+    ///
+    /// As [`ack`](Self::ack).
+    pub fn nack(&self, requeue: bool) -> Result<()> {
+        self.acker.send(&basic::Nack {
+            delivery_tag: self.delivery_tag,
+            multiple: false,
+            requeue,
+        })
+    }
+
+    /// Like [`nack`](Self::nack), for this and every earlier unacknowledged message.
+    ///
+    /// # Errors
+    ///
+    /// As [`ack`](Self::ack).
+    pub fn nack_multiple(&self, requeue: bool) -> Result<()> {
+        self.acker.send(&basic::Nack {
+            delivery_tag: self.delivery_tag,
+            multiple: true,
+            requeue,
+        })
+    }
+
+    /// Rejects this message (`basic.reject`): requeued if `requeue`, else dropped or
+    /// dead-lettered.
+    ///
+    /// # Errors
+    ///
+    /// As [`ack`](Self::ack).
+    pub fn reject(&self, requeue: bool) -> Result<()> {
+        self.acker.send(&basic::Reject {
+            delivery_tag: self.delivery_tag,
+            requeue,
+        })
+    }
+}
+
+impl Acker {
+    fn send<M: MethodArgs>(&self, method: &M) -> Result<()> {
+        if self.no_ack {
+            return Err(Error::InvalidState(
+                "the message was consumed with no_ack and needs no acknowledgement",
+            ));
+        }
+        let mut inner = self.shared.lock();
+        inner.check(self.channel, self.generation)?;
+        inner.proto.send(self.channel, method)?;
+        inner.wake_writer(&self.shared);
+        Ok(())
+    }
+}
+
+struct QueueState {
+    deliveries: VecDeque<Delivery>,
+    waker: Option<Waker>,
+    ended: bool,
+    end_error: Option<Error>,
+}
+
+/// The buffer between the reader task and one consumer.
+pub(crate) struct ConsumerQueue {
+    state: Mutex<QueueState>,
+    capacity: usize,
+    pub(crate) no_ack: bool,
+    tag: Mutex<ShortStr>,
+}
+
+impl ConsumerQueue {
+    pub(crate) fn new(capacity: usize, no_ack: bool) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(QueueState {
+                deliveries: VecDeque::new(),
+                waker: None,
+                ended: false,
+                end_error: None,
+            }),
+            capacity: capacity.max(1),
+            no_ack,
+            tag: Mutex::new(ShortStr::default()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn set_tag(&self, tag: ShortStr) {
+        *self.tag.lock().unwrap_or_else(|p| p.into_inner()) = tag;
+    }
+
+    /// Adds a delivery; returns whether the queue is now full (reading should pause).
+    pub(crate) fn push(&self, delivery: Delivery) -> bool {
+        let mut s = self.lock();
+        s.deliveries.push_back(delivery);
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+        s.deliveries.len() >= self.capacity
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.lock().deliveries.len() >= self.capacity
+    }
+
+    /// Ends the stream after the queued deliveries, with an error item first if given.
+    pub(crate) fn end(&self, error: Option<Error>) {
+        let mut s = self.lock();
+        s.ended = true;
+        s.end_error = error;
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// A stream of deliveries for one consumer, from
+/// [`Channel::basic_consume`](crate::Channel::basic_consume).
+///
+/// Yields `Ok(Delivery)` in the order the broker sent them. The stream ends (`None`) after the
+/// consumer is cancelled with [`Channel::basic_cancel`](crate::Channel::basic_cancel); if the
+/// broker cancels it (queue deleted, consumer timeout) or the channel or connection closes, it
+/// yields one `Err` saying why, then ends.
+///
+/// Deliveries wait in a bounded buffer ([`BasicConsumeOptions::buffer`]); when it is full, the
+/// connection stops reading from the socket until the consumer catches up, so a slow consumer
+/// slows the broker down instead of filling memory. Other channels of the connection wait too:
+/// give slow consumers a connection of their own.
+///
+/// [`BasicConsumeOptions::buffer`]: crate::BasicConsumeOptions::buffer
+pub struct Consumer {
+    queue: Arc<ConsumerQueue>,
+    shared: Arc<Shared>,
+    local: VecDeque<Delivery>,
+    tag: ShortStr,
+    done: bool,
+}
+
+impl Consumer {
+    pub(crate) fn new(queue: Arc<ConsumerQueue>, shared: Arc<Shared>, tag: ShortStr) -> Self {
+        Self {
+            queue,
+            shared,
+            local: VecDeque::new(),
+            tag,
+            done: false,
+        }
+    }
+
+    /// The consumer tag.
+    pub fn tag(&self) -> &ShortStr {
+        &self.tag
+    }
+
+    /// The next delivery, or `None` when the stream has ended: `stream.next().await` without
+    /// needing a `StreamExt` import.
+    pub async fn recv(&mut self) -> Option<Result<Delivery>> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+    }
+}
+
+impl Stream for Consumer {
+    type Item = Result<Delivery>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if let Some(d) = this.local.pop_front() {
+            return Poll::Ready(Some(Ok(d)));
+        }
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let mut s = this.queue.lock();
+        if !s.deliveries.is_empty() {
+            // Take the whole batch under one lock; the buffer is then empty and reading may go on.
+            std::mem::swap(&mut s.deliveries, &mut this.local);
+            drop(s);
+            if this.shared.read_paused.load(Ordering::Acquire) {
+                this.shared.reader_wake.notify_one();
+            }
+            return Poll::Ready(this.local.pop_front().map(Ok));
+        }
+        if s.ended {
+            this.done = true;
+            return Poll::Ready(s.end_error.take().map(Err));
+        }
+        s.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("tag", &self.tag)
+            .finish_non_exhaustive()
+    }
+}

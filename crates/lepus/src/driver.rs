@@ -1,0 +1,572 @@
+//! The I/O driver: two tasks per connection around the sans-IO core.
+//!
+//! All state lives in one [`Shared`] behind a mutex: the protocol core, the waiters for
+//! replies and confirms, and the consumers' queues. User handles lock it, call the core (which
+//! encodes frames into its output buffer at once), and wake the writer only when it is idle, so
+//! publishing costs a lock and an encode: no channel hop, no allocation for small bodies.
+//!
+//! - The **writer** task takes everything the core has queued, in one batch, and writes it with
+//!   vectored writes: under load, many messages go out per system call.
+//! - The **reader** task reads into one buffer, lets the core decode every complete frame, and
+//!   routes the resulting events to waiters, consumers and confirm futures. It also runs the
+//!   heartbeat timer. When a consumer's queue is full it stops reading the socket until the
+//!   consumer catches up: TCP backpressure instead of unbounded memory.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::IoSlice;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use bytes::{Buf, Bytes, BytesMut};
+use lepus_proto::{Close, ConnectionError, Event, Reply};
+use lepus_wire::method::basic;
+use lepus_wire::{Method, ReplyCode, ShortStr};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{broadcast, oneshot, watch, Notify};
+
+use crate::config::ConnectionOptions;
+use crate::confirm::{Confirmation, ReturnedMessage};
+use crate::consumer::{ConsumerQueue, Delivery};
+use crate::error::{Error, Result};
+
+/// Size of each socket read.
+const READ_CHUNK: usize = 64 * 1024;
+/// Most buffers handed to one vectored write.
+const MAX_IOVECS: usize = 64;
+
+/// A connection-level event, from [`Connection::events`](crate::Connection::events).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionEvent {
+    /// The broker stopped reading publishes (`connection.blocked`), with its reason.
+    Blocked(String),
+    /// The broker reads publishes again.
+    Unblocked,
+    /// The connection ended.
+    Closed(String),
+}
+
+pub(crate) enum Waiter {
+    /// A plain request: the reply goes to the caller.
+    Reply(oneshot::Sender<Result<Reply>>),
+    /// `basic.consume`: the consumer is registered the moment consume-ok is read, before any
+    /// delivery that follows it in the same read.
+    Consume {
+        tx: oneshot::Sender<Result<Reply>>,
+        queue: Arc<ConsumerQueue>,
+        no_ack: bool,
+    },
+}
+
+impl Waiter {
+    fn fail(self, e: Error) {
+        match self {
+            Self::Reply(tx) | Self::Consume { tx, .. } => {
+                let _ = tx.send(Err(e));
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct ChannelSlot {
+    pub(crate) generation: u64,
+    pub(crate) waiters: VecDeque<Waiter>,
+    pub(crate) consumers: HashMap<ShortStr, Arc<ConsumerQueue>>,
+    /// Consumer tags that were started with no-ack, kept so that a late delivery for a
+    /// cancelled one is not rejected (which the broker would refuse).
+    pub(crate) no_ack_tags: Vec<ShortStr>,
+    pub(crate) confirms: VecDeque<(u64, Option<oneshot::Sender<Result<Confirmation>>>)>,
+    pub(crate) nacked_since_wait: bool,
+    pub(crate) confirms_drained: Option<Arc<Notify>>,
+    pub(crate) returned: VecDeque<ReturnedMessage>,
+    pub(crate) returns_tx: Option<tokio::sync::mpsc::UnboundedSender<ReturnedMessage>>,
+    pub(crate) close_waiter: Option<oneshot::Sender<()>>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) proto: lepus_proto::Connection,
+    pub(crate) channels: HashMap<u16, ChannelSlot>,
+    /// Set once the connection is finished; every later call fails with it.
+    pub(crate) error: Option<Error>,
+    pub(crate) writer_idle: bool,
+    /// Bytes the writer has taken and not yet written.
+    pub(crate) in_flight: usize,
+    pub(crate) publishers_waiting: bool,
+    pub(crate) connected: Option<oneshot::Sender<Result<()>>>,
+    pub(crate) update_secret_waiters: VecDeque<oneshot::Sender<Result<()>>>,
+}
+
+pub(crate) struct Shared {
+    state: Mutex<Inner>,
+    pub(crate) writer_wake: Notify,
+    pub(crate) reader_wake: Notify,
+    /// Publishers waiting for buffer space or an unblock.
+    pub(crate) space: Notify,
+    pub(crate) closed: Notify,
+    pub(crate) read_paused: AtomicBool,
+    pub(crate) events: broadcast::Sender<ConnectionEvent>,
+    /// Becomes `true` when the connection has ended.
+    pub(crate) shutdown: watch::Sender<bool>,
+    pub(crate) options: ConnectionOptions,
+}
+
+impl Shared {
+    pub(crate) fn new(proto: lepus_proto::Connection, options: ConnectionOptions) -> Arc<Self> {
+        let (events, _) = broadcast::channel(64);
+        Arc::new(Self {
+            state: Mutex::new(Inner {
+                proto,
+                channels: HashMap::new(),
+                error: None,
+                writer_idle: false,
+                in_flight: 0,
+                publishers_waiting: false,
+                connected: None,
+                update_secret_waiters: VecDeque::new(),
+            }),
+            writer_wake: Notify::new(),
+            reader_wake: Notify::new(),
+            space: Notify::new(),
+            closed: Notify::new(),
+            read_paused: AtomicBool::new(false),
+            events,
+            shutdown: watch::Sender::new(false),
+            options,
+        })
+    }
+
+    /// Locks the state. A panic while holding the lock cannot leave the protocol state half
+    /// updated in a way that matters more than the panic itself, so poisoning is ignored.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Inner {
+    /// Wakes the writer if it is waiting for work. Call after queuing frames.
+    #[inline]
+    pub(crate) fn wake_writer(&mut self, shared: &Shared) {
+        if self.writer_idle {
+            self.writer_idle = false;
+            shared.writer_wake.notify_one();
+        }
+    }
+
+    /// The error to report for a call on a finished connection.
+    pub(crate) fn closed_error(&self) -> Error {
+        self.error.clone().unwrap_or_else(|| {
+            Error::ConnectionClosed(ConnectionError::TransportClosed(
+                "connection is closed".into(),
+            ))
+        })
+    }
+
+    pub(crate) fn check(&self, channel: u16, generation: u64) -> Result<()> {
+        if let Some(e) = &self.error {
+            return Err(e.clone());
+        }
+        match self.channels.get(&channel) {
+            Some(slot) if slot.generation == generation => Ok(()),
+            _ => Err(Error::ChannelNotOpen(channel)),
+        }
+    }
+
+    pub(crate) fn buffered(&self) -> usize {
+        self.proto.pending_bytes() + self.in_flight
+    }
+}
+
+/// Runs the writer until the connection ends.
+pub(crate) async fn writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: W) {
+    let mut chunks: VecDeque<Bytes> = VecDeque::new();
+    loop {
+        let wait = {
+            let mut inner = shared.lock();
+            let n = inner.proto.poll_transmit(Instant::now(), &mut chunks);
+            inner.in_flight += n;
+            if chunks.is_empty() {
+                if inner.proto.is_closed() {
+                    break;
+                }
+                inner.writer_idle = true;
+                Some(shared.writer_wake.notified())
+            } else {
+                None
+            }
+        };
+        if let Some(notified) = wait {
+            notified.await;
+            continue;
+        }
+        let mut written = 0usize;
+        while !chunks.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            for (slot, chunk) in slices.iter_mut().zip(chunks.iter()) {
+                *slot = IoSlice::new(chunk);
+                count += 1;
+            }
+            let result = match slices.get(..count) {
+                Some(s) => io.write_vectored(s).await,
+                None => Ok(0),
+            };
+            match result {
+                Ok(0) => {
+                    transport_failed(&shared, "socket closed while writing".into());
+                    return;
+                }
+                Ok(mut n) => {
+                    written += n;
+                    while n > 0 {
+                        let Some(front) = chunks.front_mut() else {
+                            break;
+                        };
+                        if n >= front.len() {
+                            n -= front.len();
+                            chunks.pop_front();
+                        } else {
+                            front.advance(n);
+                            n = 0;
+                        }
+                    }
+                }
+                Err(e) => {
+                    transport_failed(&shared, format!("write failed: {e}"));
+                    return;
+                }
+            }
+        }
+        let mut inner = shared.lock();
+        inner.in_flight = inner.in_flight.saturating_sub(written);
+        if inner.publishers_waiting && inner.buffered() < shared.options.write_buffer_high_water / 2
+        {
+            inner.publishers_waiting = false;
+            shared.space.notify_waiters();
+        }
+    }
+    let _ = io.flush().await;
+    let _ = io.shutdown().await;
+}
+
+/// Runs the reader (and the heartbeat timer) until the connection ends.
+pub(crate) async fn reader<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut io: R) {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        let (deadline, paused) = {
+            let inner = shared.lock();
+            if inner.proto.is_closed() {
+                return;
+            }
+            (
+                inner.proto.poll_timeout(),
+                shared.read_paused.load(Ordering::Acquire),
+            )
+        };
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|closed| *closed) => return,
+            result = io.read_buf(&mut buf), if !paused => {
+                match result {
+                    Ok(0) => return transport_failed(&shared, "connection closed by peer".into()),
+                    Ok(_) => {
+                        let mut inner = shared.lock();
+                        inner.proto.handle_input(Instant::now(), &mut buf);
+                        dispatch(&shared, &mut inner);
+                        inner.wake_writer(&shared);
+                    }
+                    Err(e) => return transport_failed(&shared, format!("read failed: {e}")),
+                }
+                if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                    buf.reserve(READ_CHUNK);
+                }
+            }
+            () = sleep => {
+                let mut inner = shared.lock();
+                let now = Instant::now();
+                if shared.read_paused.load(Ordering::Acquire) {
+                    // Not reading is our own choice; it says nothing about the server.
+                    inner.proto.reset_receive_timer(now);
+                }
+                inner.proto.handle_timeout(now);
+                dispatch(&shared, &mut inner);
+                inner.wake_writer(&shared);
+            }
+            () = shared.reader_wake.notified(), if paused => {
+                let inner = shared.lock();
+                let still_full = inner
+                    .channels
+                    .values()
+                    .flat_map(|c| c.consumers.values())
+                    .any(|q| q.is_full());
+                if !still_full {
+                    shared.read_paused.store(false, Ordering::Release);
+                }
+            }
+        }
+    }
+}
+
+fn transport_failed(shared: &Arc<Shared>, reason: String) {
+    let mut inner = shared.lock();
+    inner.proto.handle_transport_closed(reason);
+    dispatch(shared, &mut inner);
+    inner.wake_writer(shared);
+}
+
+/// Routes every pending event of the core to its waiter. Runs with the lock held.
+pub(crate) fn dispatch(shared: &Arc<Shared>, inner: &mut Inner) {
+    while let Some(event) = inner.proto.poll_event() {
+        match event {
+            Event::Connected => {
+                if let Some(tx) = inner.connected.take() {
+                    let _ = tx.send(Ok(()));
+                }
+            }
+            Event::Reply { channel: 0, .. } => {
+                if let Some(tx) = inner.update_secret_waiters.pop_front() {
+                    let _ = tx.send(Ok(()));
+                }
+            }
+            Event::Reply { channel, reply } => on_reply(inner, channel, reply),
+            Event::Delivery {
+                channel,
+                deliver,
+                message,
+            } => on_delivery(shared, inner, channel, deliver, message),
+            Event::Returned {
+                channel,
+                returned,
+                message,
+            } => {
+                let Some(slot) = inner.channels.get_mut(&channel) else {
+                    continue;
+                };
+                let msg = ReturnedMessage {
+                    reply_code: returned.reply_code,
+                    reply_text: returned.reply_text.to_string_lossy().into_owned(),
+                    exchange: returned.exchange,
+                    routing_key: returned.routing_key,
+                    properties: message.properties,
+                    body: message.body,
+                };
+                if let Some(tx) = &slot.returns_tx {
+                    let _ = tx.send(msg.clone());
+                }
+                if !slot.confirms.is_empty() {
+                    slot.returned.push_back(msg);
+                }
+            }
+            Event::Confirm {
+                channel,
+                delivery_tag,
+                multiple,
+                ack,
+            } => on_confirm(inner, channel, delivery_tag, multiple, ack),
+            Event::ConsumerCancelled {
+                channel,
+                consumer_tag,
+            } => {
+                if let Some(q) = inner
+                    .channels
+                    .get_mut(&channel)
+                    .and_then(|s| s.consumers.remove(&consumer_tag))
+                {
+                    q.end(Some(Error::ConsumerCancelled(consumer_tag)));
+                }
+            }
+            Event::Flow { .. } => {}
+            Event::ChannelClosed { channel, close } => on_channel_closed(inner, channel, close),
+            Event::Blocked { reason } => {
+                let _ = shared.events.send(ConnectionEvent::Blocked(reason));
+            }
+            Event::Unblocked => {
+                let _ = shared.events.send(ConnectionEvent::Unblocked);
+                shared.space.notify_waiters();
+            }
+            Event::Closed(error) => on_closed(shared, inner, error),
+            _ => {}
+        }
+    }
+}
+
+fn on_reply(inner: &mut Inner, channel: u16, reply: Reply) {
+    let Some(slot) = inner.channels.get_mut(&channel) else {
+        return;
+    };
+    if let Reply::Method(Method::BasicCancelOk(ok)) = &reply {
+        // The consumer's stream ends after the deliveries that preceded cancel-ok.
+        if let Some(q) = slot.consumers.remove(&ok.consumer_tag) {
+            q.end(None);
+        }
+    }
+    let Some(waiter) = slot.waiters.pop_front() else {
+        return;
+    };
+    match waiter {
+        Waiter::Reply(tx) => {
+            let _ = tx.send(Ok(reply));
+        }
+        Waiter::Consume { tx, queue, no_ack } => {
+            if let Reply::Method(Method::BasicConsumeOk(ok)) = &reply {
+                if no_ack {
+                    slot.no_ack_tags.push(ok.consumer_tag.clone());
+                }
+                queue.set_tag(ok.consumer_tag.clone());
+                slot.consumers.insert(ok.consumer_tag.clone(), queue);
+            }
+            let _ = tx.send(Ok(reply));
+        }
+    }
+}
+
+fn on_delivery(
+    shared: &Arc<Shared>,
+    inner: &mut Inner,
+    channel: u16,
+    deliver: basic::Deliver,
+    message: lepus_proto::Message,
+) {
+    let Some(slot) = inner.channels.get_mut(&channel) else {
+        return;
+    };
+    let generation = slot.generation;
+    match slot.consumers.get(&deliver.consumer_tag) {
+        Some(queue) => {
+            let delivery =
+                Delivery::new(shared, channel, generation, queue.no_ack, deliver, message);
+            if queue.push(delivery) {
+                shared.read_paused.store(true, Ordering::Release);
+            }
+        }
+        None => {
+            // A delivery for a consumer lepus no longer has: give it back to the queue, unless
+            // it was a no-ack consumer, whose deliveries cannot be rejected.
+            if !slot.no_ack_tags.contains(&deliver.consumer_tag) {
+                let reject = basic::Reject {
+                    delivery_tag: deliver.delivery_tag,
+                    requeue: true,
+                };
+                let _ = inner.proto.send(channel, &reject);
+            }
+        }
+    }
+}
+
+fn on_confirm(inner: &mut Inner, channel: u16, tag: u64, multiple: bool, ack: bool) {
+    let Some(slot) = inner.channels.get_mut(&channel) else {
+        return;
+    };
+    // RabbitMQ sends basic.return right before the ack of an unroutable mandatory message;
+    // that returned message belongs to the highest sequence number this confirm covers.
+    let mut returned = slot.returned.pop_front().map(Box::new);
+    while let Some((seq, _)) = slot.confirms.front() {
+        if *seq > tag || (!multiple && *seq != tag) {
+            break;
+        }
+        let Some((seq, tx)) = slot.confirms.pop_front() else {
+            break;
+        };
+        let attached = if seq == tag { returned.take() } else { None };
+        let confirmation = if ack {
+            Confirmation::Ack(attached)
+        } else {
+            slot.nacked_since_wait = true;
+            Confirmation::Nack(attached)
+        };
+        if let Some(tx) = tx {
+            let _ = tx.send(Ok(confirmation));
+        }
+    }
+    if !multiple && slot.confirms.front().is_some_and(|(seq, _)| *seq < tag) {
+        // A single confirm out of order: find it in the queue.
+        if let Some(pos) = slot.confirms.iter().position(|(seq, _)| *seq == tag) {
+            if let Some((_, tx)) = slot.confirms.remove(pos) {
+                let confirmation = if ack {
+                    Confirmation::Ack(returned.take())
+                } else {
+                    slot.nacked_since_wait = true;
+                    Confirmation::Nack(returned.take())
+                };
+                if let Some(tx) = tx {
+                    let _ = tx.send(Ok(confirmation));
+                }
+            }
+        }
+    }
+    if slot.confirms.is_empty() {
+        if let Some(n) = &slot.confirms_drained {
+            n.notify_waiters();
+        }
+    }
+}
+
+fn on_channel_closed(inner: &mut Inner, channel: u16, close: Option<Close>) {
+    let Some(mut slot) = inner.channels.remove(&channel) else {
+        return;
+    };
+    let error = match close {
+        Some(close) => Error::ChannelClosed(close),
+        None => Error::ChannelNotOpen(channel),
+    };
+    fail_slot(&mut slot, &error);
+    if let Some(tx) = slot.close_waiter.take() {
+        let _ = tx.send(());
+    }
+}
+
+fn fail_slot(slot: &mut ChannelSlot, error: &Error) {
+    for waiter in slot.waiters.drain(..) {
+        waiter.fail(error.clone());
+    }
+    for (_, q) in slot.consumers.drain() {
+        q.end(Some(error.clone()));
+    }
+    for (_, tx) in slot.confirms.drain(..) {
+        if let Some(tx) = tx {
+            let _ = tx.send(Err(error.clone()));
+        }
+    }
+    if let Some(n) = &slot.confirms_drained {
+        n.notify_waiters();
+    }
+}
+
+fn on_closed(shared: &Arc<Shared>, inner: &mut Inner, error: ConnectionError) {
+    let handshaking = inner.connected.is_some();
+    let err = match error {
+        ConnectionError::ServerClosed(close)
+            if handshaking && close.code == ReplyCode::ACCESS_REFUSED =>
+        {
+            Error::AuthenticationFailed(close)
+        }
+        other => Error::ConnectionClosed(other),
+    };
+    if let Some(tx) = inner.connected.take() {
+        let _ = tx.send(Err(err.clone()));
+    }
+    for (_, mut slot) in inner.channels.drain() {
+        fail_slot(&mut slot, &err);
+        if let Some(tx) = slot.close_waiter.take() {
+            let _ = tx.send(());
+        }
+    }
+    for tx in inner.update_secret_waiters.drain(..) {
+        let _ = tx.send(Err(err.clone()));
+    }
+    let _ = shared.events.send(ConnectionEvent::Closed(err.to_string()));
+    inner.error = Some(err);
+    shared.space.notify_waiters();
+    shared.closed.notify_waiters();
+    shared.shutdown.send_replace(true);
+    shared.reader_wake.notify_one();
+    shared.writer_wake.notify_one();
+}

@@ -1,0 +1,140 @@
+//! The client's error type.
+
+use std::io;
+use std::sync::Arc;
+
+use lepus_proto::{ChannelError, Close, ConnectionError};
+use lepus_wire::{EncodeError, ReplyCode, ShortStr};
+
+use crate::uri::UriError;
+
+/// Everything that can go wrong in the client, as one matchable type.
+///
+/// Each message is one line saying what failed; where the broker refused something, it names
+/// the reply code and text. Errors are `Clone` because one failure (a lost connection) is
+/// reported to every waiter at once.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn demo(ch: &lepus::Channel) {
+/// use lepus::{Error, ReplyCode};
+///
+/// match ch.queue_declare_passive("maybe").await {
+///     Ok(q) => println!("{} messages", q.message_count),
+///     Err(Error::ChannelClosed(close)) if close.code == ReplyCode::NOT_FOUND => {
+///         println!("no such queue; the channel is closed, the connection is fine")
+///     }
+///     Err(e) => eprintln!("error: {e}"),
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The URI could not be parsed.
+    #[error("invalid AMQP URI: {0}")]
+    Uri(#[from] UriError),
+    /// The TCP connection could not be made (refused, unreachable, name not found).
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The host and port.
+        addr: String,
+        /// The operating system's error.
+        source: Arc<io::Error>,
+    },
+    /// Reading or writing the socket failed.
+    #[error("i/o error: {0}")]
+    Io(Arc<io::Error>),
+    /// The TLS handshake or configuration failed (bad certificate, wrong host name, unknown CA).
+    #[error("tls: {0}")]
+    Tls(String),
+    /// A step did not finish in time.
+    #[error("timed out after {after:?} waiting for {what}")]
+    Timeout {
+        /// What was being waited for, such as `queue.declare-ok` or `TCP connect`.
+        what: &'static str,
+        /// The configured limit.
+        after: std::time::Duration,
+    },
+    /// The broker refused the credentials (`403 ACCESS_REFUSED` during the handshake).
+    #[error("authentication failed: {0}")]
+    AuthenticationFailed(Close),
+    /// The connection is closed: by the broker (with a hard error such as 320 or 530), on
+    /// request, after a heartbeat timeout, or because the peer broke the protocol.
+    #[error("{0}")]
+    ConnectionClosed(ConnectionError),
+    /// The broker closed the channel with a soft error (404, 403, 405, 406, ...); the
+    /// connection and its other channels go on.
+    #[error("channel closed by broker: {0}")]
+    ChannelClosed(Close),
+    /// The channel was closed by this client, or its handle outlived it.
+    #[error("channel {0} is closed")]
+    ChannelNotOpen(u16),
+    /// The broker cancelled the consumer (its queue was deleted, or it timed out).
+    #[error("consumer {0} was cancelled by the broker")]
+    ConsumerCancelled(ShortStr),
+    /// An argument was rejected before anything was sent, such as a name over 255 bytes.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The call is not valid in the current state, such as waiting for confirms on a channel
+    /// without confirm mode.
+    #[error("{0}")]
+    InvalidState(&'static str),
+}
+
+impl Error {
+    /// The AMQP reply code behind the error, if the broker (or lepus, closing the connection)
+    /// sent one.
+    pub fn reply_code(&self) -> Option<ReplyCode> {
+        match self {
+            Self::AuthenticationFailed(c) | Self::ChannelClosed(c) => Some(c.code),
+            Self::ConnectionClosed(e) => e.reply_code(),
+            _ => None,
+        }
+    }
+
+    /// Whether the error ended the whole connection (as opposed to one channel or call).
+    pub fn is_connection_error(&self) -> bool {
+        matches!(
+            self,
+            Self::ConnectionClosed(_)
+                | Self::Io(_)
+                | Self::Connect { .. }
+                | Self::Tls(_)
+                | Self::AuthenticationFailed(_)
+        )
+    }
+}
+
+impl From<EncodeError> for Error {
+    fn from(e: EncodeError) -> Self {
+        Self::InvalidArgument(e.to_string())
+    }
+}
+
+impl From<ChannelError> for Error {
+    fn from(e: ChannelError) -> Self {
+        match e {
+            ChannelError::ServerClosed(close) => Self::ChannelClosed(close),
+            ChannelError::Closed => Self::InvalidState("channel is closed"),
+            ChannelError::NotOpen(id) => Self::ChannelNotOpen(id),
+            ChannelError::ConnectionClosed(e) => Self::ConnectionClosed(e),
+            ChannelError::NoFreeChannel(max) => {
+                Self::InvalidArgument(format!("all {max} channels are in use"))
+            }
+            ChannelError::Encode(e) => e.into(),
+            ChannelError::InvalidState(s) => Self::InvalidState(s),
+            _ => Self::InvalidState("channel error"),
+        }
+    }
+}
+
+impl From<ConnectionError> for Error {
+    fn from(e: ConnectionError) -> Self {
+        Self::ConnectionClosed(e)
+    }
+}
+
+/// `Result` with the client's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

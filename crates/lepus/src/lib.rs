@@ -1,0 +1,83 @@
+//! lepus: an AMQP 0-9-1 client for RabbitMQ, async on tokio.
+//!
+//! ```text
+//!   your code ──► Connection / Channel handles ──┐   (lock, encode, wake: no channel hop)
+//!                                                 ▼
+//!                      lepus-proto::Connection (sans-IO state machine)
+//!                       ▲                     │
+//!            reader task│ bytes in            │ bytes out │writer task (vectored, batched)
+//!                       └────── socket (TCP or TLS) ◄─────┘
+//! ```
+//!
+//! The protocol logic lives in [`lepus_proto`], which does no I/O; this crate adds the socket,
+//! TLS (rustls), timers and the async API. Every AMQP 0-9-1 method of RabbitMQ is here:
+//! exchanges and queues, consumers as [`Stream`](futures_core::Stream)s, publisher confirms as
+//! futures, transactions, returns, flow control, heartbeats and `connection.blocked`.
+//!
+//! # Examples
+//!
+//! Connect, declare and bind, publish with confirms, consume with acks:
+//!
+//! ```no_run
+//! use lepus::{
+//!     BasicConsumeOptions, BasicProperties, BasicPublishOptions, BindOptions, Connection,
+//!     ExchangeDeclareOptions, ExchangeKind, QueueDeclareOptions,
+//! };
+//!
+//! # async fn demo() -> Result<(), lepus::Error> {
+//! let conn = Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+//! let ch = conn.open_channel().await?;
+//!
+//! ch.exchange_declare("orders", ExchangeKind::Topic, ExchangeDeclareOptions::default()).await?;
+//! let q = ch.queue_declare("orders.eu", QueueDeclareOptions::default()).await?;
+//! ch.queue_bind(&q.name, "orders", "eu.#", BindOptions::default()).await?;
+//!
+//! ch.confirm_select().await?;
+//! let props = BasicProperties::default();
+//! let confirm = ch
+//!     .basic_publish("orders", "eu.fr", BasicPublishOptions::default(), &props, "hello")
+//!     .await?;
+//! assert!(confirm.await?.is_ack());
+//!
+//! let mut consumer = ch.basic_consume(&q.name, "", BasicConsumeOptions::default()).await?;
+//! if let Some(delivery) = consumer.recv().await {
+//!     let delivery = delivery?;
+//!     assert_eq!(&delivery.body[..], b"hello");
+//!     delivery.ack()?;
+//! }
+//! conn.close().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Errors
+//!
+//! One [`Error`] type. A soft error from the broker closes only the channel
+//! ([`Error::ChannelClosed`] with its [`ReplyCode`], text and failing method); a hard error
+//! closes the connection ([`Error::ConnectionClosed`]) and fails every waiter, consumer and
+//! pending confirm at once.
+
+mod channel;
+mod config;
+mod confirm;
+mod connection;
+mod consumer;
+mod driver;
+mod error;
+mod options;
+mod transport;
+pub mod uri;
+
+pub use channel::{Channel, GetMessage};
+pub use config::{ConnectionOptions, TlsOptions};
+pub use confirm::{Confirmation, PublisherConfirm, ReturnedMessage};
+pub use connection::Connection;
+pub use consumer::{Consumer, Delivery};
+pub use driver::ConnectionEvent;
+pub use error::{Error, Result};
+pub use lepus_proto::{Close, ConnectionError, Heartbeat, Negotiated, Sasl};
+pub use lepus_wire::{BasicProperties, FieldTable, FieldValue, LongStr, ReplyCode, ShortStr};
+pub use options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BindOptions, ExchangeDeclareOptions,
+    ExchangeDeleteOptions, ExchangeKind, QueueDeclareOptions, QueueDeclared, QueueDeleteOptions,
+};
+pub use {bytes, lepus_proto, lepus_wire};

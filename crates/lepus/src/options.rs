@@ -1,0 +1,155 @@
+//! Option structs for channel methods, and their typed results.
+//!
+//! Each AMQP flag is a named `bool` with the broker's behaviour documented, so a call site reads
+//! `QueueDeclareOptions { durable: true, ..Default::default() }` instead of a row of positional
+//! booleans. `passive` declares are separate methods (`queue_declare_passive`), because they
+//! change what the call means.
+
+use lepus_wire::FieldTable;
+
+/// Options for [`Channel::exchange_declare`](crate::Channel::exchange_declare).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExchangeDeclareOptions {
+    /// The exchange survives a broker restart.
+    pub durable: bool,
+    /// The broker deletes the exchange when its last binding is removed.
+    pub auto_delete: bool,
+    /// Clients cannot publish to it; only exchange-to-exchange bindings feed it.
+    pub internal: bool,
+    /// Do not wait for the broker's reply; an error still closes the channel later.
+    pub nowait: bool,
+    /// Optional arguments, such as `alternate-exchange`.
+    pub arguments: FieldTable,
+}
+
+/// Options for [`Channel::exchange_delete`](crate::Channel::exchange_delete).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExchangeDeleteOptions {
+    /// Delete only if the exchange has no bindings (406 PRECONDITION_FAILED otherwise).
+    pub if_unused: bool,
+    /// Do not wait for the broker's reply.
+    pub nowait: bool,
+}
+
+/// Options for exchange-to-exchange and queue bindings and unbindings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BindOptions {
+    /// Do not wait for the broker's reply (ignored by `queue_unbind`, which always replies).
+    pub nowait: bool,
+    /// Binding arguments, such as the match rules of a headers exchange.
+    pub arguments: FieldTable,
+}
+
+/// Options for [`Channel::queue_declare`](crate::Channel::queue_declare).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueDeclareOptions {
+    /// The queue survives a broker restart (its persistent messages too).
+    pub durable: bool,
+    /// Only this connection may use the queue, and it is deleted when the connection closes.
+    pub exclusive: bool,
+    /// The broker deletes the queue when its last consumer is cancelled.
+    pub auto_delete: bool,
+    /// Do not wait for the broker's reply; the result then holds the requested name and zero
+    /// counts.
+    pub nowait: bool,
+    /// Optional arguments: `x-queue-type`, `x-message-ttl`, `x-max-length`, ...
+    pub arguments: FieldTable,
+}
+
+/// Options for [`Channel::queue_delete`](crate::Channel::queue_delete).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueDeleteOptions {
+    /// Delete only if the queue has no consumers (406 PRECONDITION_FAILED otherwise).
+    pub if_unused: bool,
+    /// Delete only if the queue is empty (406 PRECONDITION_FAILED otherwise).
+    pub if_empty: bool,
+    /// Do not wait for the broker's reply; the count is then 0.
+    pub nowait: bool,
+}
+
+/// Options for [`Channel::basic_qos`](crate::Channel::basic_qos).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BasicQosOptions {
+    /// Limit in bytes of unacknowledged content; RabbitMQ supports only 0 (no limit).
+    pub prefetch_size: u32,
+    /// Apply the limit to the whole channel instead of each new consumer. Quorum queues refuse
+    /// a global limit, so the default is per consumer.
+    pub global: bool,
+}
+
+/// Options for [`Channel::basic_consume`](crate::Channel::basic_consume).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BasicConsumeOptions {
+    /// Deliveries need no acknowledgement: the broker forgets a message once sent.
+    pub no_ack: bool,
+    /// Be the queue's only consumer (403 ACCESS_REFUSED if another consumer exists).
+    pub exclusive: bool,
+    /// Do not receive messages published on this connection (RabbitMQ ignores this).
+    pub no_local: bool,
+    /// Consumer arguments, such as `x-priority`.
+    pub arguments: FieldTable,
+    /// How many deliveries may wait in this consumer's buffer before lepus stops reading the
+    /// socket (TCP backpressure), so that a slow consumer cannot exhaust memory.
+    pub buffer: usize,
+}
+
+impl Default for BasicConsumeOptions {
+    fn default() -> Self {
+        Self {
+            no_ack: false,
+            exclusive: false,
+            no_local: false,
+            arguments: FieldTable::new(),
+            buffer: 4096,
+        }
+    }
+}
+
+/// Options for [`Channel::basic_publish`](crate::Channel::basic_publish).
+///
+/// The `immediate` flag is left out: RabbitMQ has refused it since 3.0.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BasicPublishOptions {
+    /// Return the message (basic.return, 312 NO_ROUTE) if no queue is bound to receive it.
+    pub mandatory: bool,
+}
+
+/// The result of a queue declaration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueDeclared {
+    /// The queue's name (generated by the broker when the request named none).
+    pub name: String,
+    /// Messages ready for delivery.
+    pub message_count: u32,
+    /// Active consumers.
+    pub consumer_count: u32,
+}
+
+/// The kind of an exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExchangeKind {
+    /// Routes on an exact routing-key match.
+    Direct,
+    /// Routes to every bound queue.
+    Fanout,
+    /// Routes on routing-key patterns (`*` one word, `#` any).
+    Topic,
+    /// Routes on message headers.
+    Headers,
+    /// A plugin's type, such as `x-consistent-hash`.
+    Custom(String),
+}
+
+impl ExchangeKind {
+    /// The type name sent to the broker.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Direct => "direct",
+            Self::Fanout => "fanout",
+            Self::Topic => "topic",
+            Self::Headers => "headers",
+            Self::Custom(s) => s,
+        }
+    }
+}

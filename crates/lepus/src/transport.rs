@@ -1,0 +1,190 @@
+//! Opening the byte stream: TCP, optionally wrapped in TLS (rustls).
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::config::{ConnectionOptions, TlsOptions};
+use crate::error::{Error, Result};
+
+pub(crate) type BoxRead = Box<dyn AsyncRead + Unpin + Send>;
+pub(crate) type BoxWrite = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// Connects TCP (and TLS when configured) within the connect timeout.
+pub(crate) async fn connect(options: &ConnectionOptions) -> Result<(BoxRead, BoxWrite)> {
+    let addr = format!("{}:{}", options.host, options.port);
+    let tcp = tokio::time::timeout(options.connect_timeout, TcpStream::connect(addr.as_str()))
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "TCP connect",
+            after: options.connect_timeout,
+        })?
+        .map_err(|e| Error::Connect {
+            addr: addr.clone(),
+            source: Arc::new(e),
+        })?;
+    // Frames are written in batches already; Nagle's algorithm would only add latency.
+    let _ = tcp.set_nodelay(true);
+    let Some(tls) = &options.tls else {
+        let (r, w) = tcp.into_split();
+        return Ok((Box::new(r), Box::new(w)));
+    };
+    let config = client_config(tls)?;
+    let name = tls
+        .server_name
+        .clone()
+        .unwrap_or_else(|| options.host.clone());
+    let server_name = ServerName::try_from(name.clone())
+        .map_err(|_| Error::Tls(format!("invalid server name '{name}'")))?;
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let stream = tokio::time::timeout(options.connect_timeout, connector.connect(server_name, tcp))
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "TLS handshake",
+            after: options.connect_timeout,
+        })?
+        .map_err(|e| {
+            match e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
+                Some(tls_error) => Error::Tls(format!("handshake with {addr} failed: {tls_error}")),
+                None => Error::Tls(format!("handshake with {addr} failed: {e}")),
+            }
+        })?;
+    let (r, w) = tokio::io::split(stream);
+    Ok((Box::new(r), Box::new(w)))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Builds the rustls configuration from the options.
+pub(crate) fn client_config(tls: &TlsOptions) -> Result<Arc<rustls::ClientConfig>> {
+    if let Some(config) = &tls.config {
+        return Ok(Arc::clone(config));
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    let builder = if tls.verify {
+        let mut roots = rustls::RootCertStore::empty();
+        match &tls.ca_file {
+            Some(path) => {
+                let certs = CertificateDer::pem_file_iter(path)
+                    .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
+                    .map_err(|e| {
+                        Error::Tls(format!("cannot read CA file {}: {e}", path.display()))
+                    })?;
+                if certs.is_empty() {
+                    return Err(Error::Tls(format!(
+                        "no certificate in CA file {}",
+                        path.display()
+                    )));
+                }
+                for cert in certs {
+                    roots.add(cert).map_err(|e| {
+                        Error::Tls(format!("bad CA certificate in {}: {e}", path.display()))
+                    })?;
+                }
+            }
+            None => {
+                let native = rustls_native_certs::load_native_certs();
+                for cert in native.certs {
+                    let _ = roots.add(cert);
+                }
+                if roots.is_empty() {
+                    return Err(Error::Tls(
+                        "no system root certificates found; set a CA file".into(),
+                    ));
+                }
+            }
+        }
+        builder.with_root_certificates(roots)
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider())))
+    };
+    let mut config = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
+                .map_err(|e| {
+                    Error::Tls(format!(
+                        "cannot read certificate file {}: {e}",
+                        cert.display()
+                    ))
+                })?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| Error::Tls(format!("cannot read key file {}: {e}", key.display())))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| Error::Tls(format!("bad client certificate or key: {e}")))?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => {
+            return Err(Error::Tls(
+                "a client certificate needs both a certificate and a key file".into(),
+            ))
+        }
+    };
+    config.enable_sni = tls.sni;
+    Ok(Arc::new(config))
+}
+
+/// Accepts any server certificate (`verify_none`). Signatures are still checked, so the
+/// handshake itself stays sound; only the identity is not.
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

@@ -1,0 +1,557 @@
+//! The async client against a real RabbitMQ.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lepus::{
+    BasicConsumeOptions, BasicProperties, BasicPublishOptions, BasicQosOptions, BindOptions,
+    Confirmation, Connection, ConnectionOptions, Error, ExchangeDeclareOptions,
+    ExchangeDeleteOptions, ExchangeKind, FieldTable, FieldValue, Heartbeat, QueueDeclareOptions,
+    QueueDeleteOptions, ReplyCode, ShortStr,
+};
+use support::{channel, connect, unique};
+
+fn props() -> BasicProperties {
+    BasicProperties::default()
+}
+
+async fn publish(ch: &lepus::Channel, queue: &str, body: &'static str) {
+    let _ = ch
+        .basic_publish("", queue, BasicPublishOptions::default(), &props(), body)
+        .await
+        .unwrap();
+}
+
+async fn temp_queue(ch: &lepus::Channel, prefix: &str) -> String {
+    let name = unique(prefix);
+    ch.queue_declare(
+        &name,
+        QueueDeclareOptions {
+            auto_delete: false,
+            arguments: FieldTable::new().with("x-expires", 60_000),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    name
+}
+
+#[tokio::test]
+async fn handshake_negotiates_and_exposes_server_properties() {
+    let conn = connect().await;
+    let props = conn.server_properties();
+    assert_eq!(
+        props.get("product").and_then(FieldValue::as_str),
+        Some("RabbitMQ")
+    );
+    let caps = props
+        .get("capabilities")
+        .and_then(FieldValue::as_table)
+        .unwrap();
+    assert_eq!(
+        caps.get("publisher_confirms").and_then(FieldValue::as_bool),
+        Some(true)
+    );
+    let n = conn.negotiated();
+    assert_eq!(n.frame_max, 131_072);
+    assert_eq!(n.channel_max, 2047);
+    assert_eq!(n.heartbeat, 60, "server default heartbeat");
+    assert!(conn.is_open());
+    conn.close().await.unwrap();
+    assert!(!conn.is_open());
+}
+
+#[tokio::test]
+async fn heartbeat_choice_is_sent_to_the_server() {
+    let mut o = support::options();
+    o.heartbeat(Heartbeat::Secs(7));
+    let conn = Connection::connect_with(o).await.unwrap();
+    assert_eq!(conn.negotiated().heartbeat, 7);
+    conn.close().await.unwrap();
+    let mut o = support::options();
+    o.heartbeat(Heartbeat::Disabled);
+    let conn = Connection::connect_with(o).await.unwrap();
+    assert_eq!(conn.negotiated().heartbeat, 0);
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_password_is_authentication_failed() {
+    let mut o = support::options();
+    o.credentials("guest", "definitely-wrong");
+    let err = Connection::connect_with(o).await.unwrap_err();
+    assert!(matches!(err, Error::AuthenticationFailed(_)), "{err}");
+    assert_eq!(err.reply_code(), Some(ReplyCode::ACCESS_REFUSED));
+    assert!(!err.to_string().contains("definitely-wrong"));
+}
+
+#[tokio::test]
+async fn unknown_vhost_is_refused() {
+    let mut o = support::options();
+    o.vhost(unique("no-such-vhost"));
+    let err = Connection::connect_with(o).await.unwrap_err();
+    assert_eq!(err.reply_code(), Some(ReplyCode::NOT_ALLOWED), "{err}");
+}
+
+#[tokio::test]
+async fn connection_refused_is_a_connect_error() {
+    let mut o = ConnectionOptions::new();
+    o.address("127.0.0.1", 1);
+    let err = Connection::connect_with(o).await.unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn declare_bind_purge_delete() {
+    let (conn, ch) = channel().await;
+    let exchange = unique("ex");
+    ch.exchange_declare(
+        &exchange,
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions::default(),
+    )
+    .await
+    .unwrap();
+    let q = temp_queue(&ch, "dbpd").await;
+    ch.queue_bind(&q, &exchange, "key", BindOptions::default())
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let _ = ch
+            .basic_publish(
+                &exchange,
+                "key",
+                BasicPublishOptions::default(),
+                &props(),
+                "x",
+            )
+            .await
+            .unwrap();
+    }
+    // Declare-ok counts show the routed messages once they are in the queue.
+    let mut count = 0;
+    for _ in 0..100 {
+        count = ch.queue_declare_passive(&q).await.unwrap().message_count;
+        if count == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(count, 3);
+    assert_eq!(ch.queue_purge(&q).await.unwrap(), 3);
+    ch.queue_unbind(&q, &exchange, "key", FieldTable::new())
+        .await
+        .unwrap();
+    let _ = ch
+        .basic_publish(
+            &exchange,
+            "key",
+            BasicPublishOptions::default(),
+            &props(),
+            "x",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        ch.queue_delete(&q, QueueDeleteOptions::default())
+            .await
+            .unwrap(),
+        0
+    );
+    ch.exchange_delete(&exchange, ExchangeDeleteOptions::default())
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn exchange_to_exchange_binding_routes() {
+    let (conn, ch) = channel().await;
+    let src = unique("src");
+    let dst = unique("dst");
+    for name in [&src, &dst] {
+        ch.exchange_declare(
+            name,
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions::default(),
+        )
+        .await
+        .unwrap();
+    }
+    ch.exchange_bind(&dst, &src, "", BindOptions::default())
+        .await
+        .unwrap();
+    let q = temp_queue(&ch, "e2e").await;
+    ch.queue_bind(&q, &dst, "", BindOptions::default())
+        .await
+        .unwrap();
+    let _ = ch
+        .basic_publish(&src, "", BasicPublishOptions::default(), &props(), "via")
+        .await
+        .unwrap();
+    let mut got = None;
+    for _ in 0..100 {
+        got = ch.basic_get(&q, true).await.unwrap();
+        if got.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(&got.unwrap().delivery.body[..], b"via");
+    ch.exchange_unbind(&dst, &src, "", BindOptions::default())
+        .await
+        .unwrap();
+    for name in [&src, &dst] {
+        ch.exchange_delete(name, ExchangeDeleteOptions::default())
+            .await
+            .unwrap();
+    }
+    ch.queue_delete(&q, QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn passive_declare_of_missing_queue_closes_only_the_channel() {
+    let (conn, ch) = channel().await;
+    let err = ch
+        .queue_declare_passive(&unique("missing"))
+        .await
+        .unwrap_err();
+    let Error::ChannelClosed(close) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(close.code, ReplyCode::NOT_FOUND);
+    assert_eq!(close.method_name(), Some("queue.declare"));
+    assert!(err.to_string().contains("404 NOT_FOUND"), "{err}");
+    assert!(!ch.is_open());
+    // The channel is gone; the connection is not.
+    let again = ch.queue_declare_passive("whatever").await.unwrap_err();
+    assert!(matches!(again, Error::ChannelNotOpen(_)), "{again}");
+    assert!(conn.is_open());
+    let ch2 = conn.open_channel().await.unwrap();
+    let q = temp_queue(&ch2, "after404").await;
+    ch2.queue_delete(&q, QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn exclusive_queue_is_locked_for_other_connections() {
+    let (conn1, ch1) = channel().await;
+    let q = unique("exclusive");
+    ch1.queue_declare(
+        &q,
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (conn2, ch2) = channel().await;
+    let err = ch2.queue_declare_passive(&q).await.unwrap_err();
+    assert_eq!(err.reply_code(), Some(ReplyCode::RESOURCE_LOCKED), "{err}");
+    conn2.close().await.unwrap();
+    conn1.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn consume_ack_nack_reject() {
+    let (conn, ch) = channel().await;
+    let q = temp_queue(&ch, "consume").await;
+    for body in ["one", "two", "three"] {
+        publish(&ch, &q, body).await;
+    }
+    let mut consumer = ch
+        .basic_consume(&q, "", BasicConsumeOptions::default())
+        .await
+        .unwrap();
+    let first = consumer.next().await.unwrap().unwrap();
+    assert_eq!(&first.body[..], b"one");
+    assert!(!first.redelivered);
+    first.ack().unwrap();
+    let second = consumer.next().await.unwrap().unwrap();
+    assert_eq!(&second.body[..], b"two");
+    second.nack(true).unwrap(); // requeued: comes back, redelivered
+    let third = consumer.next().await.unwrap().unwrap();
+    assert_eq!(&third.body[..], b"three");
+    third.reject(false).unwrap(); // dropped
+    let again = consumer.next().await.unwrap().unwrap();
+    assert_eq!(&again.body[..], b"two");
+    assert!(again.redelivered);
+    again.ack().unwrap();
+    ch.basic_cancel(consumer.tag().as_str().unwrap())
+        .await
+        .unwrap();
+    assert!(consumer.next().await.is_none(), "stream ends after cancel");
+    let left = ch.queue_declare_passive(&q).await.unwrap();
+    assert_eq!(left.message_count, 0);
+    ch.queue_delete(&q, QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn prefetch_limits_unacked_deliveries() {
+    let (conn, ch) = channel().await;
+    let q = temp_queue(&ch, "prefetch").await;
+    for _ in 0..20 {
+        publish(&ch, &q, "m").await;
+    }
+    ch.basic_qos(5, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = ch
+        .basic_consume(&q, "", BasicConsumeOptions::default())
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(consumer.next().await.unwrap().unwrap());
+    }
+    // No sixth delivery while five are unacknowledged.
+    let sixth = tokio::time::timeout(Duration::from_millis(300), consumer.next()).await;
+    assert!(
+        sixth.is_err(),
+        "prefetch 5 must hold back the sixth message"
+    );
+    held[4].ack_multiple().unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(5), consumer.next()).await;
+    assert!(next.unwrap().unwrap().is_ok());
+    ch.queue_delete(&q, QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn deleting_the_queue_cancels_the_consumer() {
+    let (conn, ch) = channel().await;
+    let q = temp_queue(&ch, "servercancel").await;
+    let mut consumer = ch
+        .basic_consume(&q, "", BasicConsumeOptions::default())
+        .await
+        .unwrap();
+    let ch2 = conn.open_channel().await.unwrap();
+    ch2.queue_delete(&q, QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    let item = tokio::time::timeout(Duration::from_secs(5), consumer.next())
+        .await
+        .unwrap();
+    assert!(
+        matches!(item, Some(Err(Error::ConsumerCancelled(_)))),
+        "{item:?}"
+    );
+    assert!(consumer.next().await.is_none());
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn mandatory_unroutable_message_is_returned_then_acked() {
+    let (conn, ch) = channel().await;
+    ch.confirm_select().await.unwrap();
+    let mut returns = ch.returns().unwrap();
+    let key = unique("nowhere");
+    let confirm = ch
+        .basic_publish(
+            "",
+            &key,
+            BasicPublishOptions { mandatory: true },
+            &props(),
+            "lost",
+        )
+        .await
+        .unwrap();
+    let confirmation = confirm.await.unwrap();
+    let Confirmation::Ack(Some(returned)) = &confirmation else {
+        panic!("expected ack with returned message, got {confirmation:?}")
+    };
+    assert_eq!(returned.reply_code, ReplyCode::NO_ROUTE);
+    assert_eq!(returned.routing_key, key.as_str());
+    assert_eq!(&returned.body[..], b"lost");
+    let from_stream = returns.recv().await.unwrap();
+    assert_eq!(from_stream.reply_code, ReplyCode::NO_ROUTE);
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn confirms_under_pipelined_load() {
+    const N: usize = 100_000;
+    let (conn, ch) = channel().await;
+    let q = temp_queue(&ch, "confirms").await;
+    ch.confirm_select().await.unwrap();
+    let mut confirms = Vec::with_capacity(N);
+    for _ in 0..N {
+        confirms.push(
+            ch.basic_publish("", &q, BasicPublishOptions::default(), &props(), "c")
+                .await
+                .unwrap(),
+        );
+    }
+    // Await in reverse order: confirms may be awaited in any order.
+    let mut acked = 0;
+    for c in confirms.into_iter().rev() {
+        if c.await.unwrap().is_ack() {
+            acked += 1;
+        }
+    }
+    assert_eq!(acked, N);
+    assert!(ch.wait_for_confirms(Duration::from_secs(5)).await.unwrap());
+    assert_eq!(
+        ch.queue_delete(&q, QueueDeleteOptions::default())
+            .await
+            .unwrap() as usize,
+        N
+    );
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn ten_mib_message_round_trip() {
+    let (conn, ch) = channel().await;
+    let q = temp_queue(&ch, "large").await;
+    let body: Vec<u8> = (0..10 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    ch.confirm_select().await.unwrap();
+    let props = BasicProperties {
+        content_type: Some(ShortStr::from_static("application/octet-stream")),
+        headers: Some(FieldTable::new().with("size", body.len() as i64)),
+        ..Default::default()
+    };
+    let confirm = ch
+        .basic_publish("", &q, BasicPublishOptions::default(), &props, body.clone())
+        .await
+        .unwrap();
+    assert!(confirm.await.unwrap().is_ack());
+    let got = ch.basic_get(&q, false).await.unwrap().unwrap();
+    assert_eq!(got.delivery.body.len(), body.len());
+    assert!(got.delivery.body[..] == body[..]);
+    assert_eq!(got.delivery.properties, props);
+    got.delivery.ack().unwrap();
+    ch.queue_delete(&q, QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn transactions_commit_and_roll_back() {
+    let (conn, ch) = channel().await;
+    let q = temp_queue(&ch, "tx").await;
+    ch.tx_select().await.unwrap();
+    publish(&ch, &q, "rolled back").await;
+    ch.tx_rollback().await.unwrap();
+    publish(&ch, &q, "committed").await;
+    ch.tx_commit().await.unwrap();
+    let got = ch.basic_get(&q, true).await.unwrap().unwrap();
+    assert_eq!(&got.delivery.body[..], b"committed");
+    assert_eq!(got.message_count, 0);
+    assert!(ch.basic_get(&q, true).await.unwrap().is_none());
+    ch.queue_delete(&q, QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn ack_after_the_channel_closed_is_a_local_error() {
+    let (conn, ch) = channel().await;
+    let q = temp_queue(&ch, "staleack").await;
+    publish(&ch, &q, "m").await;
+    let mut got = None;
+    for _ in 0..100 {
+        got = ch.basic_get(&q, false).await.unwrap();
+        if got.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let got = got.unwrap();
+    ch.close().await.unwrap();
+    let err = got.delivery.ack().unwrap_err();
+    assert!(matches!(err, Error::ChannelNotOpen(_)), "{err}");
+    // A new channel takes the same id; the old delivery still cannot ack on it.
+    let ch2 = conn.open_channel().await.unwrap();
+    assert_eq!(ch2.id(), got.delivery.channel_id());
+    assert!(got.delivery.ack().is_err());
+    ch2.queue_delete(&q, QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn names_over_255_bytes_fail_before_sending() {
+    let (conn, ch) = channel().await;
+    let long = "q".repeat(256);
+    let err = ch
+        .queue_declare(&long, QueueDeclareOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    assert!(ch.is_open(), "nothing was sent, so the channel stays open");
+    let err = ch
+        .basic_publish("", &long, BasicPublishOptions::default(), &props(), "x")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn close_flushes_what_was_published() {
+    let (conn, ch) = channel().await;
+    let q = temp_queue(&ch, "flush").await;
+    for _ in 0..1000 {
+        publish(&ch, &q, "f").await;
+    }
+    conn.close().await.unwrap();
+    let (conn, ch) = channel().await;
+    assert_eq!(
+        ch.queue_declare_passive(&q).await.unwrap().message_count,
+        1000
+    );
+    ch.queue_delete(&q, QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn ordering_on_one_channel_is_preserved() {
+    let (conn, ch) = channel().await;
+    let q = temp_queue(&ch, "order").await;
+    for i in 0..500u32 {
+        let body = i.to_be_bytes().to_vec();
+        let _ = ch
+            .basic_publish("", &q, BasicPublishOptions::default(), &props(), body)
+            .await
+            .unwrap();
+    }
+    let mut consumer = ch
+        .basic_consume(
+            &q,
+            "",
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    for i in 0..500u32 {
+        let d = consumer.next().await.unwrap().unwrap();
+        assert_eq!(&d.body[..], &i.to_be_bytes());
+        assert!(d.ack().is_err(), "no-ack deliveries cannot be acked");
+    }
+    ch.queue_delete(&q, QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}

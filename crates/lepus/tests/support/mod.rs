@@ -1,0 +1,49 @@
+//! Helpers shared by the broker-backed tests.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use lepus::{Channel, Connection, ConnectionOptions};
+
+/// The broker to test against: `LEPUS_TEST_URL`, or the local RabbitMQ.
+pub(crate) fn url() -> String {
+    std::env::var("LEPUS_TEST_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
+}
+
+pub(crate) fn options() -> ConnectionOptions {
+    ConnectionOptions::from_uri(&url()).unwrap()
+}
+
+/// Connects, failing with instructions when no broker answers.
+pub(crate) async fn connect() -> Connection {
+    match Connection::connect(&url()).await {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "cannot reach RabbitMQ at {} ({e}); start one with `scripts/ensure-broker.sh` \
+             or set LEPUS_TEST_URL",
+            url()
+        ),
+    }
+}
+
+pub(crate) async fn channel() -> (Connection, Channel) {
+    let conn = connect().await;
+    let ch = conn.open_channel().await.unwrap();
+    (conn, ch)
+}
+
+/// A name no other test (or earlier run) uses.
+pub(crate) fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "lepus-test.{prefix}.{}.{nanos}.{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
