@@ -564,6 +564,7 @@ fn gen_enum(o: &mut String, methods: &[MethodSpec]) {
         "    /// [`DecodeError::UnknownMethod`] for an id pair the protocol does not define, and",
     );
     w(o, "    /// [`DecodeError::InMethod`] when the arguments are malformed or followed by extra bytes.");
+    w(o, "    #[inline]");
     w(
         o,
         "    pub fn decode(payload: &mut Bytes) -> Result<Self, DecodeError> {",

@@ -16,6 +16,8 @@ pub struct Message {
 }
 
 /// A reply to a synchronous request.
+// `GetOk` carries the message's properties inline; boxing them would cost an allocation per get.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Reply {

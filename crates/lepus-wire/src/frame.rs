@@ -96,6 +96,7 @@ impl Frame {
     /// assert_eq!(Frame::decode(&mut buf, 131_072), Ok(Some(Frame::Heartbeat)));
     /// assert!(buf.is_empty());
     /// ```
+    #[inline]
     pub fn decode(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Self>, DecodeError> {
         let Some(len) = complete_frame_len(buf, frame_max)? else {
             return Ok(None);
@@ -110,6 +111,7 @@ impl Frame {
     /// # Errors
     ///
     /// A [`DecodeError`] saying what was wrong with the frame.
+    #[inline]
     pub fn decode_bytes(buf: &mut Bytes, frame_max: u32) -> Result<Option<Self>, DecodeError> {
         let Some(len) = complete_frame_len(buf, frame_max)? else {
             return Ok(None);
@@ -119,6 +121,7 @@ impl Frame {
     }
 
     /// Decodes exactly one complete, already length-checked frame.
+    #[inline]
     fn decode_complete(frame: &mut Bytes) -> Result<Self, DecodeError> {
         let kind = frame.get_u8();
         let channel = frame.get_u16();
@@ -130,10 +133,17 @@ impl Frame {
                 channel,
                 method: Method::decode(frame)?,
             }),
-            FRAME_HEADER => Ok(Self::Header {
-                channel,
-                header: ContentHeader::decode(frame)?,
-            }),
+            FRAME_HEADER => {
+                // Built in place: the header is the largest frame variant.
+                let mut decoded = Self::Header {
+                    channel,
+                    header: ContentHeader::default(),
+                };
+                if let Self::Header { header, .. } = &mut decoded {
+                    header.decode_into(frame)?;
+                }
+                Ok(decoded)
+            }
             FRAME_BODY => Ok(Self::Body {
                 channel,
                 body: std::mem::take(frame),
@@ -182,6 +192,7 @@ impl Frame {
 
 /// Checks the header of the frame at the front of `buf` and returns the frame's total length if
 /// all of it has arrived.
+#[inline]
 fn complete_frame_len(buf: &[u8], frame_max: u32) -> Result<Option<usize>, DecodeError> {
     let Some(&[kind, c0, c1, s0, s1, s2, s3]) = buf.get(..FRAME_HEADER_SIZE) else {
         return Ok(None);

@@ -132,7 +132,10 @@ impl BasicProperties {
         short(out, &self.cluster_id);
     }
 
-    pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+    /// Decodes the flag word and the properties it announces into `self`, which must be the
+    /// default (all `None`). Decoding in place spares moving this large struct around.
+    #[inline]
+    pub(crate) fn decode_into(&mut self, r: &mut Reader<'_>) -> Result<(), DecodeError> {
         let flags = r.u16("property flags")?;
         if flags & UNDEFINED != 0 {
             return Err(DecodeError::UnknownPropertyFlags(flags & UNDEFINED));
@@ -148,7 +151,7 @@ impl BasicProperties {
             more = next & CONTINUATION != 0;
         }
         if flags & !CONTINUATION == 0 {
-            return Ok(Self::default());
+            return Ok(());
         }
         let short = |r: &mut Reader<'_>, flag: u16| -> Result<Option<ShortStr>, DecodeError> {
             if flags & flag == 0 {
@@ -156,44 +159,29 @@ impl BasicProperties {
             }
             ShortStr::decode(r).map(Some)
         };
-        let content_type = short(r, CONTENT_TYPE)?;
-        let content_encoding = short(r, CONTENT_ENCODING)?;
-        let headers = match flags & HEADERS {
-            0 => None,
-            _ => Some(FieldTable::decode(r)?),
-        };
-        let delivery_mode = match flags & DELIVERY_MODE {
-            0 => None,
-            _ => Some(r.u8("delivery-mode")?),
-        };
-        let priority = match flags & PRIORITY {
-            0 => None,
-            _ => Some(r.u8("priority")?),
-        };
-        let correlation_id = short(r, CORRELATION_ID)?;
-        let reply_to = short(r, REPLY_TO)?;
-        let expiration = short(r, EXPIRATION)?;
-        let message_id = short(r, MESSAGE_ID)?;
-        let timestamp = match flags & TIMESTAMP {
-            0 => None,
-            _ => Some(r.u64("timestamp")?),
-        };
-        Ok(Self {
-            content_type,
-            content_encoding,
-            headers,
-            delivery_mode,
-            priority,
-            correlation_id,
-            reply_to,
-            expiration,
-            message_id,
-            timestamp,
-            kind: short(r, TYPE)?,
-            user_id: short(r, USER_ID)?,
-            app_id: short(r, APP_ID)?,
-            cluster_id: short(r, CLUSTER_ID)?,
-        })
+        self.content_type = short(r, CONTENT_TYPE)?;
+        self.content_encoding = short(r, CONTENT_ENCODING)?;
+        if flags & HEADERS != 0 {
+            self.headers = Some(FieldTable::decode(r)?);
+        }
+        if flags & DELIVERY_MODE != 0 {
+            self.delivery_mode = Some(r.u8("delivery-mode")?);
+        }
+        if flags & PRIORITY != 0 {
+            self.priority = Some(r.u8("priority")?);
+        }
+        self.correlation_id = short(r, CORRELATION_ID)?;
+        self.reply_to = short(r, REPLY_TO)?;
+        self.expiration = short(r, EXPIRATION)?;
+        self.message_id = short(r, MESSAGE_ID)?;
+        if flags & TIMESTAMP != 0 {
+            self.timestamp = Some(r.u64("timestamp")?);
+        }
+        self.kind = short(r, TYPE)?;
+        self.user_id = short(r, USER_ID)?;
+        self.app_id = short(r, APP_ID)?;
+        self.cluster_id = short(r, CLUSTER_ID)?;
+        Ok(())
     }
 }
 
@@ -224,20 +212,25 @@ impl ContentHeader {
         properties.encode(out);
     }
 
+    #[cfg(test)]
     pub(crate) fn decode(payload: &mut Bytes) -> Result<Self, DecodeError> {
+        let mut header = Self::default();
+        header.decode_into(payload)?;
+        Ok(header)
+    }
+
+    /// Decodes a content header payload into `self`, which must be the default.
+    #[inline]
+    pub(crate) fn decode_into(&mut self, payload: &mut Bytes) -> Result<(), DecodeError> {
         let mut r = Reader::new(payload);
         let class_id = r.u16("content header")?;
         if class_id != BASIC_CLASS_ID {
             return Err(DecodeError::UnknownContentClass(class_id));
         }
         let _weight = r.u16("content header")?;
-        let body_size = r.u64("content header")?;
-        let properties = BasicProperties::decode(&mut r)?;
-        r.finish("content header")?;
-        Ok(Self {
-            body_size,
-            properties,
-        })
+        self.body_size = r.u64("content header")?;
+        self.properties.decode_into(&mut r)?;
+        r.finish("content header")
     }
 }
 

@@ -1,5 +1,6 @@
 //! Decoding a delivery allocates nothing beyond what holds the message: method arguments,
 //! properties and body share the received buffer.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,4 +1,5 @@
 //! Decoding bytes captured from a real RabbitMQ (3.10.8), not only bytes lepus wrote itself.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use bytes::BytesMut;
 use lepus_wire::{FieldValue, Frame, Method};

@@ -65,9 +65,9 @@ impl Confirmation {
 ///
 /// Returned by [`Channel::basic_publish`](crate::Channel::basic_publish). The message is
 /// already on its way when this exists: awaiting it only waits for the broker's verdict, and
-/// dropping it does not cancel the publish. Thousands may be awaited in any order. If the
+/// dropping it does not cancel the publish (so it is not `#[must_use]`: on a channel without
+/// confirms there is nothing to wait for). Thousands may be awaited in any order. If the
 /// channel or connection closes first, it resolves at once with that error.
-#[must_use = "a confirm does nothing unless awaited; drop it to ignore the outcome"]
 #[derive(Debug)]
 pub struct PublisherConfirm {
     rx: Option<oneshot::Receiver<Result<Confirmation>>>,

@@ -19,8 +19,7 @@ fn props() -> BasicProperties {
 }
 
 async fn publish(ch: &lepus::Channel, queue: &str, body: &'static str) {
-    let _ = ch
-        .basic_publish("", queue, BasicPublishOptions::default(), &props(), body)
+    ch.basic_publish("", queue, BasicPublishOptions::default(), &props(), body)
         .await
         .unwrap();
 }
@@ -121,16 +120,15 @@ async fn declare_bind_purge_delete() {
         .await
         .unwrap();
     for _ in 0..3 {
-        let _ = ch
-            .basic_publish(
-                &exchange,
-                "key",
-                BasicPublishOptions::default(),
-                &props(),
-                "x",
-            )
-            .await
-            .unwrap();
+        ch.basic_publish(
+            &exchange,
+            "key",
+            BasicPublishOptions::default(),
+            &props(),
+            "x",
+        )
+        .await
+        .unwrap();
     }
     // Declare-ok counts show the routed messages once they are in the queue.
     let mut count = 0;
@@ -146,16 +144,15 @@ async fn declare_bind_purge_delete() {
     ch.queue_unbind(&q, &exchange, "key", FieldTable::new())
         .await
         .unwrap();
-    let _ = ch
-        .basic_publish(
-            &exchange,
-            "key",
-            BasicPublishOptions::default(),
-            &props(),
-            "x",
-        )
-        .await
-        .unwrap();
+    ch.basic_publish(
+        &exchange,
+        "key",
+        BasicPublishOptions::default(),
+        &props(),
+        "x",
+    )
+    .await
+    .unwrap();
     assert_eq!(
         ch.queue_delete(&q, QueueDeleteOptions::default())
             .await
@@ -189,8 +186,7 @@ async fn exchange_to_exchange_binding_routes() {
     ch.queue_bind(&q, &dst, "", BindOptions::default())
         .await
         .unwrap();
-    let _ = ch
-        .basic_publish(&src, "", BasicPublishOptions::default(), &props(), "via")
+    ch.basic_publish(&src, "", BasicPublishOptions::default(), &props(), "via")
         .await
         .unwrap();
     let mut got = None;
@@ -529,8 +525,7 @@ async fn ordering_on_one_channel_is_preserved() {
     let q = temp_queue(&ch, "order").await;
     for i in 0..500u32 {
         let body = i.to_be_bytes().to_vec();
-        let _ = ch
-            .basic_publish("", &q, BasicPublishOptions::default(), &props(), body)
+        ch.basic_publish("", &q, BasicPublishOptions::default(), &props(), body)
             .await
             .unwrap();
     }

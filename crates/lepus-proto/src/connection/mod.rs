@@ -303,7 +303,7 @@ impl Connection {
         if let Some(slot) = self.channels.get_mut(index) {
             *slot = Some(ChannelState::new(generation));
         }
-        self.call(id, channel::Open::default().into())?;
+        self.call(id, channel::Open.into())?;
         Ok((id, generation))
     }
 
@@ -333,11 +333,9 @@ impl Connection {
         let state = self.channel_mut(channel)?;
         match &method {
             Method::ChannelClose(_) => state.closing = true,
-            Method::ConfirmSelect(_) => {
-                // Publishes after confirm.select count from 1, even before select-ok arrives.
-                if state.next_publish_seq.is_none() {
-                    state.next_publish_seq = Some(1);
-                }
+            // Publishes after confirm.select count from 1, even before select-ok arrives.
+            Method::ConfirmSelect(_) if state.next_publish_seq.is_none() => {
+                state.next_publish_seq = Some(1);
             }
             _ => {}
         }

@@ -2722,6 +2722,7 @@ impl Method {
     ///
     /// [`DecodeError::UnknownMethod`] for an id pair the protocol does not define, and
     /// [`DecodeError::InMethod`] when the arguments are malformed or followed by extra bytes.
+    #[inline]
     pub fn decode(payload: &mut Bytes) -> Result<Self, DecodeError> {
         let (class_id, method_id) = {
             let mut r = Reader::new(payload);

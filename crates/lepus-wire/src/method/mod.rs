@@ -84,6 +84,7 @@ seal! {
 }
 
 /// Decodes one method's arguments, requiring that they use the whole payload.
+#[inline]
 fn decode_args<M: MethodArgs>(payload: &mut Bytes) -> Result<M, DecodeError> {
     let decoded = M::decode_fields(payload).map_err(|e| e.in_method(M::NAME))?;
     if !payload.is_empty() {
