@@ -14,3 +14,5 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== serial tests (broker-wide state, one at a time)"
+cargo test -p lepus --locked --test serial_broker -- --ignored --test-threads=1

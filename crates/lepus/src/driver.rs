@@ -513,22 +513,24 @@ fn on_channel_closed(inner: &mut Inner, channel: u16, close: Option<Close>) {
     let Some(mut slot) = inner.channels.remove(&channel) else {
         return;
     };
+    let by_server = close.is_some();
     let error = match close {
         Some(close) => Error::ChannelClosed(close),
         None => Error::ChannelNotOpen(channel),
     };
-    fail_slot(&mut slot, &error);
+    // Closed on request, consumers simply end; closed by the broker, they end with its reason.
+    fail_slot(&mut slot, &error, by_server);
     if let Some(tx) = slot.close_waiter.take() {
         let _ = tx.send(());
     }
 }
 
-fn fail_slot(slot: &mut ChannelSlot, error: &Error) {
+fn fail_slot(slot: &mut ChannelSlot, error: &Error, consumers_see_error: bool) {
     for waiter in slot.waiters.drain(..) {
         waiter.fail(error.clone());
     }
     for (_, q) in slot.consumers.drain() {
-        q.end(Some(error.clone()));
+        q.end(consumers_see_error.then(|| error.clone()));
     }
     for (_, tx) in slot.confirms.drain(..) {
         if let Some(tx) = tx {
@@ -554,7 +556,7 @@ fn on_closed(shared: &Arc<Shared>, inner: &mut Inner, error: ConnectionError) {
         let _ = tx.send(Err(err.clone()));
     }
     for (_, mut slot) in inner.channels.drain() {
-        fail_slot(&mut slot, &err);
+        fail_slot(&mut slot, &err, true);
         if let Some(tx) = slot.close_waiter.take() {
             let _ = tx.send(());
         }

@@ -168,8 +168,14 @@ impl Connection {
             }
         }
         let last_sent = self.last_sent.unwrap_or(now);
-        if now >= last_sent + interval && self.transmit.len() == 0 {
-            frame::encode_heartbeat(self.transmit.buf());
+        if now >= last_sent + interval {
+            // Bytes already waiting for the driver count as traffic; otherwise send a heartbeat.
+            // Either way the send deadline moves on, so a driver that has not yet taken the
+            // bytes is not woken again for the same deadline.
+            if self.transmit.len() == 0 {
+                frame::encode_heartbeat(self.transmit.buf());
+            }
+            self.last_sent = Some(now);
         }
     }
 

@@ -47,3 +47,5 @@ pub(crate) fn unique(prefix: &str) -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+pub(crate) mod proxy;

@@ -1,0 +1,236 @@
+//! Dead peers, stalled networks and timeouts: nothing a user calls may hang forever.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use lepus::{
+    bytes, BasicConsumeOptions, BasicProperties, BasicPublishOptions, Connection, ConnectionError,
+    Error, Heartbeat, QueueDeclareOptions, QueueDeleteOptions,
+};
+use support::proxy::{black_hole, broker_addr, Proxy};
+use support::unique;
+
+async fn through(
+    proxy: &Proxy,
+    configure: impl FnOnce(&mut lepus::ConnectionOptions),
+) -> Connection {
+    let mut o = support::options();
+    o.address(proxy.addr.ip().to_string(), proxy.addr.port());
+    configure(&mut o);
+    Connection::connect_with(o).await.unwrap()
+}
+
+#[tokio::test]
+async fn dead_peer_is_detected_after_two_heartbeat_intervals() {
+    let proxy = Proxy::start(broker_addr()).await;
+    let conn = through(&proxy, |o| {
+        o.heartbeat(Heartbeat::Secs(1));
+    })
+    .await;
+    assert_eq!(conn.negotiated().heartbeat, 1);
+    let ch = conn.open_channel().await.unwrap();
+    let q = unique("heartbeat");
+    ch.queue_declare(
+        &q,
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    ch.confirm_select().await.unwrap();
+    let mut consumer = ch
+        .basic_consume(&q, "", BasicConsumeOptions::default())
+        .await
+        .unwrap();
+
+    proxy.freeze();
+    let started = Instant::now();
+    // A publish whose confirm can never arrive, a consumer waiting, a request in flight:
+    let confirm = ch
+        .basic_publish(
+            "",
+            &q,
+            BasicPublishOptions::default(),
+            &BasicProperties::default(),
+            "x",
+        )
+        .await
+        .unwrap();
+    let rpc = ch.queue_declare_passive(&q);
+    let (confirm, next, rpc) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(confirm, consumer.recv(), rpc)
+    })
+    .await
+    .expect("everything must end within a few heartbeat intervals");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1500),
+        "too early: {elapsed:?}"
+    );
+    assert!(elapsed < Duration::from_secs(6), "too late: {elapsed:?}");
+    for err in [
+        confirm.unwrap_err(),
+        next.unwrap().unwrap_err(),
+        rpc.unwrap_err(),
+    ] {
+        assert!(
+            matches!(
+                err,
+                Error::ConnectionClosed(ConnectionError::HeartbeatTimeout(1))
+            ),
+            "{err}"
+        );
+    }
+    assert!(!conn.is_open());
+    assert!(matches!(
+        conn.closed().await,
+        Error::ConnectionClosed(ConnectionError::HeartbeatTimeout(1))
+    ));
+}
+
+#[tokio::test]
+async fn heartbeats_keep_an_idle_connection_alive() {
+    let mut o = support::options();
+    o.heartbeat(Heartbeat::Secs(1));
+    let conn = Connection::connect_with(o).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert!(
+        conn.is_open(),
+        "idle for 3.5 heartbeat intervals, still open"
+    );
+    let ch = conn.open_channel().await.unwrap();
+    ch.close().await.unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn rpc_timeout_when_the_network_stalls() {
+    let proxy = Proxy::start(broker_addr()).await;
+    let conn = through(&proxy, |o| {
+        o.heartbeat(Heartbeat::Disabled)
+            .rpc_timeout(Duration::from_millis(400));
+    })
+    .await;
+    let ch = conn.open_channel().await.unwrap();
+    proxy.freeze();
+    let started = Instant::now();
+    let err = ch
+        .queue_declare(&unique("stall"), QueueDeclareOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Timeout {
+                what: "queue.declare-ok",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn handshake_timeout_when_the_server_never_answers() {
+    let (addr, _task) = black_hole().await;
+    let mut o = lepus::ConnectionOptions::new();
+    o.address(addr.ip().to_string(), addr.port())
+        .handshake_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let err = Connection::connect_with(o).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Timeout {
+                what: "AMQP handshake",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn close_timeout_when_the_network_stalls() {
+    let proxy = Proxy::start(broker_addr()).await;
+    let conn = through(&proxy, |o| {
+        o.heartbeat(Heartbeat::Disabled)
+            .close_timeout(Duration::from_millis(300));
+    })
+    .await;
+    proxy.freeze();
+    let started = Instant::now();
+    conn.close().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(!conn.is_open());
+}
+
+#[tokio::test]
+async fn slow_consumer_pauses_reading_instead_of_buffering_everything() {
+    let (conn, ch) = support::channel().await;
+    let q = unique("backpressure");
+    ch.queue_declare(&q, QueueDeclareOptions::default())
+        .await
+        .unwrap();
+    let body = bytes::Bytes::from(vec![7u8; 10 * 1024]);
+    for _ in 0..2000 {
+        ch.basic_publish(
+            "",
+            &q,
+            BasicPublishOptions::default(),
+            &BasicProperties::default(),
+            body.clone(),
+        )
+        .await
+        .unwrap();
+    }
+    let consumer_ch = conn.open_channel().await.unwrap();
+    let mut consumer = consumer_ch
+        .basic_consume(
+            &q,
+            "",
+            BasicConsumeOptions {
+                no_ack: true,
+                buffer: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    // 20 MiB are ready, the consumer reads nothing and buffers at most 10: lepus stops reading
+    // the socket, so the broker still holds most of the messages.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (other, observer) = support::channel().await;
+    let left = observer
+        .queue_declare_passive(&q)
+        .await
+        .unwrap()
+        .message_count;
+    assert!(
+        left > 1000,
+        "only {left} of 2000 messages left: the client kept reading"
+    );
+    other.close().await.unwrap();
+    let mut received = 0;
+    while received < 2000 {
+        let d = tokio::time::timeout(Duration::from_secs(10), consumer.recv())
+            .await
+            .unwrap();
+        d.unwrap().unwrap();
+        received += 1;
+    }
+    assert_eq!(
+        received, 2000,
+        "every message arrives once the consumer reads"
+    );
+    ch.queue_delete(&q, QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}

@@ -1,0 +1,96 @@
+//! A local TCP proxy in front of the broker that a test can freeze, to play a network that
+//! stops delivering bytes (a dead peer, a stalled link).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A running proxy; dropped, it stops accepting.
+pub(crate) struct Proxy {
+    pub(crate) addr: SocketAddr,
+    frozen: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Forwards every accepted connection to `upstream` until frozen.
+    pub(crate) async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&frozen);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(pump(cr, sw, Arc::clone(&flag)));
+                tokio::spawn(pump(sr, cw, Arc::clone(&flag)));
+            }
+        });
+        Self { addr, frozen, task }
+    }
+
+    /// Stops forwarding in both directions; sockets stay open, bytes are held back.
+    pub(crate) fn freeze(&self) {
+        self.frozen.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    frozen: Arc<AtomicBool>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while frozen.load(Ordering::SeqCst) {
+            // Hold the bytes, keep the socket open: the peer sees silence, not a close.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A listener that accepts connections and never answers, for handshake timeouts.
+pub(crate) async fn black_hole() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    (addr, task)
+}
+
+/// The broker's address, from the test URL.
+pub(crate) fn broker_addr() -> SocketAddr {
+    let uri = lepus::uri::AmqpUri::parse(&super::url()).unwrap();
+    let host = if uri.host == "localhost" {
+        "127.0.0.1".to_string()
+    } else {
+        uri.host
+    };
+    format!("{host}:{}", uri.port).parse().unwrap()
+}
