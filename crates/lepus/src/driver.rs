@@ -198,6 +198,9 @@ pub(crate) async fn writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: W
         };
         if let Some(notified) = wait {
             notified.await;
+            // Let the tasks that woke us queue a little more before taking the batch: one
+            // reschedule turns a burst of acks or publishes into one write instead of many.
+            tokio::task::yield_now().await;
             continue;
         }
         let mut written = 0usize;
