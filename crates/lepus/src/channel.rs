@@ -544,8 +544,9 @@ impl Channel {
     /// [`confirm_select`](Self::confirm_select) it resolves to the broker's ack or nack.
     /// A body of 4 KiB or more is sent without being copied.
     ///
-    /// Waits (asynchronously) while the broker has blocked the connection or more than the
-    /// write buffer's high-water mark is waiting to be written.
+    /// Waits (asynchronously) while the broker has blocked the connection, paused the channel
+    /// with `channel.flow`, or more than the write buffer's high-water mark is waiting to be
+    /// written.
     ///
     /// # Errors
     ///
@@ -594,7 +595,9 @@ impl Channel {
                 let mut inner = self.shared.lock();
                 inner.check(self.id, self.generation)?;
                 let high_water = self.shared.options.write_buffer_high_water;
-                if inner.proto.blocked().is_none() && inner.buffered() < high_water {
+                let flow_paused = inner.channels.get(&self.id).is_some_and(|c| c.flow_paused);
+                if inner.proto.blocked().is_none() && !flow_paused && inner.buffered() < high_water
+                {
                     let body = body.take().unwrap_or_default();
                     let seq = inner.proto.publish(
                         self.id,

@@ -83,6 +83,8 @@ pub(crate) struct ChannelSlot {
     pub(crate) returned: VecDeque<ReturnedMessage>,
     pub(crate) returns_tx: Option<tokio::sync::mpsc::UnboundedSender<ReturnedMessage>>,
     pub(crate) close_waiter: Option<oneshot::Sender<()>>,
+    /// The broker paused publishing on this channel with `channel.flow`.
+    pub(crate) flow_paused: bool,
 }
 
 pub(crate) struct Inner {
@@ -386,7 +388,14 @@ pub(crate) fn dispatch(shared: &Arc<Shared>, inner: &mut Inner) {
                     q.end(Some(Error::ConsumerCancelled(consumer_tag)));
                 }
             }
-            Event::Flow { .. } => {}
+            Event::Flow { channel, active } => {
+                if let Some(slot) = inner.channels.get_mut(&channel) {
+                    slot.flow_paused = !active;
+                }
+                if active {
+                    shared.space.notify_waiters();
+                }
+            }
             Event::ChannelClosed { channel, close } => on_channel_closed(inner, channel, close),
             Event::Blocked { reason } => {
                 let _ = shared.events.send(ConnectionEvent::Blocked(reason));

@@ -550,3 +550,222 @@ async fn ordering_on_one_channel_is_preserved() {
         .unwrap();
     conn.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn broker_nack_reaches_the_publisher() {
+    // A queue that refuses messages beyond its length makes RabbitMQ nack the publish.
+    let (conn, ch) = channel().await;
+    let q = unique("rejectpublish");
+    let args = FieldTable::new()
+        .with("x-max-length", 1)
+        .with("x-overflow", "reject-publish");
+    ch.queue_declare(
+        &q,
+        QueueDeclareOptions {
+            arguments: args,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    ch.confirm_select().await.unwrap();
+    let first = ch
+        .basic_publish("", &q, BasicPublishOptions::default(), &props(), "fits")
+        .await
+        .unwrap();
+    assert!(first.await.unwrap().is_ack());
+    let second = ch
+        .basic_publish("", &q, BasicPublishOptions::default(), &props(), "refused")
+        .await
+        .unwrap();
+    assert!(second.await.unwrap().is_nack());
+    assert!(
+        !ch.wait_for_confirms(Duration::from_secs(5)).await.unwrap(),
+        "a nack was seen"
+    );
+    assert!(
+        ch.wait_for_confirms(Duration::from_secs(5)).await.unwrap(),
+        "reset after reporting"
+    );
+    ch.queue_delete(&q, QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn direct_reply_to_round_trip() {
+    let (conn, ch) = channel().await;
+    let server_q = temp_queue(&ch, "rpcserver").await;
+    let mut replies = ch
+        .basic_consume(
+            "amq.rabbitmq.reply-to",
+            "",
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let request = BasicProperties {
+        reply_to: Some(ShortStr::from_static("amq.rabbitmq.reply-to")),
+        correlation_id: Some(ShortStr::from_static("42")),
+        ..Default::default()
+    };
+    ch.basic_publish(
+        "",
+        &server_q,
+        BasicPublishOptions::default(),
+        &request,
+        "ping",
+    )
+    .await
+    .unwrap();
+    // The "server" side, on another connection.
+    let (server_conn, server_ch) = channel().await;
+    let mut got = None;
+    for _ in 0..100 {
+        got = server_ch.basic_get(&server_q, true).await.unwrap();
+        if got.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let req = got.unwrap().delivery;
+    let reply_to = req.properties.reply_to.clone().unwrap();
+    assert!(reply_to
+        .as_str()
+        .unwrap()
+        .starts_with("amq.rabbitmq.reply-to."));
+    let reply = BasicProperties {
+        correlation_id: req.properties.correlation_id.clone(),
+        ..Default::default()
+    };
+    server_ch
+        .basic_publish(
+            "",
+            reply_to.as_str().unwrap(),
+            BasicPublishOptions::default(),
+            &reply,
+            "pong",
+        )
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), replies.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(&answer.body[..], b"pong");
+    assert_eq!(
+        answer.properties.correlation_id,
+        Some(ShortStr::from_static("42"))
+    );
+    server_conn.close().await.unwrap();
+    ch.queue_delete(&server_q, QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn consumer_priorities_prefer_the_higher_priority_consumer() {
+    let (conn, ch) = channel().await;
+    let q = temp_queue(&ch, "priorities").await;
+    let low_ch = conn.open_channel().await.unwrap();
+    let high_ch = conn.open_channel().await.unwrap();
+    let mut low = low_ch
+        .basic_consume(
+            &q,
+            "",
+            BasicConsumeOptions {
+                arguments: FieldTable::new().with("x-priority", 1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut high = high_ch
+        .basic_consume(
+            &q,
+            "",
+            BasicConsumeOptions {
+                arguments: FieldTable::new().with("x-priority", 10),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        publish(&ch, &q, "p").await;
+    }
+    for _ in 0..20 {
+        let d = tokio::time::timeout(Duration::from_secs(5), high.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        d.ack().unwrap();
+    }
+    let nothing = tokio::time::timeout(Duration::from_millis(200), low.next()).await;
+    assert!(
+        nothing.is_err(),
+        "the low-priority consumer got a message while the high one was free"
+    );
+    ch.queue_delete(&q, QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn update_secret_is_accepted() {
+    let conn = connect().await;
+    conn.update_secret("guest", "rotation test").await.unwrap();
+    let ch = conn.open_channel().await.unwrap();
+    ch.close().await.unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn small_frame_max_splits_bodies_and_channel_ids_are_bounded() {
+    let mut o = support::options();
+    o.frame_max(8192).channel_max(3);
+    let conn = Connection::connect_with(o).await.unwrap();
+    assert_eq!(conn.negotiated().frame_max, 8192);
+    assert_eq!(conn.negotiated().channel_max, 3);
+    let ch = conn.open_channel().await.unwrap();
+    let q = temp_queue(&ch, "framemax").await;
+    let body: Vec<u8> = (0..100_000).map(|i| (i % 7) as u8).collect();
+    ch.basic_publish(
+        "",
+        &q,
+        BasicPublishOptions::default(),
+        &props(),
+        body.clone(),
+    )
+    .await
+    .unwrap();
+    let mut got = None;
+    for _ in 0..100 {
+        got = ch.basic_get(&q, true).await.unwrap();
+        if got.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(got.unwrap().delivery.body[..] == body[..]);
+    let c2 = conn.open_channel().await.unwrap();
+    let c3 = conn.open_channel().await.unwrap();
+    assert_eq!((ch.id(), c2.id(), c3.id()), (1, 2, 3));
+    let err = conn.open_channel().await.unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+    c2.close().await.unwrap();
+    let again = conn.open_channel().await.unwrap();
+    assert_eq!(again.id(), 2, "a closed channel's id is reused");
+    ch.queue_delete(&q, QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}

@@ -234,3 +234,44 @@ async fn slow_consumer_pauses_reading_instead_of_buffering_everything() {
         .unwrap();
     conn.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn publishers_wait_when_the_socket_cannot_keep_up() {
+    let proxy = Proxy::start(broker_addr()).await;
+    let conn = through(&proxy, |o| {
+        o.heartbeat(Heartbeat::Disabled)
+            .write_buffer_high_water(64 * 1024)
+            .blocked_publish_timeout(Some(Duration::from_millis(500)));
+    })
+    .await;
+    let ch = conn.open_channel().await.unwrap();
+    proxy.freeze();
+    let body = bytes::Bytes::from(vec![1u8; 16 * 1024]);
+    let props = BasicProperties::default();
+    let mut sent = 0usize;
+    let err = loop {
+        match ch
+            .basic_publish(
+                "",
+                "nowhere",
+                BasicPublishOptions::default(),
+                &props,
+                body.clone(),
+            )
+            .await
+        {
+            Ok(_) => sent += 1,
+            Err(e) => break e,
+        }
+        assert!(
+            sent < 10_000,
+            "160 MiB accepted into memory without backpressure"
+        );
+    };
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    // Bounded: kernel socket buffers plus the 64 KiB high-water mark, far below what was tried.
+    assert!(
+        sent * body.len() < 64 * 1024 * 1024,
+        "{sent} messages buffered"
+    );
+}
