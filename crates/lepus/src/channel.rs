@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::confirm::{PublisherConfirm, ReturnedMessage};
 use crate::consumer::{Consumer, ConsumerQueue, Delivery};
-use crate::driver::{Shared, Waiter};
+use crate::driver::{HandleGuard, Shared, Waiter};
 use crate::error::{Error, Result};
 use crate::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BindOptions, ExchangeDeclareOptions,
@@ -41,6 +41,7 @@ pub struct Channel {
     shared: Arc<Shared>,
     id: u16,
     generation: u64,
+    _guard: HandleGuard,
 }
 
 fn short(name: &str) -> Result<ShortStr> {
@@ -55,6 +56,7 @@ fn short(name: &str) -> Result<ShortStr> {
 impl Channel {
     pub(crate) fn new(shared: Arc<Shared>, id: u16, generation: u64) -> Self {
         Self {
+            _guard: HandleGuard::new(&shared),
             shared,
             id,
             generation,

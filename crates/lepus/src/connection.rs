@@ -8,7 +8,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::channel::Channel;
 use crate::config::ConnectionOptions;
-use crate::driver::{self, ChannelSlot, ConnectionEvent, Shared};
+use crate::driver::{self, ChannelSlot, ConnectionEvent, HandleGuard, Shared};
 use crate::error::{Error, Result};
 use crate::transport;
 
@@ -16,8 +16,9 @@ use crate::transport;
 ///
 /// Two background tasks on the current tokio runtime do the I/O: they keep heartbeats going and
 /// deliveries flowing whatever the application is doing. They end when the connection closes.
-/// Close the connection with [`close`](Self::close) to flush what was published first; dropping
-/// the handles does not close it.
+/// Close the connection with [`close`](Self::close) to flush what was published first and wait
+/// for the broker. When every handle (connections, channels, consumers) is dropped, lepus closes
+/// the connection gracefully in the background.
 ///
 /// # Examples
 ///
@@ -32,6 +33,7 @@ use crate::transport;
 #[derive(Clone)]
 pub struct Connection {
     shared: Arc<Shared>,
+    _guard: HandleGuard,
 }
 
 impl Connection {
@@ -61,7 +63,10 @@ impl Connection {
         shared.lock().connected = Some(tx);
         tokio::spawn(driver::reader(Arc::clone(&shared), reader));
         tokio::spawn(driver::writer(Arc::clone(&shared), writer));
-        let conn = Self { shared };
+        let conn = Self {
+            _guard: HandleGuard::new(&shared),
+            shared,
+        };
         match tokio::time::timeout(handshake_timeout, rx).await {
             Ok(Ok(Ok(()))) => Ok(conn),
             Ok(Ok(Err(e))) => Err(e),

@@ -12,7 +12,7 @@ use lepus_proto::Message;
 use lepus_wire::method::basic;
 use lepus_wire::{BasicProperties, MethodArgs, ShortStr};
 
-use crate::driver::Shared;
+use crate::driver::{HandleGuard, Shared};
 use crate::error::{Error, Result};
 
 /// A message delivered to a consumer (or fetched with `basic.get`).
@@ -275,6 +275,7 @@ impl ConsumerQueue {
 pub struct Consumer {
     queue: Arc<ConsumerQueue>,
     shared: Arc<Shared>,
+    _guard: HandleGuard,
     local: VecDeque<Delivery>,
     tag: ShortStr,
     done: bool,
@@ -284,6 +285,7 @@ impl Consumer {
     pub(crate) fn new(queue: Arc<ConsumerQueue>, shared: Arc<Shared>, tag: ShortStr) -> Self {
         Self {
             queue,
+            _guard: HandleGuard::new(&shared),
             shared,
             local: VecDeque::new(),
             tag,

@@ -111,6 +111,8 @@ pub(crate) struct Shared {
     pub(crate) events: broadcast::Sender<ConnectionEvent>,
     /// Becomes `true` when the connection has ended.
     pub(crate) shutdown: watch::Sender<bool>,
+    /// Live user handles (connections, channels, consumers); see [`HandleGuard`].
+    handles: std::sync::atomic::AtomicUsize,
     pub(crate) options: ConnectionOptions,
 }
 
@@ -135,6 +137,7 @@ impl Shared {
             read_paused: AtomicBool::new(false),
             events,
             shutdown: watch::Sender::new(false),
+            handles: std::sync::atomic::AtomicUsize::new(0),
             options,
         })
     }
@@ -143,6 +146,40 @@ impl Shared {
     /// updated in a way that matters more than the panic itself, so poisoning is ignored.
     pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Counts the user's handles; when the last one is dropped, the connection is closed
+/// gracefully in the background (the driver tasks hold the shared state too, so without this
+/// a forgotten connection would stay open for good).
+pub(crate) struct HandleGuard(Arc<Shared>);
+
+impl HandleGuard {
+    pub(crate) fn new(shared: &Arc<Shared>) -> Self {
+        shared.handles.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(shared))
+    }
+}
+
+impl Clone for HandleGuard {
+    fn clone(&self) -> Self {
+        Self::new(&self.0)
+    }
+}
+
+impl Drop for HandleGuard {
+    fn drop(&mut self) {
+        if self.0.handles.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let mut inner = self.0.lock();
+        if inner.error.is_none() && inner.connected.is_none() {
+            inner
+                .proto
+                .close(ReplyCode::REPLY_SUCCESS, "every lepus handle was dropped");
+            dispatch(&self.0, &mut inner);
+            inner.wake_writer(&self.0);
+        }
     }
 }
 

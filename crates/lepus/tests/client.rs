@@ -769,3 +769,40 @@ async fn small_frame_max_splits_bodies_and_channel_ids_are_bounded() {
         .unwrap();
     conn.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn dropping_every_handle_closes_the_connection() {
+    let (conn, ch) = channel().await;
+    let q = unique("dropped");
+    ch.queue_declare(
+        &q,
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let events = conn.events();
+    drop(ch);
+    drop(conn);
+    drop(events);
+    // The exclusive queue dies with its connection.
+    let (observer_conn, _) = channel().await;
+    let mut gone = false;
+    for _ in 0..100 {
+        let probe = observer_conn.open_channel().await.unwrap();
+        match probe.queue_declare_passive(&q).await {
+            Err(e) if e.reply_code() == Some(ReplyCode::NOT_FOUND) => {
+                gone = true;
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert!(
+        gone,
+        "the connection stayed open after every handle was dropped"
+    );
+    observer_conn.close().await.unwrap();
+}
