@@ -1,0 +1,3 @@
+//! The `lepus` command-line tool (in progress).
+
+fn main() {}
