@@ -56,6 +56,28 @@ impl Connection {
     /// As [`connect`](Self::connect).
     pub async fn connect_with(options: ConnectionOptions) -> Result<Self> {
         let (reader, writer) = transport::connect(&options).await?;
+        Self::start(reader, writer, options).await
+    }
+
+    /// Runs the AMQP handshake over a stream the caller opened (a Unix socket, an SSH tunnel,
+    /// an in-memory pipe); the options' address and TLS settings are not used.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect), without the TCP and TLS errors.
+    pub async fn handshake<S>(stream: S, options: ConnectionOptions) -> Result<Self>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        let (reader, writer) = tokio::io::split(stream);
+        Self::start(Box::new(reader), Box::new(writer), options).await
+    }
+
+    async fn start(
+        reader: transport::BoxRead,
+        writer: transport::BoxWrite,
+        options: ConnectionOptions,
+    ) -> Result<Self> {
         let handshake_timeout = options.handshake_timeout;
         let proto = lepus_proto::Connection::new(options.proto_config());
         let shared = Shared::new(proto, options);

@@ -189,15 +189,8 @@ async fn exchange_to_exchange_binding_routes() {
     ch.basic_publish(&src, "", BasicPublishOptions::default(), &props(), "via")
         .await
         .unwrap();
-    let mut got = None;
-    for _ in 0..100 {
-        got = ch.basic_get(&q, true).await.unwrap();
-        if got.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(&got.unwrap().delivery.body[..], b"via");
+    let got = support::get_eventually(&ch, &q, true).await;
+    assert_eq!(&got.delivery.body[..], b"via");
     ch.exchange_unbind(&dst, &src, "", BindOptions::default())
         .await
         .unwrap();
@@ -460,15 +453,7 @@ async fn ack_after_the_channel_closed_is_a_local_error() {
     let (conn, ch) = channel().await;
     let q = temp_queue(&ch, "staleack").await;
     publish(&ch, &q, "m").await;
-    let mut got = None;
-    for _ in 0..100 {
-        got = ch.basic_get(&q, false).await.unwrap();
-        if got.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let got = got.unwrap();
+    let got = support::get_eventually(&ch, &q, false).await;
     ch.close().await.unwrap();
     let err = got.delivery.ack().unwrap_err();
     assert!(matches!(err, Error::ChannelNotOpen(_)), "{err}");
@@ -624,15 +609,8 @@ async fn direct_reply_to_round_trip() {
     .unwrap();
     // The "server" side, on another connection.
     let (server_conn, server_ch) = channel().await;
-    let mut got = None;
-    for _ in 0..100 {
-        got = server_ch.basic_get(&server_q, true).await.unwrap();
-        if got.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let req = got.unwrap().delivery;
+    let got = support::get_eventually(&server_ch, &server_q, true).await;
+    let req = got.delivery;
     let reply_to = req.properties.reply_to.clone().unwrap();
     assert!(reply_to
         .as_str()
@@ -747,15 +725,8 @@ async fn small_frame_max_splits_bodies_and_channel_ids_are_bounded() {
     )
     .await
     .unwrap();
-    let mut got = None;
-    for _ in 0..100 {
-        got = ch.basic_get(&q, true).await.unwrap();
-        if got.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(got.unwrap().delivery.body[..] == body[..]);
+    let got = support::get_eventually(&ch, &q, true).await;
+    assert!(got.delivery.body[..] == body[..]);
     let c2 = conn.open_channel().await.unwrap();
     let c3 = conn.open_channel().await.unwrap();
     assert_eq!((ch.id(), c2.id(), c3.id()), (1, 2, 3));
@@ -805,4 +776,141 @@ async fn dropping_every_handle_closes_the_connection() {
         "the connection stayed open after every handle was dropped"
     );
     observer_conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn handshake_over_a_caller_supplied_stream() {
+    let addr = support::proxy::broker_addr();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let conn = Connection::handshake(stream, support::options())
+        .await
+        .unwrap();
+    let ch = conn.open_channel().await.unwrap();
+    let q = temp_queue(&ch, "ownstream").await;
+    ch.queue_delete(&q, QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn redeclaring_with_other_settings_is_406_and_exclusive_consumer_conflict_is_403() {
+    let (conn, ch) = channel().await;
+    let q = temp_queue(&ch, "precondition").await;
+    let err = ch
+        .queue_declare(
+            &q,
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.reply_code(),
+        Some(ReplyCode::PRECONDITION_FAILED),
+        "{err}"
+    );
+
+    let ch1 = conn.open_channel().await.unwrap();
+    let _exclusive = ch1
+        .basic_consume(
+            &q,
+            "",
+            BasicConsumeOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let ch2 = conn.open_channel().await.unwrap();
+    let err = ch2
+        .basic_consume(&q, "", BasicConsumeOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.reply_code(), Some(ReplyCode::ACCESS_REFUSED), "{err}");
+    assert!(conn.is_open());
+    ch1.queue_delete(&q, QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn recover_redelivers_unacknowledged_messages() {
+    let (conn, ch) = channel().await;
+    let q = temp_queue(&ch, "recover").await;
+    publish(&ch, &q, "again").await;
+    let first = support::get_eventually(&ch, &q, false).await;
+    assert!(!first.delivery.redelivered);
+    ch.basic_recover(true).await.unwrap();
+    let second = support::get_eventually(&ch, &q, false).await;
+    assert!(second.delivery.redelivered);
+    assert_eq!(&second.delivery.body[..], b"again");
+    second.delivery.ack().unwrap();
+    publish(&ch, &q, "async").await;
+    let third = support::get_eventually(&ch, &q, false).await;
+    ch.basic_recover_async(true).unwrap();
+    let fourth = support::get_eventually(&ch, &q, false).await;
+    assert_eq!(fourth.delivery.body, third.delivery.body);
+    assert!(fourth.delivery.redelivered);
+    fourth.delivery.ack().unwrap();
+    ch.queue_delete(&q, QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn every_property_survives_the_broker() {
+    let (conn, ch) = channel().await;
+    let q = temp_queue(&ch, "props").await;
+    let all = BasicProperties {
+        content_type: Some(ShortStr::from_static("application/json")),
+        content_encoding: Some(ShortStr::from_static("gzip")),
+        headers: Some(
+            FieldTable::new()
+                .with("s", "text")
+                .with("i", -7i32)
+                .with("l", 1i64 << 40)
+                .with("b", true)
+                .with("d", 2.5f64)
+                .with("t", FieldValue::Timestamp(1_700_000_000))
+                .with("n", FieldTable::new().with("x", ())),
+        ),
+        delivery_mode: Some(2),
+        priority: Some(3),
+        correlation_id: Some(ShortStr::from_static("corr")),
+        reply_to: Some(ShortStr::from_static("replies")),
+        expiration: Some(ShortStr::from_static("60000")),
+        message_id: Some(ShortStr::from_static("id-1")),
+        timestamp: Some(1_700_000_001),
+        kind: Some(ShortStr::from_static("order.created")),
+        user_id: Some(ShortStr::from_static("guest")),
+        app_id: Some(ShortStr::from_static("lepus-tests")),
+        cluster_id: Some(ShortStr::from_static("c1")),
+    };
+    ch.basic_publish("", &q, BasicPublishOptions::default(), &all, "{}")
+        .await
+        .unwrap();
+    let got = support::get_eventually(&ch, &q, true).await;
+    assert_eq!(got.delivery.properties, all);
+    ch.queue_delete(&q, QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn amqplain_authentication_works() {
+    let mut o = support::options();
+    o.sasl(lepus::Sasl::AmqPlain {
+        username: "guest".into(),
+        password: "guest".into(),
+    });
+    let conn = Connection::connect_with(o).await.unwrap();
+    assert!(conn.is_open());
+    conn.close().await.unwrap();
 }

@@ -275,3 +275,56 @@ async fn publishers_wait_when_the_socket_cannot_keep_up() {
         "{sent} messages buffered"
     );
 }
+
+#[tokio::test]
+async fn tls_handshake_timeout_when_the_server_never_answers() {
+    let (addr, _task) = black_hole().await;
+    let mut o =
+        lepus::ConnectionOptions::from_uri(&format!("amqps://127.0.0.1:{}/", addr.port())).unwrap();
+    let mut tls = lepus::TlsOptions::new();
+    tls.danger_disable_verification();
+    o.tls(tls).connect_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let err = Connection::connect_with(o).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Timeout {
+                what: "TLS handshake",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn tcp_connect_timeout_when_nothing_accepts() {
+    // A listener whose accept queue is full: further SYNs are dropped, so connect hangs.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(100),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    let mut o = lepus::ConnectionOptions::new();
+    o.address("127.0.0.1", addr.port())
+        .connect_timeout(Duration::from_millis(300))
+        .handshake_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let err = Connection::connect_with(o).await.unwrap_err();
+    // Either the TCP connect or (if the kernel completed it anyway) the handshake times out.
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    drop(listener);
+}

@@ -34,6 +34,17 @@ pub(crate) async fn channel() -> (Connection, Channel) {
     (conn, ch)
 }
 
+/// Fetches one message, retrying for up to a second while it is still on its way.
+pub(crate) async fn get_eventually(ch: &Channel, queue: &str, no_ack: bool) -> lepus::GetMessage {
+    for _ in 0..100 {
+        if let Some(got) = ch.basic_get(queue, no_ack).await.unwrap() {
+            return got;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("no message arrived in {queue} within a second");
+}
+
 /// A name no other test (or earlier run) uses.
 pub(crate) fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -49,3 +60,4 @@ pub(crate) fn unique(prefix: &str) -> String {
 }
 
 pub(crate) mod proxy;
+pub(crate) mod tls_proxy;
