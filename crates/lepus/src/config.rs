@@ -50,7 +50,9 @@ pub struct ConnectionOptions {
 }
 
 /// TLS settings; present when the URI's scheme is `amqps` or [`ConnectionOptions::tls`] set them.
-#[derive(Clone, Default)]
+///
+/// The default verifies the server against the system's roots and sends SNI.
+#[derive(Clone)]
 pub struct TlsOptions {
     pub(crate) ca_file: Option<PathBuf>,
     pub(crate) cert_file: Option<PathBuf>,
@@ -61,13 +63,23 @@ pub struct TlsOptions {
     pub(crate) config: Option<Arc<rustls::ClientConfig>>,
 }
 
+impl Default for TlsOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl TlsOptions {
     /// Verification on, trusting the system's root certificates, SNI with the host name.
     pub fn new() -> Self {
         Self {
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
             verify: true,
+            server_name: None,
             sni: true,
-            ..Self::default()
+            config: None,
         }
     }
 
@@ -210,6 +222,11 @@ impl ConnectionOptions {
         }
         if let Some(f) = q.frame_max {
             o.frame_max(f);
+        }
+        if q.certfile.is_some() != q.keyfile.is_some() {
+            return Err(Error::InvalidArgument(
+                "a client certificate needs both certfile and keyfile".into(),
+            ));
         }
         if uri.scheme == Scheme::Amqps {
             let mut tls = TlsOptions::new();

@@ -98,6 +98,8 @@ pub(crate) struct Inner {
     pub(crate) publishers_waiting: bool,
     pub(crate) connected: Option<oneshot::Sender<Result<()>>>,
     pub(crate) update_secret_waiters: VecDeque<oneshot::Sender<Result<()>>>,
+    /// A TLS failure behind a lost transport, reported as [`Error::Tls`] instead.
+    pub(crate) tls_failure: Option<String>,
 }
 
 pub(crate) struct Shared {
@@ -129,6 +131,7 @@ impl Shared {
                 publishers_waiting: false,
                 connected: None,
                 update_secret_waiters: VecDeque::new(),
+                tls_failure: None,
             }),
             writer_wake: Notify::new(),
             reader_wake: Notify::new(),
@@ -325,7 +328,12 @@ pub(crate) async fn reader<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut io: R)
                         dispatch(&shared, &mut inner);
                         inner.wake_writer(&shared);
                     }
-                    Err(e) => return transport_failed(&shared, format!("read failed: {e}")),
+                    Err(e) => {
+                        if let Some(tls) = crate::transport::tls_failure(&e) {
+                            shared.lock().tls_failure = Some(tls);
+                        }
+                        return transport_failed(&shared, format!("read failed: {e}"));
+                    }
                 }
                 if buf.capacity() - buf.len() < READ_CHUNK / 4 {
                     buf.reserve(READ_CHUNK);
@@ -598,6 +606,9 @@ fn on_closed(shared: &Arc<Shared>, inner: &mut Inner, error: ConnectionError) {
             if handshaking && close.code == ReplyCode::ACCESS_REFUSED =>
         {
             Error::AuthenticationFailed(close)
+        }
+        ConnectionError::TransportClosed(_) if inner.tls_failure.is_some() => {
+            Error::Tls(inner.tls_failure.take().unwrap_or_default())
         }
         other => Error::ConnectionClosed(other),
     };

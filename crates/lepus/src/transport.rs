@@ -17,6 +17,8 @@ pub(crate) type BoxWrite = Box<dyn AsyncWrite + Unpin + Send>;
 
 /// Connects TCP (and TLS when configured) within the connect timeout.
 pub(crate) async fn connect(options: &ConnectionOptions) -> Result<(BoxRead, BoxWrite)> {
+    // Bad TLS settings (a missing CA file) are reported before any network traffic.
+    let tls_config = options.tls.as_ref().map(client_config).transpose()?;
     let addr = format!("{}:{}", options.host, options.port);
     let tcp = tokio::time::timeout(options.connect_timeout, TcpStream::connect(addr.as_str()))
         .await
@@ -30,11 +32,10 @@ pub(crate) async fn connect(options: &ConnectionOptions) -> Result<(BoxRead, Box
         })?;
     // Frames are written in batches already; Nagle's algorithm would only add latency.
     let _ = tcp.set_nodelay(true);
-    let Some(tls) = &options.tls else {
+    let (Some(tls), Some(config)) = (&options.tls, tls_config) else {
         let (r, w) = tcp.into_split();
         return Ok((Box::new(r), Box::new(w)));
     };
-    let config = client_config(tls)?;
     let name = tls
         .server_name
         .clone()
@@ -63,6 +64,13 @@ pub(crate) async fn connect(options: &ConnectionOptions) -> Result<(BoxRead, Box
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Whether an I/O error carries a TLS failure (an alert from the server, a bad record), and
+/// the one-line text to report for it.
+pub(crate) fn tls_failure(e: &std::io::Error) -> Option<String> {
+    let inner = e.get_ref()?;
+    inner.downcast_ref::<rustls::Error>().map(|t| t.to_string())
 }
 
 /// Builds the rustls configuration from the options.

@@ -65,7 +65,8 @@ async fn pump(
             // Hold the bytes, keep the socket open: the peer sees silence, not a close.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        if to.write_all(&buf[..n]).await.is_err() {
+        let Some(chunk) = buf.get(..n) else { return };
+        if to.write_all(chunk).await.is_err() {
             return;
         }
     }

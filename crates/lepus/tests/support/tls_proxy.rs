@@ -304,7 +304,8 @@ async fn pump(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Unpin)
         match from.read(&mut buf).await {
             Ok(0) => break true,
             Ok(n) => {
-                if to.write_all(&buf[..n]).await.is_err() {
+                let read = buf.get(..n).unwrap_or_default();
+                if to.write_all(read).await.is_err() {
                     break false;
                 }
             }
