@@ -48,7 +48,8 @@ pub struct Config {
     /// The locale to ask for.
     pub locale: String,
     /// The highest channel number lepus will use; the server's limit applies when lower.
-    /// 0 is read as 65535.
+    /// 0 means no limit of lepus's own: the server's applies, and when the server sets none
+    /// either, lepus uses [`DEFAULT_CHANNEL_MAX`].
     pub channel_max: u16,
     /// The largest frame lepus will send or accept; the server's limit applies when lower.
     /// 0 means no limit of lepus's own (the server's then applies).

@@ -62,7 +62,7 @@ pub enum ConnectionError {
     #[error("unexpected frame from the server: {0}")]
     UnexpectedFrame(String),
     /// Nothing arrived from the server for two heartbeat intervals.
-    #[error("no heartbeat from the server for {0} s (two intervals)")]
+    #[error("no data from the server for two heartbeat intervals of {0} s")]
     HeartbeatTimeout(u32),
     /// The server offered none of the SASL mechanisms lepus was configured to use.
     #[error("server offers SASL mechanisms '{offered}', not {wanted}")]

@@ -20,6 +20,9 @@ pub(crate) struct ChannelState {
     pub(crate) incoming: Option<Incoming>,
     /// In confirm mode, the sequence number of the next publish.
     pub(crate) next_publish_seq: Option<u64>,
+    /// The server closed the channel while our own close was outstanding, and that was
+    /// reported; only the server's close-ok is still to come.
+    pub(crate) close_reported: bool,
 }
 
 impl ChannelState {
@@ -30,6 +33,7 @@ impl ChannelState {
             pending: VecDeque::new(),
             incoming: None,
             next_publish_seq: None,
+            close_reported: false,
         }
     }
 }

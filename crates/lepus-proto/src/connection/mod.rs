@@ -84,6 +84,8 @@ pub struct Connection {
     pending_secret: usize,
     /// Why lepus is closing the connection, once `connection.close` is sent.
     close_reason: Option<Close>,
+    /// How the connection ended, once it has; commands then fail with it.
+    ended: Option<ConnectionError>,
     last_received: Option<Instant>,
     last_sent: Option<Instant>,
 }
@@ -114,6 +116,7 @@ impl Connection {
             blocked: None,
             pending_secret: 0,
             close_reason: None,
+            ended: None,
             last_received: None,
             last_sent: None,
         }
@@ -193,12 +196,13 @@ impl Connection {
     pub fn handle_transport_closed(&mut self, reason: String) {
         if self.state == State::Closing {
             // The server may drop the socket instead of answering close-ok.
-            self.finish(ConnectionError::LocallyClosed(Close {
+            let reason = self.close_reason.take().unwrap_or(Close {
                 code: ReplyCode::REPLY_SUCCESS,
                 text: "closed".into(),
                 class_id: 0,
                 method_id: 0,
-            }));
+            });
+            self.finish(ConnectionError::LocallyClosed(reason));
             return;
         }
         self.finish(ConnectionError::TransportClosed(reason));
@@ -384,16 +388,9 @@ impl Connection {
         properties: &BasicProperties,
         body: Bytes,
     ) -> Result<Option<u64>, ChannelError> {
-        let exchange = publish.exchange.to_string_lossy();
-        let routing_key = publish.routing_key.to_string_lossy();
-        self.publish(
-            channel,
-            &exchange,
-            &routing_key,
-            publish.mandatory,
-            properties,
-            body,
-        )
+        self.publish_with(channel, properties, body, |buf, frame_max| {
+            frame::encode_method(buf, channel, publish, frame_max)
+        })
     }
 
     /// Like [`basic_publish`](Self::basic_publish), from borrowed names: the hot path, which
@@ -413,6 +410,20 @@ impl Connection {
         properties: &BasicProperties,
         body: Bytes,
     ) -> Result<Option<u64>, ChannelError> {
+        self.publish_with(channel, properties, body, |buf, _| {
+            frame::encode_basic_publish(buf, channel, exchange, routing_key, mandatory)
+        })
+    }
+
+    /// Publishes with the method frame written by `method`: then the header and body frames.
+    #[inline]
+    fn publish_with(
+        &mut self,
+        channel: u16,
+        properties: &BasicProperties,
+        body: Bytes,
+        method: impl FnOnce(&mut BytesMut, u32) -> Result<(), lepus_wire::EncodeError>,
+    ) -> Result<Option<u64>, ChannelError> {
         self.check_open()?;
         let frame_max = self.negotiated.frame_max;
         let state = self.channel_mut(channel)?;
@@ -422,7 +433,7 @@ impl Connection {
         let seq = state.next_publish_seq;
         let buf = self.transmit.buf();
         let start = buf.len();
-        frame::encode_basic_publish(buf, channel, exchange, routing_key, mandatory)?;
+        method(buf, frame_max)?;
         if let Err(e) = frame::encode_header(buf, channel, body.len() as u64, properties, frame_max)
         {
             buf.truncate(start);
@@ -518,8 +529,20 @@ impl Connection {
     fn check_open(&self) -> Result<(), ChannelError> {
         match self.state {
             State::Open => Ok(()),
-            State::Closing | State::Closed => Err(ChannelError::ConnectionClosed(
-                ConnectionError::TransportClosed("connection is closing".into()),
+            State::Closing => Err(ChannelError::ConnectionClosed(
+                ConnectionError::LocallyClosed(self.close_reason.clone().unwrap_or_else(|| {
+                    Close {
+                        code: ReplyCode::REPLY_SUCCESS,
+                        text: "closing".into(),
+                        class_id: 0,
+                        method_id: 0,
+                    }
+                })),
+            )),
+            State::Closed => Err(ChannelError::ConnectionClosed(
+                self.ended.clone().unwrap_or_else(|| {
+                    ConnectionError::TransportClosed("connection is closed".into())
+                }),
             )),
             _ => Err(ChannelError::InvalidState("connection is not open yet")),
         }
@@ -550,6 +573,7 @@ impl Connection {
         }
         self.state = State::Closed;
         self.channels.clear();
+        self.ended = Some(error.clone());
         self.events.push_back(Event::Closed(error));
     }
 
@@ -576,6 +600,11 @@ impl Connection {
     }
 
     fn handle_frame(&mut self, frame: Frame) {
+        // After sending connection.close, everything but close and close-ok is discarded
+        // (spec 2.2.4); those two arrive on channel 0.
+        if self.state == State::Closing && frame.channel() != 0 {
+            return;
+        }
         match frame {
             Frame::Heartbeat => {}
             Frame::Method { channel: 0, method } => self.handle_connection_method(method),
@@ -740,8 +769,25 @@ impl Connection {
         if state.closing {
             // After sending channel.close, only close and close-ok matter (spec 2.2.3).
             match method {
+                Method::ChannelCloseOk(_) if state.close_reported => {
+                    // The end of a crossing close, already reported: just free the id.
+                    if let Some(slot) = self.channels.get_mut(usize::from(id)) {
+                        *slot = None;
+                    }
+                }
                 Method::ChannelCloseOk(_) => self.channel_closed(id, None),
-                Method::ChannelClose(close) => self.server_closed_channel(id, close),
+                Method::ChannelClose(close) if !state.close_reported => {
+                    // Both sides closed at once: answer and report the server's reason now, but
+                    // keep the id until the server's close-ok for our own close arrives, so that
+                    // frame is not taken for a stray one.
+                    state.close_reported = true;
+                    let _ =
+                        frame::encode_method(self.transmit.buf(), id, &channel::CloseOk, u32::MAX);
+                    self.events.push_back(Event::ChannelClosed {
+                        channel: id,
+                        close: Some(close_from(&close)),
+                    });
+                }
                 _ => {}
             }
             return;
@@ -836,15 +882,7 @@ impl Connection {
 
     fn server_closed_channel(&mut self, id: u16, close: channel::Close) {
         let _ = frame::encode_method(self.transmit.buf(), id, &channel::CloseOk, u32::MAX);
-        self.channel_closed(
-            id,
-            Some(Close {
-                code: close.reply_code,
-                text: close.reply_text.to_string_lossy().into_owned(),
-                class_id: close.class_id,
-                method_id: close.method_id,
-            }),
-        );
+        self.channel_closed(id, Some(close_from(&close)));
     }
 
     fn channel_closed(&mut self, id: u16, close: Option<Close>) {
@@ -936,6 +974,15 @@ impl Connection {
             }
         };
         self.events.push_back(event);
+    }
+}
+
+fn close_from(close: &channel::Close) -> Close {
+    Close {
+        code: close.reply_code,
+        text: close.reply_text.to_string_lossy().into_owned(),
+        class_id: close.class_id,
+        method_id: close.method_id,
     }
 }
 
