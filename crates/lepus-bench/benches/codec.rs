@@ -2,8 +2,10 @@
 //!
 //! One message is three frames: `basic.publish` (or `basic.deliver`) + content header (default
 //! properties) + one body frame, with a 64-byte and a 4 KiB body. The routing key and consumer
-//! tag match the shared peer codec benchmark. Encoding writes prebuilt values into a reused
-//! buffer; decoding parses the three frames from contiguous received bytes into owned values,
+//! tag match the shared peer codec benchmark. Encoding prepares prebuilt values for the socket
+//! into a reused buffer: amq-protocol copies every body into it (as lapin does), lepus copies
+//! bodies under 4 KiB and queues larger ones by reference for a vectored write (as lepus-proto's
+//! transmit queue does). Decoding parses the three frames from contiguous received bytes into owned values,
 //! one at a time as a read loop does, and drops each.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -77,8 +79,14 @@ fn lepus_message(kind: Kind, payload: &[u8]) -> LepusMessage {
     }
 }
 
+/// Bodies at least this long go out by reference (a vectored write), as in lepus-proto's
+/// transmit queue; shorter ones are copied next to their headers.
+const ZERO_COPY_MIN: usize = 4096;
+
+/// Prepares one message for the socket the way lepus does: frames encoded into `out`, a large
+/// body queued by reference in `segments` instead of copied.
 #[inline]
-fn lepus_encode(m: &LepusMessage, out: &mut BytesMut) {
+fn lepus_encode(m: &LepusMessage, out: &mut BytesMut, segments: &mut Vec<Bytes>) {
     match &m.method {
         LepusMethod::Publish(p) => frame::encode_method(out, CHANNEL, p, FRAME_MAX).unwrap(),
         LepusMethod::Deliver(d) => frame::encode_method(out, CHANNEL, d, FRAME_MAX).unwrap(),
@@ -92,7 +100,12 @@ fn lepus_encode(m: &LepusMessage, out: &mut BytesMut) {
     )
     .unwrap();
     frame::encode_body_header(out, CHANNEL, m.body.len());
-    out.extend_from_slice(&m.body);
+    if m.body.len() >= ZERO_COPY_MIN {
+        segments.push(out.split().freeze());
+        segments.push(m.body.clone());
+    } else {
+        out.extend_from_slice(&m.body);
+    }
     out.extend_from_slice(&[FRAME_END]);
 }
 
@@ -168,21 +181,26 @@ fn codec(c: &mut Criterion) {
             let amq = amq_frames(kind, &payload);
 
             // Both codecs must produce the same bytes, or the comparison means nothing.
-            let mut lepus_wire = BytesMut::new();
-            lepus_encode(&lepus, &mut lepus_wire);
+            let mut lepus_out = BytesMut::new();
+            let mut segments = Vec::new();
+            lepus_encode(&lepus, &mut lepus_out, &mut segments);
+            let mut lepus_wire: Vec<u8> = segments.iter().flat_map(|s| s.to_vec()).collect();
+            lepus_wire.extend_from_slice(&lepus_out);
             let amq_wire = amq_encode(&amq, Vec::new());
-            assert_eq!(&lepus_wire[..], &amq_wire[..], "codecs disagree");
-            let wire = lepus_wire.freeze();
+            assert_eq!(lepus_wire, amq_wire, "codecs disagree");
+            let wire = Bytes::from(lepus_wire);
 
             let mut group = c.benchmark_group(format!("{}-{size}B", kind.name()));
             group.throughput(Throughput::Elements(1));
 
-            let mut out = BytesMut::with_capacity(2 * wire.len());
+            let mut out = BytesMut::with_capacity(64 * 1024);
+            let mut segments = Vec::with_capacity(4);
             group.bench_function(BenchmarkId::new("encode", "lepus"), |b| {
                 b.iter(|| {
                     out.clear();
-                    lepus_encode(black_box(&lepus), &mut out);
-                    black_box(&out);
+                    segments.clear();
+                    lepus_encode(black_box(&lepus), &mut out, &mut segments);
+                    black_box((&out, &segments));
                 })
             });
             let mut vec = Vec::with_capacity(2 * wire.len());

@@ -111,7 +111,7 @@ impl Frame {
     /// # Errors
     ///
     /// A [`DecodeError`] saying what was wrong with the frame.
-    #[inline]
+    #[inline(always)]
     pub fn decode_bytes(buf: &mut Bytes, frame_max: u32) -> Result<Option<Self>, DecodeError> {
         let Some(len) = complete_frame_len(buf, frame_max)? else {
             return Ok(None);
@@ -121,7 +121,7 @@ impl Frame {
     }
 
     /// Decodes exactly one complete, already length-checked frame.
-    #[inline]
+    #[inline(always)]
     fn decode_complete(frame: &mut Bytes) -> Result<Self, DecodeError> {
         let kind = frame.get_u8();
         let channel = frame.get_u16();
