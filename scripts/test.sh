@@ -15,7 +15,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
 echo "== serial tests (broker-wide state, one at a time)"
-cargo test -p lepus --locked --test serial_broker -- --ignored --test-threads=1
+cargo test -p lepus --locked --test serial_broker --test blocking -- --ignored --test-threads=1
 echo "== examples against the broker"
 for example in consume_acks publish_confirms error_handling; do
   cargo run -q --locked -p lepus --example "$example"

@@ -489,9 +489,13 @@ impl Channel {
             .send_request(method.into(), Some((Arc::clone(&q), options.no_ack)))?
             .ok_or(Error::InvalidState("basic.consume expects a reply"))?;
         match self.await_reply(rx, "basic.consume-ok").await? {
-            Reply::Method(Method::BasicConsumeOk(ok)) => {
-                Ok(Consumer::new(q, Arc::clone(&self.shared), ok.consumer_tag))
-            }
+            Reply::Method(Method::BasicConsumeOk(ok)) => Ok(Consumer::new(
+                q,
+                Arc::clone(&self.shared),
+                self.id,
+                self.generation,
+                ok.consumer_tag,
+            )),
             _ => Err(Error::InvalidState("unexpected reply to basic.consume")),
         }
     }
@@ -591,7 +595,7 @@ impl Channel {
             .shared
             .options
             .blocked_publish_timeout
-            .map(|t| (tokio::time::Instant::now() + t, t));
+            .and_then(|t| Some((tokio::time::Instant::now().checked_add(t)?, t)));
         loop {
             let waiting = {
                 let mut inner = self.shared.lock();
@@ -741,7 +745,8 @@ impl Channel {
     /// [`Error::Timeout`] when confirms are still missing at the deadline;
     /// [`Error::InvalidState`] when the channel is not in confirm mode; connection errors.
     pub async fn wait_for_confirms(&self, timeout: Duration) -> Result<bool> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        // A timeout too large to add to the clock means no deadline.
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
         loop {
             let notified = {
                 let mut inner = self.shared.lock();
@@ -765,11 +770,16 @@ impl Channel {
                 inner.wake_writer(&self.shared);
                 notified
             };
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(Error::Timeout {
-                    what: "publisher confirms",
-                    after: timeout,
-                });
+            match deadline {
+                Some(at) => {
+                    if tokio::time::timeout_at(at, notified).await.is_err() {
+                        return Err(Error::Timeout {
+                            what: "publisher confirms",
+                            after: timeout,
+                        });
+                    }
+                }
+                None => notified.await,
             }
         }
     }

@@ -274,6 +274,8 @@ impl ConsumerQueue {
 /// [`BasicConsumeOptions::buffer`]: crate::BasicConsumeOptions::buffer
 pub struct Consumer {
     queue: Arc<ConsumerQueue>,
+    channel: u16,
+    generation: u64,
     shared: Arc<Shared>,
     _guard: HandleGuard,
     local: VecDeque<Delivery>,
@@ -282,9 +284,17 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    pub(crate) fn new(queue: Arc<ConsumerQueue>, shared: Arc<Shared>, tag: ShortStr) -> Self {
+    pub(crate) fn new(
+        queue: Arc<ConsumerQueue>,
+        shared: Arc<Shared>,
+        channel: u16,
+        generation: u64,
+        tag: ShortStr,
+    ) -> Self {
         Self {
             queue,
+            channel,
+            generation,
             _guard: HandleGuard::new(&shared),
             shared,
             local: VecDeque::new(),
@@ -332,6 +342,55 @@ impl Stream for Consumer {
         }
         s.waker = Some(cx.waker().clone());
         Poll::Pending
+    }
+}
+
+impl Drop for Consumer {
+    /// A dropped stream cancels its consumer (`basic.cancel` without waiting for the reply), so
+    /// the broker stops sending to it and its buffer cannot stall the connection. Deliveries
+    /// already on their way are rejected with requeue, unless it was a no-ack consumer.
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut inner = self.shared.lock();
+        let Some(slot) = inner.channels.get_mut(&self.channel) else {
+            return;
+        };
+        if slot.generation != self.generation {
+            return;
+        }
+        let Some(queue) = slot.consumers.remove(&self.tag) else {
+            return;
+        };
+        queue.end(None);
+        // Unacknowledged deliveries still buffered go back to the queue.
+        let buffered: Vec<u64> = {
+            let mut s = queue.lock();
+            s.deliveries.drain(..).map(|d| d.delivery_tag).collect()
+        };
+        let buffered = buffered
+            .into_iter()
+            .chain(self.local.drain(..).map(|d| d.delivery_tag));
+        let cancel = basic::Cancel {
+            consumer_tag: self.tag.clone(),
+            nowait: true,
+        };
+        let _ = inner.proto.call(self.channel, cancel.into());
+        if !queue.no_ack {
+            for delivery_tag in buffered {
+                let reject = basic::Reject {
+                    delivery_tag,
+                    requeue: true,
+                };
+                let _ = inner.proto.send(self.channel, &reject);
+            }
+        }
+        inner.wake_writer(&self.shared);
+        drop(inner);
+        if self.shared.read_paused.load(Ordering::Acquire) {
+            self.shared.reader_wake.notify_one();
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 //! TLS (rustls), timers and the async API. Every AMQP 0-9-1 method of RabbitMQ is here:
 //! exchanges and queues, consumers as [`Stream`](futures_core::Stream)s, publisher confirms as
 //! futures, transactions, returns, flow control, heartbeats and `connection.blocked`.
+//! [`blocking`] offers the same client without async, in the spirit of py-amqp.
 //!
 //! # Examples
 //!
@@ -56,6 +57,7 @@
 //! closes the connection ([`Error::ConnectionClosed`]) and fails every waiter, consumer and
 //! pending confirm at once.
 
+pub mod blocking;
 mod channel;
 mod config;
 mod confirm;

@@ -914,3 +914,41 @@ async fn amqplain_authentication_works() {
     assert!(conn.is_open());
     conn.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn dropping_a_consumer_cancels_it_and_requeues_its_buffer() {
+    let (conn, ch) = channel().await;
+    let q = temp_queue(&ch, "dropconsumer").await;
+    for _ in 0..50 {
+        publish(&ch, &q, "d").await;
+    }
+    let consumer = ch
+        .basic_consume(
+            &q,
+            "",
+            BasicConsumeOptions {
+                buffer: 5,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(consumer);
+    // The connection keeps working (reading was not left paused) and every message is back.
+    let mut count = 0;
+    for _ in 0..200 {
+        count = ch.queue_declare_passive(&q).await.unwrap().message_count;
+        if count == 50 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(count, 50);
+    let q2 = ch.queue_declare_passive(&q).await.unwrap();
+    assert_eq!(q2.consumer_count, 0);
+    ch.queue_delete(&q, QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
