@@ -119,16 +119,23 @@ impl Channel {
 
     /// Closes the channel (`channel.close` 200) and waits for the broker's close-ok.
     ///
-    /// Outstanding requests, consumers and confirms of the channel end with an error.
+    /// Outstanding requests, consumers and confirms of the channel end with an error. This is
+    /// also how to learn whether everything sent on the channel was accepted: a publish to a
+    /// missing exchange closes the channel with 404, and `close` then reports it.
     ///
     /// # Errors
     ///
-    /// When the connection is closed or the close-ok does not come within the close timeout.
+    /// [`Error::ChannelClosed`] when the broker had closed the channel (or closes it before it
+    /// reads our close), with its reason; a timeout when close-ok does not come within the
+    /// close timeout.
     pub async fn close(&self) -> Result<()> {
         let rx = {
             let mut inner = self.shared.lock();
-            if inner.check(self.id, self.generation).is_err() {
-                return Ok(());
+            match inner.check(self.id, self.generation) {
+                Ok(()) => {}
+                // Closed by the broker earlier: report why.
+                Err(e @ Error::ChannelClosed(_)) => return Err(e),
+                Err(_) => return Ok(()),
             }
             let close = channel::Close {
                 reply_code: ReplyCode::REPLY_SUCCESS,
@@ -146,6 +153,8 @@ impl Channel {
         };
         let after = self.shared.options.close_timeout;
         match tokio::time::timeout(after, rx).await {
+            // The broker closed the channel (with an error) before it saw our close.
+            Ok(Ok(Some(close))) => Err(Error::ChannelClosed(close)),
             Ok(_) => Ok(()),
             Err(_) => Err(Error::Timeout {
                 what: "channel.close-ok",

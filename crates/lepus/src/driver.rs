@@ -82,7 +82,8 @@ pub(crate) struct ChannelSlot {
     pub(crate) confirms_drained: Option<Arc<Notify>>,
     pub(crate) returned: VecDeque<ReturnedMessage>,
     pub(crate) returns_tx: Option<tokio::sync::mpsc::UnboundedSender<ReturnedMessage>>,
-    pub(crate) close_waiter: Option<oneshot::Sender<()>>,
+    /// `Channel::close` waiting for the end; gets the broker's reason if it closed the channel.
+    pub(crate) close_waiter: Option<oneshot::Sender<Option<Close>>>,
     /// The broker paused publishing on this channel with `channel.flow`.
     pub(crate) flow_paused: bool,
 }
@@ -100,6 +101,9 @@ pub(crate) struct Inner {
     pub(crate) update_secret_waiters: VecDeque<oneshot::Sender<Result<()>>>,
     /// A TLS failure behind a lost transport, reported as [`Error::Tls`] instead.
     pub(crate) tls_failure: Option<String>,
+    /// Why the broker closed each channel id last (with that channel's generation), so later
+    /// calls on a stale handle report the broker's reason, not just "closed".
+    pub(crate) closed_channels: HashMap<u16, (u64, Close)>,
 }
 
 pub(crate) struct Shared {
@@ -132,6 +136,7 @@ impl Shared {
                 connected: None,
                 update_secret_waiters: VecDeque::new(),
                 tls_failure: None,
+                closed_channels: HashMap::new(),
             }),
             writer_wake: Notify::new(),
             reader_wake: Notify::new(),
@@ -211,7 +216,10 @@ impl Inner {
         }
         match self.channels.get(&channel) {
             Some(slot) if slot.generation == generation => Ok(()),
-            _ => Err(Error::ChannelNotOpen(channel)),
+            _ => match self.closed_channels.get(&channel) {
+                Some((g, close)) if *g == generation => Err(Error::ChannelClosed(close.clone())),
+                _ => Err(Error::ChannelNotOpen(channel)),
+            },
         }
     }
 
@@ -240,9 +248,6 @@ pub(crate) async fn writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: W
         };
         if let Some(notified) = wait {
             notified.await;
-            // Let the tasks that woke us queue a little more before taking the batch: one
-            // reschedule turns a burst of acks or publishes into one write instead of many.
-            tokio::task::yield_now().await;
             continue;
         }
         let mut written = 0usize;
@@ -377,6 +382,14 @@ pub(crate) fn dispatch(shared: &Arc<Shared>, inner: &mut Inner) {
     while let Some(event) = inner.proto.poll_event() {
         match event {
             Event::Connected => {
+                let n = inner.proto.negotiated();
+                tracing::debug!(
+                    host = %shared.options.host,
+                    channel_max = n.channel_max,
+                    frame_max = n.frame_max,
+                    heartbeat = n.heartbeat,
+                    "connection open"
+                );
                 if let Some(tx) = inner.connected.take() {
                     let _ = tx.send(Ok(()));
                 }
@@ -443,6 +456,7 @@ pub(crate) fn dispatch(shared: &Arc<Shared>, inner: &mut Inner) {
             }
             Event::ChannelClosed { channel, close } => on_channel_closed(inner, channel, close),
             Event::Blocked { reason } => {
+                tracing::warn!(%reason, "the broker blocked publishing");
                 let _ = shared.events.send(ConnectionEvent::Blocked(reason));
             }
             Event::Unblocked => {
@@ -571,6 +585,13 @@ fn on_channel_closed(inner: &mut Inner, channel: u16, close: Option<Close>) {
         return;
     };
     let by_server = close.is_some();
+    if let Some(close) = &close {
+        tracing::debug!(channel, %close, "channel closed by the broker");
+        inner
+            .closed_channels
+            .insert(channel, (slot.generation, close.clone()));
+    }
+    let reason = close.clone();
     let error = match close {
         Some(close) => Error::ChannelClosed(close),
         None => Error::ChannelNotOpen(channel),
@@ -578,7 +599,7 @@ fn on_channel_closed(inner: &mut Inner, channel: u16, close: Option<Close>) {
     // Closed on request, consumers simply end; closed by the broker, they end with its reason.
     fail_slot(&mut slot, &error, by_server);
     if let Some(tx) = slot.close_waiter.take() {
-        let _ = tx.send(());
+        let _ = tx.send(reason);
     }
 }
 
@@ -618,11 +639,17 @@ fn on_closed(shared: &Arc<Shared>, inner: &mut Inner, error: ConnectionError) {
     for (_, mut slot) in inner.channels.drain() {
         fail_slot(&mut slot, &err, true);
         if let Some(tx) = slot.close_waiter.take() {
-            let _ = tx.send(());
+            let _ = tx.send(None);
         }
     }
     for tx in inner.update_secret_waiters.drain(..) {
         let _ = tx.send(Err(err.clone()));
+    }
+    match &err {
+        Error::ConnectionClosed(ConnectionError::LocallyClosed(_)) => {
+            tracing::debug!(host = %shared.options.host, "connection closed")
+        }
+        other => tracing::warn!(host = %shared.options.host, error = %other, "connection ended"),
     }
     let _ = shared.events.send(ConnectionEvent::Closed(err.to_string()));
     inner.error = Some(err);

@@ -221,7 +221,11 @@ async fn passive_declare_of_missing_queue_closes_only_the_channel() {
     assert!(!ch.is_open());
     // The channel is gone; the connection is not.
     let again = ch.queue_declare_passive("whatever").await.unwrap_err();
-    assert!(matches!(again, Error::ChannelNotOpen(_)), "{again}");
+    // Later calls on the closed channel keep reporting the broker's reason.
+    assert!(
+        matches!(&again, Error::ChannelClosed(c) if c.code == ReplyCode::NOT_FOUND),
+        "{again}"
+    );
     assert!(conn.is_open());
     let ch2 = conn.open_channel().await.unwrap();
     let q = temp_queue(&ch2, "after404").await;
@@ -950,5 +954,27 @@ async fn dropping_a_consumer_cancels_it_and_requeues_its_buffer() {
     ch.queue_delete(&q, QueueDeleteOptions::default())
         .await
         .unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn channel_close_reports_an_earlier_broker_error() {
+    // Publishing to a missing exchange is refused asynchronously: the broker closes the
+    // channel. Closing the channel afterwards reports it.
+    let (conn, ch) = channel().await;
+    ch.basic_publish(
+        &unique("no-such-exchange"),
+        "k",
+        BasicPublishOptions::default(),
+        &props(),
+        "x",
+    )
+    .await
+    .unwrap();
+    let err = ch.close().await.unwrap_err();
+    assert_eq!(err.reply_code(), Some(ReplyCode::NOT_FOUND), "{err}");
+    assert!(err.to_string().contains("basic.publish"), "{err}");
+    let ok = conn.open_channel().await.unwrap();
+    ok.close().await.unwrap();
     conn.close().await.unwrap();
 }

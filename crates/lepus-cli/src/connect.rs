@@ -1,0 +1,134 @@
+//! Which broker to talk to and how: `--url`, `$AMQP_URL`, the default, and the connection
+//! options from the global flags.
+
+use std::time::Duration;
+
+use lepus::uri::AmqpUri;
+use lepus::{Channel, Connection, ConnectionOptions, Heartbeat};
+
+use crate::cli::{Global, DEFAULT_URL};
+use crate::error::CliError;
+
+/// Seconds allowed to connect when neither `--connect-timeout` nor the URL says.
+const DEFAULT_CONNECT_TIMEOUT: f64 = 10.0;
+
+/// Where and how to connect, resolved from the global flags before anything is sent.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    options: ConnectionOptions,
+    /// `host:port`, for error messages (the URL may hold a password, so it is not shown).
+    address: String,
+}
+
+impl Target {
+    /// Resolves the URL (`--url`, else a non-empty `$AMQP_URL`, else the default) and applies
+    /// `--connect-timeout` and `--heartbeat`.
+    ///
+    /// # Errors
+    ///
+    /// A usage error when the URL does not parse.
+    pub(crate) fn resolve(global: &Global, env_url: Option<String>) -> Result<Self, CliError> {
+        let url = pick_url(global.url.clone(), env_url);
+        let uri: AmqpUri = url
+            .parse()
+            .map_err(|e| CliError::Usage(format!("invalid URL: {e}")))?;
+        let mut options = ConnectionOptions::from_uri(&url)
+            .map_err(|e| CliError::Usage(format!("invalid URL: {e}")))?;
+        let timeout = match (global.connect_timeout, uri.query.connection_timeout) {
+            (Some(secs), _) => Duration::from_secs_f64(secs),
+            (None, Some(from_url)) => from_url,
+            (None, None) => Duration::from_secs_f64(DEFAULT_CONNECT_TIMEOUT),
+        };
+        options.connect_timeout(timeout).handshake_timeout(timeout);
+        if let Some(h) = global.heartbeat {
+            options.heartbeat(if h == 0 {
+                Heartbeat::Disabled
+            } else {
+                Heartbeat::Secs(h)
+            });
+        }
+        Ok(Self {
+            options,
+            address: format!("{}:{}", uri.host, uri.port),
+        })
+    }
+
+    /// Opens a connection named `lepus <what>` (shown in the management UI).
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached or refuses (bad credentials mention
+    /// `403 ACCESS_REFUSED`).
+    pub(crate) async fn connect(&self, what: &str) -> Result<Connection, CliError> {
+        let mut options = self.options.clone();
+        options.connection_name(format!("lepus {what}"));
+        tracing::debug!(address = %self.address, "connecting");
+        Connection::connect_with(options)
+            .await
+            .map_err(|e| match e {
+                // Already names the address.
+                lepus::Error::Connect { .. } => CliError::from(e),
+                other => CliError::failed(format!("connecting to {}: {}", self.address, other)),
+            })
+    }
+
+    /// Connects and opens one channel.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect), or when the channel cannot be opened.
+    pub(crate) async fn channel(&self, what: &str) -> Result<(Connection, Channel), CliError> {
+        let conn = self.connect(what).await?;
+        let ch = conn
+            .open_channel()
+            .await
+            .map_err(|e| CliError::failed(format!("opening a channel: {e}")))?;
+        Ok((conn, ch))
+    }
+}
+
+/// `--url` wins over `$AMQP_URL` (when set and not empty), which wins over the default.
+fn pick_url(flag: Option<String>, env: Option<String>) -> String {
+    flag.or(env.filter(|e| !e.is_empty()))
+        .unwrap_or_else(|| DEFAULT_URL.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn global(url: Option<&str>) -> Global {
+        Global {
+            url: url.map(str::to_string),
+            connect_timeout: None,
+            heartbeat: None,
+            verbose: 0,
+        }
+    }
+
+    #[test]
+    fn url_precedence() {
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(pick_url(s("amqp://flag"), s("amqp://env")), "amqp://flag");
+        assert_eq!(pick_url(None, s("amqp://env")), "amqp://env");
+        assert_eq!(pick_url(None, s("")), DEFAULT_URL);
+        assert_eq!(pick_url(None, None), DEFAULT_URL);
+    }
+
+    #[test]
+    fn bad_url_is_a_usage_error() {
+        let e = Target::resolve(&global(Some("http://x")), None).unwrap_err();
+        assert!(matches!(e, CliError::Usage(_)), "{e:?}");
+    }
+
+    #[test]
+    fn address_is_shown_without_password() {
+        let t = Target::resolve(
+            &global(Some("amqp://u:secret@example.invalid:5673/v")),
+            None,
+        )
+        .unwrap();
+        assert_eq!(t.address, "example.invalid:5673");
+        assert!(!format!("{t:?}").contains("secret"));
+    }
+}

@@ -1,0 +1,148 @@
+//! A perf producer: its own connection, publishing stamped bodies as fast as allowed.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lepus::{BasicProperties, BasicPublishOptions, Confirmation, PublisherConfirm};
+use tokio::sync::{oneshot, watch};
+
+use super::{Phase, Shared, Stamper};
+use crate::connect::Target;
+use crate::error::{CliError, OnChannel};
+
+/// Published messages are added to the shared counter in batches of this many.
+const COUNT_BATCH: u64 = 64;
+/// Longest sleep of a rate-limited producer before it checks whether to stop.
+const MAX_PACING_SLEEP: Duration = Duration::from_millis(100);
+
+/// What one producer does.
+#[derive(Debug, Clone)]
+pub(super) struct Settings {
+    /// 1-based, for names and errors.
+    pub(super) id: u32,
+    /// Routing key on the default exchange.
+    pub(super) queue: String,
+    /// Body size in bytes.
+    pub(super) size: usize,
+    /// Messages to publish, or `None` until told to stop.
+    pub(super) share: Option<u64>,
+    /// Confirm window, if publishing with confirms.
+    pub(super) confirm: Option<u32>,
+    /// Most messages per second.
+    pub(super) rate: Option<f64>,
+}
+
+/// Connects, reports `ready`, and from [`Phase::Go`] publishes until its share is done or
+/// `stop_publishing` is set; then waits for the outstanding confirms and records when it
+/// finished.
+///
+/// # Errors
+///
+/// Connection and channel errors, prefixed with the producer's number.
+pub(super) async fn run(
+    s: Settings,
+    target: Target,
+    shared: Arc<Shared>,
+    phase: watch::Receiver<Phase>,
+    ready: oneshot::Sender<()>,
+) -> Result<(), CliError> {
+    publish(&s, &target, &shared, phase, ready)
+        .await
+        .map_err(|e| CliError::failed(format!("producer {}: {e}", s.id)))
+}
+
+async fn publish(
+    s: &Settings,
+    target: &Target,
+    shared: &Shared,
+    mut phase: watch::Receiver<Phase>,
+    ready: oneshot::Sender<()>,
+) -> Result<(), CliError> {
+    let conn = target.connect(&format!("perf producer {}", s.id)).await?;
+    let ch = conn
+        .open_channel()
+        .await
+        .map_err(|e| CliError::failed(format!("opening a channel: {e}")))?;
+    if s.confirm.is_some() {
+        ch.confirm_select().await.on(ch.id())?;
+    }
+    let _ = ready.send(());
+    if !matches!(
+        phase.wait_for(|p| *p >= Phase::Go).await.map(|p| *p),
+        Ok(Phase::Go)
+    ) {
+        return Ok(());
+    }
+    let window = s.confirm.map_or(0, |w| w as usize);
+    let props = BasicProperties::default();
+    let mut pending: VecDeque<PublisherConfirm> = VecDeque::with_capacity(window);
+    let paced_from = tokio::time::Instant::now();
+    let mut stamper = Stamper::new(s.size);
+    let mut sent = 0u64;
+    let mut uncounted = 0u64;
+    loop {
+        if shared.stop_publishing.load(Ordering::Relaxed) || s.share.is_some_and(|n| sent >= n) {
+            break;
+        }
+        if let Some(rate) = s.rate {
+            // The n-th message is due n/rate seconds after the start: no drift, no bursts
+            // beyond what a late wake-up catches up.
+            let due = Duration::try_from_secs_f64(sent as f64 / rate)
+                .ok()
+                .and_then(|after| paced_from.checked_add(after));
+            let now = tokio::time::Instant::now();
+            let wake = now + MAX_PACING_SLEEP;
+            // `None`: so far in the future that it cannot be represented.
+            if due.is_none_or(|due| due > now) {
+                tokio::time::sleep_until(due.map_or(wake, |due| due.min(wake))).await;
+                continue;
+            }
+        }
+        let confirm = ch
+            .basic_publish(
+                "",
+                &s.queue,
+                BasicPublishOptions::default(),
+                &props,
+                stamper.next_body(),
+            )
+            .await
+            .on(ch.id())?;
+        sent += 1;
+        uncounted += 1;
+        if uncounted == COUNT_BATCH {
+            shared.published.fetch_add(uncounted, Ordering::Relaxed);
+            uncounted = 0;
+        }
+        if window > 0 {
+            pending.push_back(confirm);
+            if pending.len() >= window {
+                if let Some(oldest) = pending.pop_front() {
+                    settle(oldest, shared, ch.id()).await?;
+                }
+            }
+        }
+        // Give the scheduler a turn now and then: a publish that never waits would otherwise
+        // keep this worker thread to itself.
+        tokio::task::consume_budget().await;
+    }
+    shared.published.fetch_add(uncounted, Ordering::Relaxed);
+    while let Some(confirm) = pending.pop_front() {
+        settle(confirm, shared, ch.id()).await?;
+    }
+    shared
+        .publish_end_ns
+        .fetch_max(shared.now_ns(), Ordering::Relaxed);
+    let _ = conn.close().await;
+    Ok(())
+}
+
+async fn settle(confirm: PublisherConfirm, shared: &Shared, channel: u16) -> Result<(), CliError> {
+    match confirm.await.on(channel)? {
+        Confirmation::Nack(_) => shared.nacked.fetch_add(1, Ordering::Relaxed),
+        _ => shared.confirmed.fetch_add(1, Ordering::Relaxed),
+    };
+    Ok(())
+}

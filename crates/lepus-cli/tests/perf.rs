@@ -1,0 +1,187 @@
+//! perf, with small counts.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+mod support;
+
+use serde_json::Value;
+use support::{fails, lepus, require_broker, TempQueue};
+
+/// Runs `perf --json` with extra args; checks the exact key order and returns the object.
+fn perf(extra: &[&str]) -> Value {
+    require_broker();
+    let out = lepus()
+        .args(["perf", "--json"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "exactly one JSON object on stdout: {stdout:?}"
+    );
+    let line = lines[0];
+    let keys = [
+        "{\"published\":",
+        ",\"confirmed\":",
+        ",\"consumed\":",
+        ",\"elapsed_s\":",
+        ",\"publish_rate\":",
+        ",\"consume_rate\":",
+        ",\"latency_us\":{\"p50\":",
+        ",\"p95\":",
+        ",\"p99\":",
+        ",\"max\":",
+    ];
+    let positions: Vec<usize> = keys
+        .iter()
+        .map(|k| {
+            line.find(k)
+                .unwrap_or_else(|| panic!("{k} missing in {line}"))
+        })
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{line}");
+    assert!(line.ends_with("}}"), "{line}");
+    let v: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v.as_object().unwrap().len(), 7);
+    assert_eq!(v["latency_us"].as_object().unwrap().len(), 4);
+    v
+}
+
+#[test]
+fn perf_count_publishes_and_consumes_everything() {
+    let v = perf(&["--count", "2000"]);
+    assert_eq!(v["published"], 2000);
+    assert_eq!(v["consumed"], 2000);
+    assert_eq!(v["confirmed"], 0);
+    assert!(v["elapsed_s"].as_f64().unwrap() > 0.0);
+    assert!(v["publish_rate"].as_f64().unwrap() > 0.0);
+    assert!(v["consume_rate"].as_f64().unwrap() > 0.0);
+    let l = &v["latency_us"];
+    let (p50, p99, max) = (
+        l["p50"].as_u64().unwrap(),
+        l["p99"].as_u64().unwrap(),
+        l["max"].as_u64().unwrap(),
+    );
+    assert!(p50 >= 1 && p50 <= p99 && p99 <= max, "{l}");
+}
+
+#[test]
+fn perf_many_producers_consumers_confirms_and_multi_ack() {
+    let v = perf(&[
+        "--producers",
+        "2",
+        "--consumers",
+        "3",
+        "--count",
+        "1001",
+        "--confirm",
+        "50",
+        "--prefetch",
+        "20",
+        "--multi-ack",
+        "10",
+        "--size",
+        "100",
+    ]);
+    assert_eq!(v["published"], 1001);
+    assert_eq!(v["confirmed"], 1001);
+    assert_eq!(v["consumed"], 1001);
+}
+
+#[test]
+fn perf_consumers_0_measures_publishing_alone() {
+    let v = perf(&["--consumers", "0", "--count", "1500"]);
+    assert_eq!(v["published"], 1500);
+    assert_eq!(v["consumed"], 0);
+    assert_eq!(v["consume_rate"].as_f64(), Some(0.0));
+    assert!(v["latency_us"]["p50"].is_null());
+    assert!(v["publish_rate"].as_f64().unwrap() > 0.0);
+
+    let v = perf(&["--consumers", "0", "--count", "700", "--confirm", "100"]);
+    assert_eq!(v["published"], 700);
+    assert_eq!(v["confirmed"], 700);
+}
+
+#[test]
+fn perf_producers_0_drains_an_existing_queue() {
+    let q = TempQueue::new("perf-drain");
+    // Fill it with perf messages (the named queue is kept).
+    let filled = perf(&["--consumers", "0", "--count", "300", "--queue", q.name()]);
+    assert_eq!(filled["published"], 300);
+    assert_eq!(q.depth(), 300);
+    let v = perf(&["--producers", "0", "--queue", q.name()]);
+    assert_eq!(v["published"], 0);
+    assert_eq!(v["consumed"], 300);
+    // Timed from the stamps the earlier run wrote.
+    assert!(v["latency_us"]["max"].as_u64().unwrap() >= 1);
+    assert_eq!(q.depth(), 0);
+    // With --count, only that many.
+    q.publish_lines("a\nb\nc\n");
+    let v = perf(&["--producers", "0", "--queue", q.name(), "--count", "2"]);
+    assert_eq!(v["consumed"], 2);
+    // Foreign messages are not timed.
+    assert!(v["latency_us"]["p50"].is_null());
+}
+
+#[test]
+fn perf_time_and_rate() {
+    let v = perf(&["--time", "1.5", "--rate", "200"]);
+    let published = v["published"].as_u64().unwrap();
+    assert!((200..=400).contains(&published), "{v}");
+    assert_eq!(v["consumed"].as_u64().unwrap(), published);
+}
+
+#[test]
+fn perf_text_summary_and_live_rates() {
+    require_broker();
+    let out = lepus()
+        .args(["perf", "--time", "2.2", "--rate", "100"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("publish rate"), "{stdout}");
+    assert!(stdout.contains("latency"), "{stdout}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.lines().count() >= 2,
+        "one line per second: {stderr:?}"
+    );
+    assert!(
+        stderr.contains("sent") && stderr.contains("received"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn perf_usage_errors() {
+    let line = fails(lepus().args(["perf", "--producers", "0"]), 2);
+    assert!(line.contains("--queue"), "{line}");
+    let line = fails(
+        lepus().args(["perf", "--producers", "0", "--consumers", "0"]),
+        2,
+    );
+    assert!(line.contains("nothing to do"), "{line}");
+    let line = fails(
+        lepus().args(["perf", "--multi-ack", "50", "--prefetch", "10"]),
+        2,
+    );
+    assert!(line.contains("--multi-ack"), "{line}");
+}

@@ -1,0 +1,210 @@
+//! Helpers for the CLI tests: the broker URL, unique names, running `lepus`, cleanup.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use assert_cmd::Command;
+
+/// The broker to test against: `LEPUS_TEST_URL`, or the local RabbitMQ.
+pub(crate) fn url() -> String {
+    std::env::var("LEPUS_TEST_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
+}
+
+/// A URL nothing listens on.
+pub(crate) const UNREACHABLE: &str = "amqp://guest:guest@127.0.0.1:1/%2f";
+
+/// `lepus` with `--url` set to the test broker and `$AMQP_URL` cleared.
+pub(crate) fn lepus() -> Command {
+    let mut cmd = bare();
+    cmd.arg("--url").arg(url());
+    cmd
+}
+
+/// `lepus` without `--url`, `$AMQP_URL` cleared.
+pub(crate) fn bare() -> Command {
+    let mut cmd = Command::cargo_bin("lepus").unwrap();
+    cmd.env_remove("AMQP_URL").timeout(Duration::from_secs(60));
+    cmd
+}
+
+/// A name no other test (or earlier run) uses.
+pub(crate) fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "lepus-cli-test.{prefix}.{}.{nanos}.{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Fails with instructions when no broker answers.
+pub(crate) fn require_broker() {
+    let out = lepus()
+        .args(["declare", "exchange", "amq.direct", "--passive"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cannot reach RabbitMQ at {} ({}); start one with `scripts/ensure-broker.sh` or set \
+         LEPUS_TEST_URL",
+        url(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A queue declared for one test and deleted when dropped.
+pub(crate) struct TempQueue(pub(crate) String);
+
+impl TempQueue {
+    pub(crate) fn new(prefix: &str) -> Self {
+        require_broker();
+        let name = unique(prefix);
+        lepus().args(["declare", "queue", &name]).assert().success();
+        Self(name)
+    }
+
+    /// A name only: created by the test itself (or never), deleted on drop.
+    pub(crate) fn named(prefix: &str) -> Self {
+        Self(unique(prefix))
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.0
+    }
+
+    /// Publishes each body with `--body`.
+    pub(crate) fn publish(&self, bodies: &[&str]) {
+        for body in bodies {
+            lepus()
+                .args(["publish", "--routing-key", &self.0, "--body", body])
+                .assert()
+                .success();
+        }
+    }
+
+    /// Publishes one message per line through stdin.
+    pub(crate) fn publish_lines(&self, lines: &str) {
+        lepus()
+            .args(["publish", "--routing-key", &self.0, "--lines"])
+            .write_stdin(lines.to_string())
+            .assert()
+            .success();
+    }
+
+    /// Ready messages now.
+    pub(crate) fn depth(&self) -> u64 {
+        let out = lepus()
+            .args(["declare", "queue", &self.0, "--passive"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = String::from_utf8(out.stdout).unwrap();
+        line.split('\t').nth(1).unwrap().trim().parse().unwrap()
+    }
+
+    /// Takes every message off the queue with `get` and returns them as JSON values.
+    pub(crate) fn drain(&self) -> Vec<serde_json::Value> {
+        let out = lepus()
+            .args(["get", "--queue", &self.0, "--count", "100000"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        json_lines(&out.stdout)
+    }
+}
+
+impl Drop for TempQueue {
+    fn drop(&mut self) {
+        let _ = lepus().args(["delete", "queue", &self.0]).output();
+    }
+}
+
+/// An exchange deleted when dropped.
+pub(crate) struct TempExchange(pub(crate) String);
+
+impl TempExchange {
+    pub(crate) fn new(prefix: &str, kind: &str) -> Self {
+        require_broker();
+        let name = unique(prefix);
+        lepus()
+            .args(["declare", "exchange", &name, "--type", kind])
+            .assert()
+            .success();
+        Self(name)
+    }
+}
+
+impl Drop for TempExchange {
+    fn drop(&mut self) {
+        let _ = lepus().args(["delete", "exchange", &self.0]).output();
+    }
+}
+
+/// Each stdout line parsed as JSON.
+pub(crate) fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8(stdout.to_vec())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// The bodies of JSON messages.
+pub(crate) fn bodies(messages: &[serde_json::Value]) -> Vec<String> {
+    messages
+        .iter()
+        .map(|m| m["body"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Asserts a failed run printed exactly one error line on stderr and returns it.
+pub(crate) fn one_error_line(stderr: &[u8]) -> String {
+    let text = String::from_utf8(stderr.to_vec()).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1, "expected one stderr line, got: {text:?}");
+    assert!(
+        lines[0].starts_with("lepus: error: "),
+        "error line does not start with 'lepus: error: ': {text:?}"
+    );
+    assert!(!text.contains("panicked"), "{text}");
+    lines[0].to_string()
+}
+
+/// Runs the command, expects `code`, nothing on stdout when it fails, one error line; returns
+/// that line.
+pub(crate) fn fails(cmd: &mut Command, code: i32) -> String {
+    let out = cmd.output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout: {} stderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "stdout not empty: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    one_error_line(&out.stderr)
+}
