@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The project's test command: formatting, lints, then every test against a real RabbitMQ.
 #
-# Tests that change broker-wide state (memory alarms, closing every connection) live in test
-# binaries named `serial_*` and run one at a time after the others.
+# Tests that change broker-wide state (a memory alarm, closing connections from the broker) are
+# `#[ignore]`d in the normal run and run here afterwards, one at a time. The examples run last,
+# against the same broker. The final line sums up every test run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 
 scripts/ensure-broker.sh
 
@@ -13,10 +17,13 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
-cargo test --workspace --locked
+cargo test --workspace --locked 2>&1 | tee -a "$log"
 echo "== serial tests (broker-wide state, one at a time)"
-cargo test -p lepus --locked --test serial_broker --test blocking -- --ignored --test-threads=1
+cargo test -p lepus --locked --test serial_broker --test blocking -- --ignored --test-threads=1 \
+  2>&1 | tee -a "$log"
 echo "== examples against the broker"
 for example in consume_acks publish_confirms error_handling; do
   cargo run -q --locked -p lepus --example "$example"
 done
+
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"
