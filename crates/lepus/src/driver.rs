@@ -30,6 +30,8 @@ use crate::confirm::{Confirmation, ReturnedMessage};
 use crate::consumer::{ConsumerQueue, Delivery};
 use crate::error::{Error, Result};
 
+/// Frames decoded per acquisition of the state lock.
+const FRAMES_PER_LOCK: usize = 48;
 /// Size of each socket read.
 const READ_CHUNK: usize = 64 * 1024;
 /// Most buffers handed to one vectored write.
@@ -328,10 +330,18 @@ pub(crate) async fn reader<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut io: R)
                 match result {
                     Ok(0) => return transport_failed(&shared, "connection closed by peer".into()),
                     Ok(_) => {
-                        let mut inner = shared.lock();
-                        inner.proto.handle_input(Instant::now(), &mut buf);
-                        dispatch(&shared, &mut inner);
-                        inner.wake_writer(&shared);
+                        // Slices of a large read, so the lock is never held for long: acks and
+                        // publishes from other threads get in between.
+                        let now = Instant::now();
+                        loop {
+                            let mut inner = shared.lock();
+                            let more = inner.proto.handle_input_bounded(now, &mut buf, FRAMES_PER_LOCK);
+                            dispatch(&shared, &mut inner);
+                            inner.wake_writer(&shared);
+                            if !more {
+                                break;
+                            }
+                        }
                     }
                     Err(e) => {
                         if let Some(tls) = crate::transport::tls_failure(&e) {

@@ -130,8 +130,22 @@ impl Connection {
     /// close the connection (a `connection.close` with the matching reply code is queued) and
     /// end in [`Event::Closed`].
     pub fn handle_input(&mut self, now: Instant, buf: &mut BytesMut) {
+        self.handle_input_bounded(now, buf, usize::MAX);
+    }
+
+    /// Like [`handle_input`](Self::handle_input), taking at most `max_frames` frames; returns
+    /// whether a complete frame may still be waiting in `buf`.
+    ///
+    /// A driver that shares the connection with other threads under a lock uses this to hold
+    /// the lock briefly, draining events between slices of a large read.
+    pub fn handle_input_bounded(
+        &mut self,
+        now: Instant,
+        buf: &mut BytesMut,
+        max_frames: usize,
+    ) -> bool {
         if buf.is_empty() || self.state == State::Closed {
-            return;
+            return false;
         }
         self.last_received = Some(now);
         if self.state == State::AwaitStart && buf.starts_with(b"AMQP") {
@@ -142,19 +156,23 @@ impl Connection {
                     found,
                 }));
             }
-            return;
+            return false;
         }
-        loop {
+        for _ in 0..max_frames {
             if self.state == State::Closed {
-                return;
+                return false;
             }
             let max = self.receive_frame_max();
             match Frame::decode(buf, max) {
                 Ok(Some(frame)) => self.handle_frame(frame),
-                Ok(None) => return,
-                Err(e) => return self.protocol_error(ConnectionError::Protocol(e)),
+                Ok(None) => return false,
+                Err(e) => {
+                    self.protocol_error(ConnectionError::Protocol(e));
+                    return false;
+                }
             }
         }
+        !buf.is_empty()
     }
 
     /// Acts on the clock: sends a heartbeat when one is due and fails the connection when the
