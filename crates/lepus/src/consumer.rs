@@ -271,6 +271,9 @@ impl ConsumerQueue {
 /// slows the broker down instead of filling memory. Other channels of the connection wait too:
 /// give slow consumers a connection of their own.
 ///
+/// Dropping the stream cancels the consumer: lepus sends `basic.cancel` and gives the
+/// deliveries still in its buffer back to the queue (reject with requeue).
+///
 /// [`BasicConsumeOptions::buffer`]: crate::BasicConsumeOptions::buffer
 pub struct Consumer {
     queue: Arc<ConsumerQueue>,
