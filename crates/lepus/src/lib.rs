@@ -13,7 +13,8 @@
 //! TLS (rustls), timers and the async API. Every AMQP 0-9-1 method of RabbitMQ is here:
 //! exchanges and queues, consumers as [`Stream`](futures_core::Stream)s, publisher confirms as
 //! futures, transactions, returns, flow control, heartbeats and `connection.blocked`.
-//! [`blocking`] offers the same client without async, in the spirit of py-amqp.
+//! [`blocking`] offers the same client without async, in the spirit of py-amqp. The
+//! [`manual`] explains the design: locking, replies, confirms, heartbeats and backpressure.
 //!
 //! # Examples
 //!
@@ -65,6 +66,7 @@ mod connection;
 mod consumer;
 mod driver;
 mod error;
+pub mod manual;
 mod options;
 mod transport;
 pub mod uri;

@@ -1,0 +1,87 @@
+//! How lepus works, and why: the design notes behind the API. Documentation only.
+//!
+//! # Layers
+//!
+//! ```text
+//!   lepus-cli ──► lepus (tokio driver, async API, lepus::blocking) ──► lepus-proto ──► lepus-wire
+//! ```
+//!
+//! - `lepus-wire` turns bytes into typed frames and back. It has no state beyond one frame.
+//! - `lepus-proto` is the client's protocol logic as a state machine that does no I/O and reads
+//!   no clock: bytes and the current time go in, bytes to write, events and the next deadline
+//!   come out. Everything that can go wrong between client and broker (a reply that does not
+//!   match the request, a body longer than its header said, a close crossing a close) is decided
+//!   here, and tested with a scripted broker and a fake clock.
+//! - `lepus` owns the socket, the timers and the API. It adds no protocol behaviour of its own;
+//!   [`blocking`](crate::blocking) adds none on top of it either.
+//!
+//! # One lock, no channel hop
+//!
+//! A connection's state (the protocol core, the waiters for replies and confirms, the consumers'
+//! queues) sits behind one mutex shared by the user's handles and two tasks. A call such as
+//! [`Channel::basic_publish`](crate::Channel::basic_publish) locks it, encodes its frames
+//! straight into the core's output buffer, and wakes the writer task only if it is idle. There
+//! is no per-message message-passing to a background task and, for bodies under 4 KiB, no
+//! allocation. Under load the writer finds many messages queued and sends them with one
+//! vectored write; bodies of 4 KiB or more are sent from the caller's buffer without a copy.
+//!
+//! The reader task reads up to 64 KiB at a time and lets the core decode it in slices of a few
+//! dozen frames per lock, so other threads' acks and publishes are never held up for long.
+//!
+//! # Replies
+//!
+//! AMQP replies to synchronous requests on a channel come back in request order. The core keeps,
+//! per channel, the list of replies each outstanding request accepts (`queue.declare` accepts
+//! `declare-ok`, `basic.get` accepts `get-ok` or `get-empty`, ...); a reply that does not match
+//! the oldest request is a protocol violation and closes the connection with 505. The driver
+//! keeps the waiting futures in the same order. A request whose future was dropped still gets
+//! its reply; the reply is discarded, so later replies stay aligned.
+//!
+//! # Publisher confirms
+//!
+//! After `confirm.select` the core numbers publishes from 1, counting from the moment the
+//! select is sent (RabbitMQ counts the same way, since it reads the frames in order). Each
+//! publish's [`PublisherConfirm`](crate::PublisherConfirm) waits in a queue ordered by that
+//! number. A `basic.ack` or `basic.nack` with `multiple` settles every number up to its tag; a
+//! single one settles its own. RabbitMQ sends `basic.return` for an unroutable mandatory message
+//! just before that message's ack, so a return is attached to the next confirm the broker sends
+//! ([`Confirmation::Ack`](crate::Confirmation::Ack) with the message). When the channel or
+//! connection ends, every pending confirm resolves at once with the error.
+//!
+//! # Heartbeats
+//!
+//! With an interval of `n` seconds (see [`Heartbeat`](crate::Heartbeat) for how it is chosen),
+//! lepus sends a heartbeat frame when it has sent nothing for `n` seconds, and declares the
+//! broker dead when nothing at all has arrived for `2 * n` seconds. The deadline lives in the
+//! core; the reader task sleeps until it. A dead broker ends every waiter, confirm and consumer
+//! with [`ConnectionError::HeartbeatTimeout`](crate::ConnectionError::HeartbeatTimeout).
+//!
+//! # Backpressure
+//!
+//! - **Publishing:** when more than the write buffer's high-water mark (4 MiB by default) is
+//!   waiting to be written, or the broker sent `connection.blocked`, or it paused the channel
+//!   with `channel.flow`, publishers wait; `blocked_publish_timeout` bounds the wait.
+//! - **Consuming:** each consumer has a bounded buffer
+//!   ([`BasicConsumeOptions::buffer`](crate::BasicConsumeOptions::buffer)). When one is full,
+//!   the reader stops reading the socket until the consumer takes its deliveries, so the broker
+//!   sees TCP backpressure (and, with a prefetch limit, simply stops sending). Memory stays
+//!   bounded whatever the prefetch, even with `no_ack`. The cost is that the connection's other
+//!   channels wait too, which is why a slow consumer deserves its own connection. While reading
+//!   is paused on purpose, the heartbeat check does not count the silence against the broker.
+//!
+//! # Acknowledgements belong to their channel
+//!
+//! Delivery tags are numbered per channel, and RabbitMQ closes a channel with 406 when it gets
+//! an ack for a tag it did not deliver there. A [`Delivery`](crate::Delivery) therefore carries
+//! its channel's id and *generation*, a number that changes each time the id is reused; acking
+//! after the channel closed, or on its successor with the same id, fails locally with
+//! [`Error::ChannelNotOpen`](crate::Error::ChannelNotOpen) and sends nothing.
+//!
+//! # Closing
+//!
+//! [`Connection::close`](crate::Connection::close) queues `connection.close` behind everything
+//! already published, so it is a flush; it then waits for close-ok (or the close timeout). From
+//! the moment close is sent, the core discards every frame but close and close-ok, as the spec
+//! asks. Dropping every handle (connections, channels and consumers) closes the connection the
+//! same way in the background. A dropped [`Consumer`](crate::Consumer) cancels itself and gives
+//! its buffered deliveries back to the queue.
