@@ -718,13 +718,17 @@ impl Channel {
 
     /// The messages the broker returns on this channel (mandatory and unroutable).
     ///
-    /// Only returns received after this call are delivered; call it before publishing.
+    /// Only returns received after this call are delivered; call it before publishing. Each
+    /// call makes a new receiver, and every live receiver gets every returned message; drop a
+    /// receiver to stop. A receiver buffers without bound until read (returns are rare and
+    /// each one is a mistake to look at), and with confirms on, the returned message also
+    /// comes with its publish's [`Confirmation`](crate::Confirmation).
     pub fn returns(&self) -> Result<mpsc::UnboundedReceiver<ReturnedMessage>> {
         let mut inner = self.shared.lock();
         inner.check(self.id, self.generation)?;
         let (tx, rx) = mpsc::unbounded_channel();
         if let Some(slot) = inner.channels.get_mut(&self.id) {
-            slot.returns_tx = Some(tx);
+            slot.returns_tx.push(tx);
         }
         Ok(rx)
     }

@@ -83,7 +83,8 @@ pub(crate) struct ChannelSlot {
     pub(crate) nacked_since_wait: bool,
     pub(crate) confirms_drained: Option<Arc<Notify>>,
     pub(crate) returned: VecDeque<ReturnedMessage>,
-    pub(crate) returns_tx: Option<tokio::sync::mpsc::UnboundedSender<ReturnedMessage>>,
+    /// Every live `Channel::returns` receiver.
+    pub(crate) returns_tx: Vec<tokio::sync::mpsc::UnboundedSender<ReturnedMessage>>,
     /// `Channel::close` waiting for the end; gets the broker's reason if it closed the channel.
     pub(crate) close_waiter: Option<oneshot::Sender<Option<Close>>>,
     /// The broker paused publishing on this channel with `channel.flow`.
@@ -431,9 +432,8 @@ pub(crate) fn dispatch(shared: &Arc<Shared>, inner: &mut Inner) {
                     properties: message.properties,
                     body: message.body,
                 };
-                if let Some(tx) = &slot.returns_tx {
-                    let _ = tx.send(msg.clone());
-                }
+                // Receivers that were dropped are forgotten here.
+                slot.returns_tx.retain(|tx| tx.send(msg.clone()).is_ok());
                 if !slot.confirms.is_empty() {
                     slot.returned.push_back(msg);
                 }

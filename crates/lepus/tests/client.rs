@@ -371,6 +371,19 @@ async fn mandatory_unroutable_message_is_returned_then_acked() {
     assert_eq!(&returned.body[..], b"lost");
     let from_stream = returns.recv().await.unwrap();
     assert_eq!(from_stream.reply_code, ReplyCode::NO_ROUTE);
+    // A second receiver gets later returns too, and so does the first.
+    let mut second = ch.returns().unwrap();
+    ch.basic_publish(
+        "",
+        &key,
+        BasicPublishOptions { mandatory: true },
+        &props(),
+        "again",
+    )
+    .await
+    .unwrap();
+    assert_eq!(&second.recv().await.unwrap().body[..], b"again");
+    assert_eq!(&returns.recv().await.unwrap().body[..], b"again");
     conn.close().await.unwrap();
 }
 
