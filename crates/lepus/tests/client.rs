@@ -238,16 +238,7 @@ async fn passive_declare_of_missing_queue_closes_only_the_channel() {
 #[tokio::test]
 async fn exclusive_queue_is_locked_for_other_connections() {
     let (conn1, ch1) = channel().await;
-    let q = unique("exclusive");
-    ch1.queue_declare(
-        &q,
-        QueueDeclareOptions {
-            exclusive: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let q = support::exclusive_queue(&ch1, "exclusive").await;
     let (conn2, ch2) = channel().await;
     let err = ch2.queue_declare_passive(&q).await.unwrap_err();
     assert_eq!(err.reply_code(), Some(ReplyCode::RESOURCE_LOCKED), "{err}");
@@ -761,16 +752,7 @@ async fn small_frame_max_splits_bodies_and_channel_ids_are_bounded() {
 #[tokio::test]
 async fn dropping_every_handle_closes_the_connection() {
     let (conn, ch) = channel().await;
-    let q = unique("dropped");
-    ch.queue_declare(
-        &q,
-        QueueDeclareOptions {
-            exclusive: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let q = support::exclusive_queue(&ch, "dropped").await;
     let events = conn.events();
     drop(ch);
     drop(conn);

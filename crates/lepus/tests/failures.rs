@@ -31,16 +31,7 @@ async fn dead_peer_is_detected_after_two_heartbeat_intervals() {
     .await;
     assert_eq!(conn.negotiated().heartbeat, 1);
     let ch = conn.open_channel().await.unwrap();
-    let q = unique("heartbeat");
-    ch.queue_declare(
-        &q,
-        QueueDeclareOptions {
-            exclusive: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let q = support::exclusive_queue(&ch, "heartbeat").await;
     ch.confirm_select().await.unwrap();
     let mut consumer = ch
         .basic_consume(&q, "", BasicConsumeOptions::default())

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use lepus::{
     BasicConsumeOptions, BasicProperties, BasicPublishOptions, Connection, ConnectionError,
-    ConnectionEvent, Error, QueueDeclareOptions, ReplyCode,
+    ConnectionEvent, Error, ReplyCode,
 };
 use support::unique;
 
@@ -63,16 +63,7 @@ async fn memory_alarm_blocks_publishers_until_cleared() {
     let conn = Connection::connect_with(o).await.unwrap();
     let mut events = conn.events();
     let ch = conn.open_channel().await.unwrap();
-    let q = unique("blocked");
-    ch.queue_declare(
-        &q,
-        QueueDeclareOptions {
-            exclusive: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let q = support::exclusive_queue(&ch, "blocked").await;
     let props = BasicProperties::default();
 
     let alarm = Watermark::alarm();
@@ -114,16 +105,7 @@ async fn operator_closing_the_connection_fails_everything_with_320() {
     o.connection_name(name.clone());
     let conn = Connection::connect_with(o).await.unwrap();
     let ch = conn.open_channel().await.unwrap();
-    let q = unique("forced-q");
-    ch.queue_declare(
-        &q,
-        QueueDeclareOptions {
-            exclusive: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let q = support::exclusive_queue(&ch, "forced-q").await;
     ch.confirm_select().await.unwrap();
     let mut consumer = ch
         .basic_consume(&q, "", BasicConsumeOptions::default())

@@ -34,6 +34,21 @@ pub(crate) async fn channel() -> (Connection, Channel) {
     (conn, ch)
 }
 
+/// Declares a queue only this connection may use; the broker deletes it with the connection.
+pub(crate) async fn exclusive_queue(ch: &Channel, prefix: &str) -> String {
+    let name = unique(prefix);
+    ch.queue_declare(
+        &name,
+        lepus::QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    name
+}
+
 /// Fetches one message, retrying for up to a second while it is still on its way.
 pub(crate) async fn get_eventually(ch: &Channel, queue: &str, no_ack: bool) -> lepus::GetMessage {
     for _ in 0..100 {
