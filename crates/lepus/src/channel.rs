@@ -453,7 +453,20 @@ impl Channel {
             prefetch_count,
             global: options.global,
         };
-        self.rpc(method.into(), "basic.qos-ok").await.map(drop)
+        self.rpc(method.into(), "basic.qos-ok").await?;
+        let mut inner = self.shared.lock();
+        if let Some(slot) = inner
+            .channels
+            .get_mut(&self.id)
+            .filter(|slot| slot.generation == self.generation)
+        {
+            if options.global {
+                slot.prefetch_channel = prefetch_count.into();
+            } else {
+                slot.prefetch_consumer = prefetch_count.into();
+            }
+        }
+        Ok(())
     }
 
     /// Starts a consumer on `queue` and returns its stream of deliveries. An empty
@@ -656,10 +669,14 @@ impl Channel {
     ///
     /// When the channel is closed.
     pub fn basic_ack(&self, delivery_tag: u64, multiple: bool) -> Result<()> {
-        self.send_async(&basic::Ack {
+        self.send_ack(
+            &basic::Ack {
+                delivery_tag,
+                multiple,
+            },
             delivery_tag,
             multiple,
-        })
+        )
     }
 
     /// Negatively acknowledges a delivery by tag.
@@ -668,11 +685,15 @@ impl Channel {
     ///
     /// When the channel is closed.
     pub fn basic_nack(&self, delivery_tag: u64, multiple: bool, requeue: bool) -> Result<()> {
-        self.send_async(&basic::Nack {
+        self.send_ack(
+            &basic::Nack {
+                delivery_tag,
+                multiple,
+                requeue,
+            },
             delivery_tag,
             multiple,
-            requeue,
-        })
+        )
     }
 
     /// Rejects a delivery by tag.
@@ -681,10 +702,30 @@ impl Channel {
     ///
     /// When the channel is closed.
     pub fn basic_reject(&self, delivery_tag: u64, requeue: bool) -> Result<()> {
-        self.send_async(&basic::Reject {
+        self.send_ack(
+            &basic::Reject {
+                delivery_tag,
+                requeue,
+            },
             delivery_tag,
-            requeue,
-        })
+            false,
+        )
+    }
+
+    /// Queues an acknowledgement, which may wait briefly for the next socket activity.
+    fn send_ack<M: lepus_wire::MethodArgs>(
+        &self,
+        method: &M,
+        delivery_tag: u64,
+        multiple: bool,
+    ) -> Result<()> {
+        self.shared.lock().queue_ack(
+            &self.shared,
+            (self.id, self.generation),
+            method,
+            delivery_tag,
+            multiple,
+        )
     }
 
     fn send_async<M: lepus_wire::MethodArgs>(&self, method: &M) -> Result<()> {

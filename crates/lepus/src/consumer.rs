@@ -121,10 +121,14 @@ impl Delivery {
     ///
     /// When the delivering channel is closed, or the message was consumed with `no_ack`.
     pub fn ack(&self) -> Result<()> {
-        self.acker.send(&basic::Ack {
-            delivery_tag: self.delivery_tag,
-            multiple: false,
-        })
+        self.acker.send(
+            &basic::Ack {
+                delivery_tag: self.delivery_tag,
+                multiple: false,
+            },
+            self.delivery_tag,
+            false,
+        )
     }
 
     /// Acknowledges this message and every earlier unacknowledged one on its channel.
@@ -133,10 +137,14 @@ impl Delivery {
     ///
     /// As [`ack`](Self::ack).
     pub fn ack_multiple(&self) -> Result<()> {
-        self.acker.send(&basic::Ack {
-            delivery_tag: self.delivery_tag,
-            multiple: true,
-        })
+        self.acker.send(
+            &basic::Ack {
+                delivery_tag: self.delivery_tag,
+                multiple: true,
+            },
+            self.delivery_tag,
+            true,
+        )
     }
 
     /// Negatively acknowledges this message: requeued if `requeue`, else dropped or
@@ -146,11 +154,15 @@ impl Delivery {
     ///
     /// As [`ack`](Self::ack).
     pub fn nack(&self, requeue: bool) -> Result<()> {
-        self.acker.send(&basic::Nack {
-            delivery_tag: self.delivery_tag,
-            multiple: false,
-            requeue,
-        })
+        self.acker.send(
+            &basic::Nack {
+                delivery_tag: self.delivery_tag,
+                multiple: false,
+                requeue,
+            },
+            self.delivery_tag,
+            false,
+        )
     }
 
     /// Like [`nack`](Self::nack), for this and every earlier unacknowledged message.
@@ -159,11 +171,15 @@ impl Delivery {
     ///
     /// As [`ack`](Self::ack).
     pub fn nack_multiple(&self, requeue: bool) -> Result<()> {
-        self.acker.send(&basic::Nack {
-            delivery_tag: self.delivery_tag,
-            multiple: true,
-            requeue,
-        })
+        self.acker.send(
+            &basic::Nack {
+                delivery_tag: self.delivery_tag,
+                multiple: true,
+                requeue,
+            },
+            self.delivery_tag,
+            true,
+        )
     }
 
     /// Rejects this message (`basic.reject`): requeued if `requeue`, else dropped or
@@ -173,25 +189,31 @@ impl Delivery {
     ///
     /// As [`ack`](Self::ack).
     pub fn reject(&self, requeue: bool) -> Result<()> {
-        self.acker.send(&basic::Reject {
-            delivery_tag: self.delivery_tag,
-            requeue,
-        })
+        self.acker.send(
+            &basic::Reject {
+                delivery_tag: self.delivery_tag,
+                requeue,
+            },
+            self.delivery_tag,
+            false,
+        )
     }
 }
 
 impl Acker {
-    fn send<M: MethodArgs>(&self, method: &M) -> Result<()> {
+    fn send<M: MethodArgs>(&self, method: &M, delivery_tag: u64, multiple: bool) -> Result<()> {
         if self.no_ack {
             return Err(Error::InvalidState(
                 "the message was consumed with no_ack and needs no acknowledgement",
             ));
         }
-        let mut inner = self.shared.lock();
-        inner.check(self.channel, self.generation)?;
-        inner.proto.send(self.channel, method)?;
-        inner.wake_writer(&self.shared);
-        Ok(())
+        self.shared.lock().queue_ack(
+            &self.shared,
+            (self.channel, self.generation),
+            method,
+            delivery_tag,
+            multiple,
+        )
     }
 }
 
@@ -233,14 +255,12 @@ impl ConsumerQueue {
         *self.tag.lock().unwrap_or_else(|p| p.into_inner()) = tag;
     }
 
-    /// Adds a delivery; returns whether the queue is now full (reading should pause).
-    pub(crate) fn push(&self, delivery: Delivery) -> bool {
+    /// Adds a delivery. Returns whether the queue is now full (reading should pause) and the
+    /// consumer's waker, for the caller to wake once it has released the state lock.
+    pub(crate) fn push(&self, delivery: Delivery) -> (bool, Option<Waker>) {
         let mut s = self.lock();
         s.deliveries.push_back(delivery);
-        if let Some(w) = s.waker.take() {
-            w.wake();
-        }
-        s.deliveries.len() >= self.capacity
+        (s.deliveries.len() >= self.capacity, s.waker.take())
     }
 
     pub(crate) fn is_full(&self) -> bool {

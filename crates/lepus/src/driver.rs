@@ -16,6 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::IoSlice;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -36,6 +37,9 @@ const FRAMES_PER_LOCK: usize = 48;
 const READ_CHUNK: usize = 64 * 1024;
 /// Most buffers handed to one vectored write.
 const MAX_IOVECS: usize = 64;
+/// How long an acknowledgement may wait for the next socket activity before the idle writer
+/// sends it on its own.
+const ACK_FLUSH_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// A connection-level event, from [`Connection::events`](crate::Connection::events).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +93,34 @@ pub(crate) struct ChannelSlot {
     pub(crate) close_waiter: Option<oneshot::Sender<Option<Close>>>,
     /// The broker paused publishing on this channel with `channel.flow`.
     pub(crate) flow_paused: bool,
+    /// Prefetch counts set with `basic.qos`: per consumer and for the whole channel (0: none).
+    pub(crate) prefetch_consumer: u32,
+    pub(crate) prefetch_channel: u32,
+    /// Deliveries to acking consumers not yet acknowledged by the application.
+    pub(crate) unsettled: u64,
+    /// The highest delivery tag received on the channel.
+    pub(crate) last_delivery_tag: u64,
+}
+
+impl ChannelSlot {
+    /// The tightest prefetch limit in effect, if any.
+    fn prefetch(&self) -> Option<u64> {
+        [self.prefetch_consumer, self.prefetch_channel]
+            .into_iter()
+            .filter(|&p| p > 0)
+            .min()
+            .map(u64::from)
+    }
+
+    /// Counts an acknowledgement the application made.
+    pub(crate) fn settle(&mut self, delivery_tag: u64, multiple: bool) {
+        if multiple {
+            let after = self.last_delivery_tag.saturating_sub(delivery_tag);
+            self.unsettled = self.unsettled.min(after);
+        } else {
+            self.unsettled = self.unsettled.saturating_sub(1);
+        }
+    }
 }
 
 pub(crate) struct Inner {
@@ -97,6 +129,11 @@ pub(crate) struct Inner {
     /// Set once the connection is finished; every later call fails with it.
     pub(crate) error: Option<Error>,
     pub(crate) writer_idle: bool,
+    /// The idle writer will look for output again within [`ACK_FLUSH_DELAY`] on its own, so
+    /// an acknowledgement need not wake it (see [`Inner::wake_writer_for_ack`]).
+    pub(crate) writer_lazy: bool,
+    /// Acknowledgements queued since the writer last took the output, without waking it.
+    pub(crate) acks_unsent: u64,
     /// Bytes the writer has taken and not yet written.
     pub(crate) in_flight: usize,
     pub(crate) publishers_waiting: bool,
@@ -107,6 +144,77 @@ pub(crate) struct Inner {
     /// Why the broker closed each channel id last (with that channel's generation), so later
     /// calls on a stale handle report the broker's reason, not just "closed".
     pub(crate) closed_channels: HashMap<u16, (u64, Close)>,
+    /// Wake-ups and confirm results produced under the lock, delivered once it is released.
+    pub(crate) deferred: Deferred,
+}
+
+/// What waits for the state lock to be released: waking a consumer or resolving a confirm
+/// while holding the lock would let the woken thread run straight into it.
+#[derive(Default)]
+pub(crate) struct Deferred {
+    wakers: Vec<Waker>,
+    confirms: Vec<(oneshot::Sender<Result<Confirmation>>, Result<Confirmation>)>,
+}
+
+impl Deferred {
+    fn is_empty(&self) -> bool {
+        self.wakers.is_empty() && self.confirms.is_empty()
+    }
+
+    /// Moves everything from `other` into `self`.
+    fn append(&mut self, other: &mut Self) {
+        self.wakers.append(&mut other.wakers);
+        self.confirms.append(&mut other.confirms);
+    }
+
+    /// Delivers everything, keeping the buffers for reuse.
+    fn run(&mut self) {
+        for waker in self.wakers.drain(..) {
+            waker.wake();
+        }
+        for (tx, result) in self.confirms.drain(..) {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+/// The locked state. Dropping it releases the lock first and then runs what was
+/// [`Deferred`] while it was held.
+pub(crate) struct Locked<'a>(Option<MutexGuard<'a, Inner>>);
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Inner;
+
+    fn deref(&self) -> &Inner {
+        // The guard is only taken out in `drop`.
+        match &self.0 {
+            Some(guard) => guard,
+            None => unreachable!("the state guard is present until drop"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Inner {
+        match &mut self.0 {
+            Some(guard) => guard,
+            None => unreachable!("the state guard is present until drop"),
+        }
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let Some(mut guard) = self.0.take() else {
+            return;
+        };
+        if guard.deferred.is_empty() {
+            return;
+        }
+        let mut deferred = std::mem::take(&mut guard.deferred);
+        drop(guard);
+        deferred.run();
+    }
 }
 
 pub(crate) struct Shared {
@@ -134,12 +242,15 @@ impl Shared {
                 channels: HashMap::new(),
                 error: None,
                 writer_idle: false,
+                writer_lazy: false,
+                acks_unsent: 0,
                 in_flight: 0,
                 publishers_waiting: false,
                 connected: None,
                 update_secret_waiters: VecDeque::new(),
                 tls_failure: None,
                 closed_channels: HashMap::new(),
+                deferred: Deferred::default(),
             }),
             writer_wake: Notify::new(),
             reader_wake: Notify::new(),
@@ -155,8 +266,8 @@ impl Shared {
 
     /// Locks the state. A panic while holding the lock cannot leave the protocol state half
     /// updated in a way that matters more than the panic itself, so poisoning is ignored.
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    pub(crate) fn lock(&self) -> Locked<'_> {
+        Locked(Some(self.state.lock().unwrap_or_else(|p| p.into_inner())))
     }
 }
 
@@ -198,9 +309,59 @@ impl Inner {
     /// Wakes the writer if it is waiting for work. Call after queuing frames.
     #[inline]
     pub(crate) fn wake_writer(&mut self, shared: &Shared) {
-        if self.writer_idle {
+        if self.writer_idle && (self.proto.pending_bytes() > 0 || self.proto.is_closed()) {
             self.writer_idle = false;
+            self.writer_lazy = false;
             shared.writer_wake.notify_one();
+        }
+    }
+
+    /// Queues an ack, nack or reject of `delivery_tag` on the channel `(id, generation)`.
+    pub(crate) fn queue_ack<M: lepus_wire::MethodArgs>(
+        &mut self,
+        shared: &Shared,
+        (channel, generation): (u16, u64),
+        method: &M,
+        delivery_tag: u64,
+        multiple: bool,
+    ) -> Result<()> {
+        self.check(channel, generation)?;
+        self.proto.send(channel, method)?;
+        if let Some(slot) = self.channels.get_mut(&channel) {
+            slot.settle(delivery_tag, multiple);
+        }
+        self.wake_writer_for_ack(shared, channel);
+        Ok(())
+    }
+
+    /// Like [`wake_writer`](Self::wake_writer), after queuing an acknowledgement on `channel`
+    /// (already counted with [`ChannelSlot::settle`]).
+    ///
+    /// Waking the writer from the application's thread costs a cross-thread wake-up per
+    /// batch of acks, the largest cost of consuming. So while the writer is lazy (it wrote
+    /// recently and looks again within [`ACK_FLUSH_DELAY`]), the ack waits for the next read,
+    /// after which the reader wakes the writer from its own thread, cheaply. It only waits
+    /// while the broker can keep sending: if every delivery the prefetch limit allows is
+    /// unacknowledged or waiting here, the broker waits for acks, so they go out at once.
+    pub(crate) fn wake_writer_for_ack(&mut self, shared: &Shared, channel: u16) {
+        if self.ack_may_wait(channel) {
+            self.acks_unsent += 1;
+        } else {
+            self.wake_writer(shared);
+        }
+    }
+
+    /// Whether an acknowledgement just queued on `channel` may wait for the writer.
+    fn ack_may_wait(&self, channel: u16) -> bool {
+        if !self.writer_idle || !self.writer_lazy {
+            return false;
+        }
+        match self.channels.get(&channel) {
+            Some(slot) => match slot.prefetch() {
+                None => true,
+                Some(limit) => slot.unsettled + self.acks_unsent + 1 < limit,
+            },
+            None => false,
         }
     }
 
@@ -234,25 +395,48 @@ impl Inner {
 /// Runs the writer until the connection ends.
 pub(crate) async fn writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: W) {
     let mut chunks: VecDeque<Bytes> = VecDeque::new();
+    // Re-armed (pushed later) on every lazy wait; it only fires after a quiet spell.
+    let mut lazy_timer = std::pin::pin!(tokio::time::sleep(ACK_FLUSH_DELAY));
+    // Wrote recently: stays set until the timer finds nothing to send.
+    let mut lazy = false;
     loop {
         let wait = {
             let mut inner = shared.lock();
             let n = inner.proto.poll_transmit(Instant::now(), &mut chunks);
             inner.in_flight += n;
+            inner.acks_unsent = 0;
             if chunks.is_empty() {
                 if inner.proto.is_closed() {
                     break;
                 }
                 inner.writer_idle = true;
+                inner.writer_lazy = lazy;
                 Some(shared.writer_wake.notified())
             } else {
                 None
             }
         };
         if let Some(notified) = wait {
-            notified.await;
+            if lazy {
+                lazy_timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + ACK_FLUSH_DELAY);
+                tokio::select! {
+                    biased;
+                    () = notified => {}
+                    () = lazy_timer.as_mut() => {
+                        let mut inner = shared.lock();
+                        inner.writer_idle = false;
+                        inner.writer_lazy = false;
+                        lazy = false;
+                    }
+                }
+            } else {
+                notified.await;
+            }
             continue;
         }
+        lazy = true;
         let mut written = 0usize;
         while !chunks.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
@@ -306,6 +490,7 @@ pub(crate) async fn writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: W
 /// Runs the reader (and the heartbeat timer) until the connection ends.
 pub(crate) async fn reader<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut io: R) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut deferred = Deferred::default();
     let mut shutdown = shared.shutdown.subscribe();
     loop {
         let (deadline, paused) = {
@@ -333,16 +518,20 @@ pub(crate) async fn reader<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut io: R)
                     Ok(_) => {
                         // Slices of a large read, so the lock is never held for long: acks and
                         // publishes from other threads get in between.
+                        // Consumers and confirm futures are woken once the whole read is handled,
+                        // so they take one batch and do not contend for the lock meanwhile.
                         let now = Instant::now();
                         loop {
                             let mut inner = shared.lock();
                             let more = inner.proto.handle_input_bounded(now, &mut buf, FRAMES_PER_LOCK);
                             dispatch(&shared, &mut inner);
                             inner.wake_writer(&shared);
+                            deferred.append(&mut inner.deferred);
                             if !more {
                                 break;
                             }
                         }
+                        deferred.run();
                     }
                     Err(e) => {
                         if let Some(tls) = crate::transport::tls_failure(&e) {
@@ -520,13 +709,19 @@ fn on_delivery(
         return;
     };
     let generation = slot.generation;
+    slot.last_delivery_tag = deliver.delivery_tag;
     match slot.consumers.get(&deliver.consumer_tag) {
         Some(queue) => {
+            if !queue.no_ack {
+                slot.unsettled += 1;
+            }
             let delivery =
                 Delivery::new(shared, channel, generation, queue.no_ack, deliver, message);
-            if queue.push(delivery) {
+            let (full, waker) = queue.push(delivery);
+            if full {
                 shared.read_paused.store(true, Ordering::Release);
             }
+            inner.deferred.wakers.extend(waker);
         }
         None => {
             // A delivery for a consumer lepus no longer has: give it back to the queue, unless
@@ -564,7 +759,7 @@ fn on_confirm(inner: &mut Inner, channel: u16, tag: u64, multiple: bool, ack: bo
             Confirmation::Nack(attached)
         };
         if let Some(tx) = tx {
-            let _ = tx.send(Ok(confirmation));
+            inner.deferred.confirms.push((tx, Ok(confirmation)));
         }
     }
     if !multiple && slot.confirms.front().is_some_and(|(seq, _)| *seq < tag) {
@@ -578,7 +773,7 @@ fn on_confirm(inner: &mut Inner, channel: u16, tag: u64, multiple: bool, ack: bo
                     Confirmation::Nack(returned.take())
                 };
                 if let Some(tx) = tx {
-                    let _ = tx.send(Ok(confirmation));
+                    inner.deferred.confirms.push((tx, Ok(confirmation)));
                 }
             }
         }
@@ -668,4 +863,95 @@ fn on_closed(shared: &Arc<Shared>, inner: &mut Inner, error: ConnectionError) {
     shared.shutdown.send_replace(true);
     shared.reader_wake.notify_one();
     shared.writer_wake.notify_one();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lazy_writer_with(slot: ChannelSlot) -> Arc<Shared> {
+        let options = ConnectionOptions::default();
+        let shared = Shared::new(
+            lepus_proto::Connection::new(options.proto_config()),
+            options,
+        );
+        {
+            let mut inner = shared.lock();
+            inner.writer_idle = true;
+            inner.writer_lazy = true;
+            inner.channels.insert(1, slot);
+        }
+        shared
+    }
+
+    /// Acks the writer left waiting, one after another, until one wakes it.
+    fn acks_left_waiting(shared: &Shared) -> u64 {
+        let mut inner = shared.lock();
+        for waited in 0..10_000 {
+            inner.wake_writer_for_ack(shared, 1);
+            if !inner.writer_idle {
+                return waited;
+            }
+        }
+        10_000
+    }
+
+    #[test]
+    fn without_a_prefetch_limit_acks_wait_for_the_writer() {
+        let shared = lazy_writer_with(ChannelSlot::default());
+        assert_eq!(acks_left_waiting(&shared), 10_000);
+    }
+
+    #[test]
+    fn acks_wait_only_while_the_broker_can_keep_sending() {
+        // Prefetch 10 with 5 deliveries unacknowledged: the broker may have 9 out, so 4 acks
+        // can wait; the fifth would let the window fill, and goes out.
+        let shared = lazy_writer_with(ChannelSlot {
+            prefetch_consumer: 10,
+            unsettled: 5,
+            ..ChannelSlot::default()
+        });
+        assert_eq!(acks_left_waiting(&shared), 4);
+        assert_eq!(shared.lock().acks_unsent, 4);
+
+        // With prefetch 1 the broker always waits for the ack.
+        let shared = lazy_writer_with(ChannelSlot {
+            prefetch_channel: 1,
+            ..ChannelSlot::default()
+        });
+        assert_eq!(acks_left_waiting(&shared), 0);
+
+        // The tighter of the two limits counts.
+        let shared = lazy_writer_with(ChannelSlot {
+            prefetch_consumer: 100,
+            prefetch_channel: 3,
+            ..ChannelSlot::default()
+        });
+        assert_eq!(acks_left_waiting(&shared), 2);
+    }
+
+    #[test]
+    fn a_writer_that_has_been_quiet_is_woken_by_the_first_ack() {
+        let shared = lazy_writer_with(ChannelSlot::default());
+        shared.lock().writer_lazy = false;
+        assert_eq!(acks_left_waiting(&shared), 0);
+    }
+
+    #[test]
+    fn settling_counts_single_and_multiple_acks() {
+        let mut slot = ChannelSlot {
+            unsettled: 10,
+            last_delivery_tag: 10,
+            ..ChannelSlot::default()
+        };
+        slot.settle(3, false);
+        assert_eq!(slot.unsettled, 9);
+        // A multiple ack up to 8 leaves at most the two later deliveries.
+        slot.settle(8, true);
+        assert_eq!(slot.unsettled, 2);
+        slot.settle(10, true);
+        assert_eq!(slot.unsettled, 0);
+        slot.settle(10, false);
+        assert_eq!(slot.unsettled, 0);
+    }
 }

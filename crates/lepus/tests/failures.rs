@@ -319,3 +319,71 @@ async fn tcp_connect_timeout_when_nothing_accepts() {
     assert!(started.elapsed() < Duration::from_secs(3));
     drop(listener);
 }
+
+#[tokio::test]
+async fn acks_reach_the_broker_without_further_activity() {
+    // Acks may wait for the connection's next read before they are written, but never for
+    // long: after a burst of acked deliveries and then silence, the link is cut. Any ack
+    // still held by the client would make the broker requeue its message.
+    let (direct, dch) = support::channel().await;
+    let q = unique("acks-alone");
+    dch.queue_declare(&q, QueueDeclareOptions::default())
+        .await
+        .unwrap();
+    dch.confirm_select().await.unwrap();
+    let body = bytes::Bytes::from_static(b"m");
+    for _ in 0..200 {
+        let confirm = dch
+            .basic_publish(
+                "",
+                &q,
+                BasicPublishOptions::default(),
+                &BasicProperties::default(),
+                body.clone(),
+            )
+            .await
+            .unwrap();
+        drop(confirm);
+    }
+    assert!(dch
+        .wait_for_confirms(Duration::from_secs(10))
+        .await
+        .unwrap());
+
+    let proxy = Proxy::start(broker_addr()).await;
+    let conn = through(&proxy, |_| {}).await;
+    let ch = conn.open_channel().await.unwrap();
+    let mut consumer = ch
+        .basic_consume(&q, "", BasicConsumeOptions::default())
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.recv())
+            .await
+            .expect("delivery")
+            .unwrap()
+            .unwrap();
+        delivery.ack().unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.cut();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let left = loop {
+        let state = dch.queue_declare_passive(&q).await.unwrap();
+        if state.consumer_count == 0 {
+            break state.message_count;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broker kept the cut consumer"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(left, 0, "every ack must have reached the broker");
+    dch.queue_delete(&q, QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    drop(conn);
+    direct.close().await.unwrap();
+}

@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 pub(crate) struct Proxy {
     pub(crate) addr: SocketAddr,
     frozen: Arc<AtomicBool>,
+    cut: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -24,6 +25,8 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let frozen = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&frozen);
+        let cut = tokio::sync::watch::Sender::new(false);
+        let cut_rx = cut.subscribe();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(upstream).await else {
@@ -31,11 +34,29 @@ impl Proxy {
                 };
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                tokio::spawn(pump(cr, sw, Arc::clone(&flag)));
-                tokio::spawn(pump(sr, cw, Arc::clone(&flag)));
+                for (from, to) in [(cr, sw), (sr, cw)] {
+                    let mut cut = cut_rx.clone();
+                    let pumping = pump(from, to, Arc::clone(&flag));
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            () = pumping => {}
+                            _ = cut.wait_for(|cut| *cut) => {}
+                        }
+                    });
+                }
             }
         });
-        Self { addr, frozen, task }
+        Self {
+            addr,
+            frozen,
+            cut,
+            task,
+        }
+    }
+
+    /// Closes every proxied connection at once; bytes not yet forwarded are lost.
+    pub(crate) fn cut(&self) {
+        self.cut.send_replace(true);
     }
 
     /// Stops forwarding in both directions; sockets stay open, bytes are held back.
