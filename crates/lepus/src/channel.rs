@@ -568,6 +568,8 @@ impl Channel {
     /// Publishes a message and returns a future for the broker's confirm.
     ///
     /// The frames are queued at once, in call order with everything else on the channel.
+    /// In confirm mode they are written when the publisher waits for a confirm, or by the
+    /// writer within about 2 ms, whichever comes first (see [`manual`](crate::manual)).
     /// Without confirm mode the future resolves to [`Confirmation::NotRequested`]; after
     /// [`confirm_select`](Self::confirm_select) it resolves to the broker's ack or nack.
     /// A body of 4 KiB or more is sent without being copied.
@@ -635,15 +637,16 @@ impl Channel {
                         properties,
                         body,
                     )?;
-                    let rx = seq.map(|seq| {
-                        let (tx, rx) = oneshot::channel();
-                        if let Some(slot) = inner.channels.get_mut(&self.id) {
-                            slot.confirms.push_back((seq, Some(tx)));
-                        }
-                        rx
-                    });
-                    inner.wake_writer(&self.shared);
-                    return Ok(PublisherConfirm::new(rx));
+                    let Some(seq) = seq else {
+                        inner.wake_writer(&self.shared);
+                        return Ok(PublisherConfirm::not_requested());
+                    };
+                    let (tx, rx) = oneshot::channel();
+                    if let Some(slot) = inner.channels.get_mut(&self.id) {
+                        slot.confirms.push_back((seq, Some(tx)));
+                    }
+                    inner.wake_writer_for_confirmed_publish(&self.shared);
+                    return Ok(PublisherConfirm::new(rx, Arc::clone(&self.shared)));
                 }
                 inner.publishers_waiting = true;
                 inner.wake_writer(&self.shared);
@@ -802,6 +805,7 @@ impl Channel {
         // A timeout too large to add to the clock means no deadline.
         let deadline = tokio::time::Instant::now().checked_add(timeout);
         loop {
+            self.shared.flush_inline();
             let notified = {
                 let mut inner = self.shared.lock();
                 inner.check(self.id, self.generation)?;

@@ -2,12 +2,14 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use lepus_wire::{BasicProperties, ReplyCode, ShortStr};
 use tokio::sync::oneshot;
 
+use crate::driver::Shared;
 use crate::error::{Error, Result};
 
 /// A message the broker sent back (`basic.return`): mandatory and unroutable.
@@ -68,14 +70,28 @@ impl Confirmation {
 /// dropping it does not cancel the publish (so it is not `#[must_use]`: on a channel without
 /// confirms there is nothing to wait for). Thousands may be awaited in any order. If the
 /// channel or connection closes first, it resolves at once with that error.
-#[derive(Debug)]
 pub struct PublisherConfirm {
-    rx: Option<oneshot::Receiver<Result<Confirmation>>>,
+    rx: Option<(oneshot::Receiver<Result<Confirmation>>, Arc<Shared>)>,
+}
+
+impl std::fmt::Debug for PublisherConfirm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublisherConfirm")
+            .field("requested", &self.rx.is_some())
+            .finish()
+    }
 }
 
 impl PublisherConfirm {
-    pub(crate) fn new(rx: Option<oneshot::Receiver<Result<Confirmation>>>) -> Self {
-        Self { rx }
+    pub(crate) fn new(rx: oneshot::Receiver<Result<Confirmation>>, shared: Arc<Shared>) -> Self {
+        Self {
+            rx: Some((rx, shared)),
+        }
+    }
+
+    /// For a channel without confirms: resolves at once.
+    pub(crate) fn not_requested() -> Self {
+        Self { rx: None }
     }
 }
 
@@ -83,7 +99,7 @@ impl Future for PublisherConfirm {
     type Output = Result<Confirmation>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(rx) = self.rx.as_mut() else {
+        let Some((rx, shared)) = self.rx.as_mut() else {
             return Poll::Ready(Ok(Confirmation::NotRequested));
         };
         match Pin::new(rx).poll(cx) {
@@ -91,7 +107,11 @@ impl Future for PublisherConfirm {
             Poll::Ready(Err(_)) => Poll::Ready(Err(Error::InvalidState(
                 "the connection ended before the confirm arrived",
             ))),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                // About to wait for the broker: make sure the publish is on its way.
+                shared.flush_inline();
+                Poll::Pending
+            }
         }
     }
 }

@@ -55,8 +55,8 @@ impl Connection {
     ///
     /// As [`connect`](Self::connect).
     pub async fn connect_with(options: ConnectionOptions) -> Result<Self> {
-        let (reader, writer) = transport::connect(&options).await?;
-        Self::start(reader, writer, options).await
+        let (reader, writer, inline) = transport::connect(&options).await?;
+        Self::start(reader, writer, inline, options).await
     }
 
     /// Runs the AMQP handshake over a stream the caller opened (a Unix socket, an SSH tunnel,
@@ -70,19 +70,24 @@ impl Connection {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
     {
         let (reader, writer) = tokio::io::split(stream);
-        Self::start(Box::new(reader), Box::new(writer), options).await
+        Self::start(Box::new(reader), Box::new(writer), None, options).await
     }
 
     async fn start(
         reader: transport::BoxRead,
         writer: transport::BoxWrite,
+        inline: Option<transport::SharedTcp>,
         options: ConnectionOptions,
     ) -> Result<Self> {
         let handshake_timeout = options.handshake_timeout;
         let proto = lepus_proto::Connection::new(options.proto_config());
         let shared = Shared::new(proto, options);
         let (tx, rx) = oneshot::channel();
-        shared.lock().connected = Some(tx);
+        {
+            let mut inner = shared.lock();
+            inner.connected = Some(tx);
+            inner.inline_tcp = inline;
+        }
         tokio::spawn(driver::reader(Arc::clone(&shared), reader));
         tokio::spawn(driver::writer(Arc::clone(&shared), writer));
         let conn = Self {

@@ -117,6 +117,10 @@ impl Delivery {
 
     /// Acknowledges this message.
     ///
+    /// The ack is queued at once. It is written with the connection's next read or the
+    /// consumer's next wait, and within about 2 ms at the latest; at once when the broker
+    /// could be waiting for it under a prefetch limit (see [`manual`](crate::manual)).
+    ///
     /// # Errors
     ///
     /// When the delivering channel is closed, or the message was consumed with `no_ack`.
@@ -364,6 +368,9 @@ impl Stream for Consumer {
             return Poll::Ready(s.end_error.take().map(Err));
         }
         s.waker = Some(cx.waker().clone());
+        drop(s);
+        // About to wait for deliveries: send the acks made so far from this thread.
+        this.shared.flush_inline();
         Poll::Pending
     }
 }

@@ -134,6 +134,17 @@ pub(crate) struct Inner {
     pub(crate) writer_lazy: bool,
     /// Acknowledgements queued since the writer last took the output, without waking it.
     pub(crate) acks_unsent: u64,
+    /// The socket, for writing from the caller's thread while the writer is idle (plain TCP
+    /// only; see [`Shared::flush_inline`]).
+    pub(crate) inline_tcp: Option<crate::transport::SharedTcp>,
+    /// A caller is writing inline: the writer task must leave the output alone.
+    pub(crate) inline_writing: bool,
+    /// When a caller last wrote inline; keeps the writer lazy while callers do the writing.
+    pub(crate) last_inline_write: Option<Instant>,
+    /// Output an inline write could not finish, for the writer task to send first.
+    pub(crate) handoff: VecDeque<Bytes>,
+    /// Reused buffer list for inline writes.
+    inline_chunks: VecDeque<Bytes>,
     /// Bytes the writer has taken and not yet written.
     pub(crate) in_flight: usize,
     pub(crate) publishers_waiting: bool,
@@ -244,6 +255,11 @@ impl Shared {
                 writer_idle: false,
                 writer_lazy: false,
                 acks_unsent: 0,
+                inline_tcp: None,
+                inline_writing: false,
+                last_inline_write: None,
+                handoff: VecDeque::new(),
+                inline_chunks: VecDeque::new(),
                 in_flight: 0,
                 publishers_waiting: false,
                 connected: None,
@@ -268,6 +284,97 @@ impl Shared {
     /// updated in a way that matters more than the panic itself, so poisoning is ignored.
     pub(crate) fn lock(&self) -> Locked<'_> {
         Locked(Some(self.state.lock().unwrap_or_else(|p| p.into_inner())))
+    }
+}
+
+impl Shared {
+    /// Writes the queued output from the calling thread, when the writer task is idle and the
+    /// transport is plain TCP. Called where a caller is about to wait for the broker (a
+    /// confirm, a delivery): its own thread is running anyway, while waking the writer task
+    /// would cost a cross-thread wake-up. A write the socket cannot take at once is handed to
+    /// the writer task, in order.
+    pub(crate) fn flush_inline(&self) {
+        for _ in 0..2 {
+            let (tcp, mut chunks) = {
+                let mut inner = self.lock();
+                if !inner.writer_idle || inner.inline_writing || inner.proto.pending_bytes() == 0 {
+                    return;
+                }
+                let Some(tcp) = inner.inline_tcp.clone() else {
+                    return;
+                };
+                inner.inline_writing = true;
+                let mut chunks = std::mem::take(&mut inner.inline_chunks);
+                let n = inner.proto.poll_transmit(Instant::now(), &mut chunks);
+                inner.in_flight += n;
+                inner.acks_unsent = 0;
+                (tcp, chunks)
+            };
+            let stream: &tokio::net::TcpStream = (*tcp).as_ref();
+            let mut written = 0;
+            while !chunks.is_empty() {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let count = fill_slices(&chunks, &mut slices);
+                match slices.get(..count).map(|s| stream.try_write_vectored(s)) {
+                    Some(Ok(n)) if n > 0 => {
+                        written += n;
+                        advance(&mut chunks, n);
+                    }
+                    // Would block, or failed: the writer task takes over (and reports errors).
+                    _ => break,
+                }
+            }
+            let mut inner = self.lock();
+            inner.inline_writing = false;
+            inner.last_inline_write = Some(Instant::now());
+            wrote(&mut inner, self, written);
+            let leftover = !chunks.is_empty();
+            inner.handoff.append(&mut chunks);
+            inner.inline_chunks = chunks;
+            if leftover || inner.proto.is_closed() {
+                inner.writer_idle = false;
+                inner.writer_lazy = false;
+                self.writer_wake.notify_one();
+                return;
+            }
+            // Output queued meanwhile (by the reader, or another thread) goes on the next pass.
+        }
+        self.lock().wake_writer(self);
+    }
+}
+
+/// Points `slices` at the first chunks; returns how many.
+fn fill_slices<'a>(chunks: &'a VecDeque<Bytes>, slices: &mut [IoSlice<'a>; MAX_IOVECS]) -> usize {
+    let mut count = 0;
+    for (slot, chunk) in slices.iter_mut().zip(chunks.iter()) {
+        *slot = IoSlice::new(chunk);
+        count += 1;
+    }
+    count
+}
+
+/// Drops the first `n` written bytes from `chunks`.
+fn advance(chunks: &mut VecDeque<Bytes>, mut n: usize) {
+    while n > 0 {
+        let Some(front) = chunks.front_mut() else {
+            break;
+        };
+        if n >= front.len() {
+            n -= front.len();
+            chunks.pop_front();
+        } else {
+            front.advance(n);
+            n = 0;
+        }
+    }
+}
+
+/// Accounts for `written` bytes leaving, and lets waiting publishers go once the buffer drained.
+fn wrote(inner: &mut Inner, shared: &Shared, written: usize) {
+    inner.in_flight = inner.in_flight.saturating_sub(written);
+    if inner.publishers_waiting && inner.buffered() < shared.options.write_buffer_high_water / 2 {
+        inner.publishers_waiting = false;
+        shared.space.notify_waiters();
     }
 }
 
@@ -309,7 +416,10 @@ impl Inner {
     /// Wakes the writer if it is waiting for work. Call after queuing frames.
     #[inline]
     pub(crate) fn wake_writer(&mut self, shared: &Shared) {
-        if self.writer_idle && (self.proto.pending_bytes() > 0 || self.proto.is_closed()) {
+        if self.writer_idle
+            && !self.inline_writing
+            && (self.proto.pending_bytes() > 0 || self.proto.is_closed())
+        {
             self.writer_idle = false;
             self.writer_lazy = false;
             shared.writer_wake.notify_one();
@@ -347,6 +457,18 @@ impl Inner {
         if self.ack_may_wait(channel) {
             self.acks_unsent += 1;
         } else {
+            self.wake_writer(shared);
+        }
+    }
+
+    /// Like [`wake_writer`](Self::wake_writer), after queuing a publish on a channel in
+    /// confirm mode. Its publisher will wait for the confirm, and waiting writes the output
+    /// from its own thread ([`Shared::flush_inline`]), which is cheaper than waking the
+    /// writer from there; if it does not wait, the lazy writer sends it within
+    /// [`ACK_FLUSH_DELAY`].
+    pub(crate) fn wake_writer_for_confirmed_publish(&mut self, shared: &Shared) {
+        let may_wait = self.writer_idle && self.writer_lazy && self.inline_tcp.is_some();
+        if !may_wait {
             self.wake_writer(shared);
         }
     }
@@ -402,18 +524,25 @@ pub(crate) async fn writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: W
     loop {
         let wait = {
             let mut inner = shared.lock();
-            let n = inner.proto.poll_transmit(Instant::now(), &mut chunks);
-            inner.in_flight += n;
-            inner.acks_unsent = 0;
-            if chunks.is_empty() {
-                if inner.proto.is_closed() {
-                    break;
-                }
+            if inner.inline_writing {
+                // A caller is writing; it wakes us if it leaves anything behind.
                 inner.writer_idle = true;
-                inner.writer_lazy = lazy;
                 Some(shared.writer_wake.notified())
             } else {
-                None
+                chunks.append(&mut inner.handoff);
+                let n = inner.proto.poll_transmit(Instant::now(), &mut chunks);
+                inner.in_flight += n;
+                inner.acks_unsent = 0;
+                if chunks.is_empty() {
+                    if inner.proto.is_closed() {
+                        break;
+                    }
+                    inner.writer_idle = true;
+                    inner.writer_lazy = lazy;
+                    Some(shared.writer_wake.notified())
+                } else {
+                    None
+                }
             }
         };
         if let Some(notified) = wait {
@@ -426,9 +555,14 @@ pub(crate) async fn writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: W
                     () = notified => {}
                     () = lazy_timer.as_mut() => {
                         let mut inner = shared.lock();
-                        inner.writer_idle = false;
-                        inner.writer_lazy = false;
-                        lazy = false;
+                        // Callers writing inline keep the writer lazy: it is their safety net.
+                        lazy = inner
+                            .last_inline_write
+                            .is_some_and(|at| at.elapsed() < ACK_FLUSH_DELAY);
+                        if !inner.inline_writing {
+                            inner.writer_idle = false;
+                            inner.writer_lazy = false;
+                        }
                     }
                 }
             } else {
@@ -440,11 +574,7 @@ pub(crate) async fn writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: W
         let mut written = 0usize;
         while !chunks.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut count = 0;
-            for (slot, chunk) in slices.iter_mut().zip(chunks.iter()) {
-                *slot = IoSlice::new(chunk);
-                count += 1;
-            }
+            let count = fill_slices(&chunks, &mut slices);
             let result = match slices.get(..count) {
                 Some(s) => io.write_vectored(s).await,
                 None => Ok(0),
@@ -454,20 +584,9 @@ pub(crate) async fn writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: W
                     transport_failed(&shared, "socket closed while writing".into());
                     return;
                 }
-                Ok(mut n) => {
+                Ok(n) => {
                     written += n;
-                    while n > 0 {
-                        let Some(front) = chunks.front_mut() else {
-                            break;
-                        };
-                        if n >= front.len() {
-                            n -= front.len();
-                            chunks.pop_front();
-                        } else {
-                            front.advance(n);
-                            n = 0;
-                        }
-                    }
+                    advance(&mut chunks, n);
                 }
                 Err(e) => {
                     transport_failed(&shared, format!("write failed: {e}"));
@@ -475,13 +594,7 @@ pub(crate) async fn writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: W
                 }
             }
         }
-        let mut inner = shared.lock();
-        inner.in_flight = inner.in_flight.saturating_sub(written);
-        if inner.publishers_waiting && inner.buffered() < shared.options.write_buffer_high_water / 2
-        {
-            inner.publishers_waiting = false;
-            shared.space.notify_waiters();
-        }
+        wrote(&mut shared.lock(), &shared, written);
     }
     let _ = io.flush().await;
     let _ = io.shutdown().await;
@@ -858,6 +971,7 @@ fn on_closed(shared: &Arc<Shared>, inner: &mut Inner, error: ConnectionError) {
     }
     let _ = shared.events.send(ConnectionEvent::Closed(err.to_string()));
     inner.error = Some(err);
+    inner.inline_tcp = None;
     shared.space.notify_waiters();
     shared.closed.notify_waiters();
     shared.shutdown.send_replace(true);

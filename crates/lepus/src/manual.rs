@@ -38,22 +38,30 @@
 //! design choice above removes some: no task hop per message, one vectored write per batch,
 //! one wake-up per read rather than per delivery.
 //!
-//! Acknowledgements get one more. A consumer typically acks from the application's thread, and
-//! waking the writer task from there costs a cross-thread wake-up for every batch of acks. So
-//! while the writer has written within the last couple of milliseconds, an ack does not wake
-//! it: it is queued, and goes out with the next thing that wakes the writer. That is usually
-//! the reader, right after the broker's next deliveries arrive, and a wake-up from the reader's
-//! own thread is cheap. Two rules bound the wait:
+//! Two more remove the wake-up of the writer task from the application's thread, the largest
+//! cost left when consuming or publishing with confirms:
 //!
-//! - If the broker could be waiting for this ack (with a prefetch limit, the unacknowledged
-//!   deliveries plus the acks already waiting would fill the window), the writer is woken at
-//!   once. With `basic.qos(1)` every ack goes out immediately.
-//! - An idle writer looks for output on its own within about 2 ms of its last write, so when
-//!   traffic stops, no ack waits longer than that.
+//! - **Writing from the waiting thread.** When a caller is about to wait for the broker (a
+//!   [`PublisherConfirm`](crate::PublisherConfirm) or
+//!   [`wait_for_confirms`](crate::Channel::wait_for_confirms), a
+//!   [`Consumer`](crate::Consumer) with no delivery ready) and the writer task is idle, the
+//!   caller writes what is queued itself, with a non-blocking vectored write on the socket. If
+//!   the socket cannot take it all, the writer task sends the rest, in order. This needs the
+//!   plain TCP socket; over TLS, whose session state lives in the writer task, the writer
+//!   does all the writing.
+//! - **Letting some frames wait briefly.** While the writer has written within the last
+//!   couple of milliseconds (it is *lazy*: it looks for output again on its own within about
+//!   2 ms), two kinds of frames do not wake it: a publish on a channel in confirm mode (its
+//!   publisher is expected to wait for the confirm, which writes it as above), and an ack
+//!   (it goes out with the next read, after which the reader wakes the writer from its own
+//!   thread, cheaply, or with the caller's next wait). If the broker could be waiting for an
+//!   ack (with a prefetch limit, the unacknowledged deliveries plus the acks already waiting
+//!   would fill the window), the writer is woken at once: with `basic.qos(1)` every ack goes
+//!   out immediately.
 //!
-//! Publishes, requests and everything else wake the writer at once: only acks, whose timing
-//! nobody waits on while the broker keeps sending, are allowed to wait.
-//!
+//! So no frame waits more than about 2 ms, and one that someone is waiting on goes out at
+//! once. Publishes without confirms, requests and everything else wake the writer at once.
+
 //! # Replies
 //!
 //! AMQP replies to synchronous requests on a channel come back in request order. The core keeps,

@@ -1,12 +1,16 @@
 //! Opening the byte stream: TCP, optionally wrapped in TLS (rustls).
 
+use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 
 use crate::config::{ConnectionOptions, TlsOptions};
@@ -15,8 +19,60 @@ use crate::error::{Error, Result};
 pub(crate) type BoxRead = Box<dyn AsyncRead + Unpin + Send>;
 pub(crate) type BoxWrite = Box<dyn AsyncWrite + Unpin + Send>;
 
+/// The write side of a plain TCP connection, shared by the writer task and threads that write
+/// queued output themselves when the writer is idle (see `Shared::flush_inline`).
+pub(crate) type SharedTcp = Arc<OwnedWriteHalf>;
+
+/// The streams of a new connection: read side, write side for the writer task, and for plain
+/// TCP the same write side once more for inline writes.
+pub(crate) type Streams = (BoxRead, BoxWrite, Option<SharedTcp>);
+
+/// [`AsyncWrite`] over a [`SharedTcp`]: readiness and non-blocking writes only need `&self`.
+struct SharedTcpWrite(SharedTcp);
+
+impl AsyncWrite for SharedTcpWrite {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let stream: &TcpStream = (*self.0).as_ref();
+        loop {
+            ready!(stream.poll_write_ready(cx))?;
+            match stream.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                done => return Poll::Ready(done),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Once nobody else holds it; otherwise the last holder's drop shuts the side down.
+        match Arc::get_mut(&mut self.0) {
+            Some(half) => Pin::new(half).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
 /// Connects TCP (and TLS when configured) within the connect timeout.
-pub(crate) async fn connect(options: &ConnectionOptions) -> Result<(BoxRead, BoxWrite)> {
+pub(crate) async fn connect(options: &ConnectionOptions) -> Result<Streams> {
     // Bad TLS settings (a missing CA file) are reported before any network traffic.
     let tls_config = options.tls.as_ref().map(client_config).transpose()?;
     let addr = format!("{}:{}", options.host, options.port);
@@ -34,7 +90,12 @@ pub(crate) async fn connect(options: &ConnectionOptions) -> Result<(BoxRead, Box
     let _ = tcp.set_nodelay(true);
     let (Some(tls), Some(config)) = (&options.tls, tls_config) else {
         let (r, w) = tcp.into_split();
-        return Ok((Box::new(r), Box::new(w)));
+        let w = Arc::new(w);
+        return Ok((
+            Box::new(r),
+            Box::new(SharedTcpWrite(Arc::clone(&w))),
+            Some(w),
+        ));
     };
     let name = tls
         .server_name
@@ -59,7 +120,7 @@ pub(crate) async fn connect(options: &ConnectionOptions) -> Result<(BoxRead, Box
             }
         })?;
     let (r, w) = tokio::io::split(stream);
-    Ok((Box::new(r), Box::new(w)))
+    Ok((Box::new(r), Box::new(w), None))
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

@@ -438,6 +438,96 @@ async fn ten_mib_message_round_trip() {
 }
 
 #[tokio::test]
+async fn large_confirmed_publishes_from_two_tasks_arrive_intact() {
+    // Bodies far larger than the socket buffer, from two tasks on one channel: waiting for a
+    // confirm writes from the caller's thread until the socket is full, then the writer task
+    // carries on. Frames must stay whole and in order throughout.
+    const PER_TASK: usize = 12;
+    const SIZE: usize = 512 * 1024;
+    let (conn, ch) = channel().await;
+    let q = temp_queue(&ch, "large-two").await;
+    ch.confirm_select().await.unwrap();
+    let mut tasks = Vec::new();
+    for task in 0u8..2 {
+        let ch = ch.clone();
+        let q = q.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..PER_TASK {
+                let fill = task * 100 + i as u8;
+                let mut body = vec![fill; SIZE];
+                body[0] = task;
+                let confirm = ch
+                    .basic_publish("", &q, BasicPublishOptions::default(), &props(), body)
+                    .await
+                    .unwrap();
+                assert!(confirm.await.unwrap().is_ack());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut seen = [0usize; 2];
+    for _ in 0..2 * PER_TASK {
+        let got = ch.basic_get(&q, true).await.unwrap().unwrap();
+        let body = &got.delivery.body;
+        assert_eq!(body.len(), SIZE);
+        let task = body[0];
+        let fill = task * 100 + seen[task as usize] as u8;
+        assert!(
+            body[1..].iter().all(|&b| b == fill),
+            "task {task} body corrupted"
+        );
+        seen[task as usize] += 1;
+    }
+    assert_eq!(seen, [PER_TASK, PER_TASK]);
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_confirmed_publish_nobody_awaits_is_still_sent() {
+    // In confirm mode a publish may wait for its publisher to await the confirm, which
+    // writes it from the publisher's thread; when nobody awaits, the writer sends it soon.
+    let (conn, ch) = channel().await;
+    let q = temp_queue(&ch, "unawaited").await;
+    ch.confirm_select().await.unwrap();
+    for _ in 0..50 {
+        let confirm = ch
+            .basic_publish("", &q, BasicPublishOptions::default(), &props(), "awaited")
+            .await
+            .unwrap();
+        assert!(confirm.await.unwrap().is_ack());
+    }
+    let unawaited = ch
+        .basic_publish(
+            "",
+            &q,
+            BasicPublishOptions::default(),
+            &props(),
+            "not awaited",
+        )
+        .await
+        .unwrap();
+    // Watch from another connection, so nothing on this one wakes its writer.
+    let (other, och) = channel().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let state = och.queue_declare_passive(&q).await.unwrap();
+        if state.message_count == 51 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the publish never left"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(unawaited.await.unwrap().is_ack());
+    other.close().await.unwrap();
+    conn.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn transactions_commit_and_roll_back() {
     let (conn, ch) = channel().await;
     let q = temp_queue(&ch, "tx").await;

@@ -15,17 +15,22 @@ use lepus::{
 };
 use support::unique;
 
-fn rabbitmqctl(args: &[&str]) -> String {
-    let out = Command::new("rabbitmqctl")
+/// Runs one of RabbitMQ's command-line tools; its standard output.
+fn tool(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run rabbitmqctl {args:?}: {e}"));
+        .unwrap_or_else(|e| panic!("cannot run {program} {args:?}: {e}"));
     assert!(
         out.status.success(),
-        "rabbitmqctl {args:?} failed: {}",
+        "{program} {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn rabbitmqctl(args: &[&str]) -> String {
+    tool("rabbitmqctl", args)
 }
 
 /// Restores the memory watermark when dropped, also when the test panics.
@@ -146,4 +151,167 @@ async fn operator_closing_the_connection_fails_everything_with_320() {
     assert!(!conn.is_open());
     let after = ch.queue_declare_passive(&q).await.unwrap_err();
     assert!(after.is_connection_error(), "{after}");
+}
+
+fn rabbitmq_eval(expr: &str) -> String {
+    rabbitmqctl(&["eval", expr])
+}
+
+/// Puts the broker into a state where it accepts SASL EXTERNAL over TLS, and back on drop:
+/// the `rabbitmq_auth_mechanism_ssl` plugin, `EXTERNAL` among the offered mechanisms, the
+/// user name taken from the certificate's common name, a user of that name, and a TLS
+/// listener that requires a client certificate from the test CA.
+struct ExternalAuth {
+    port: u16,
+    user: &'static str,
+    plugin_was_enabled: bool,
+    saved_env: Vec<(&'static str, String)>,
+}
+
+impl ExternalAuth {
+    fn enable(pki: &support::tls_proxy::Pki) -> Self {
+        let plugin_was_enabled = rabbitmq_plugins(&["list", "-e", "-m"])
+            .lines()
+            .any(|l| l.trim() == "rabbitmq_auth_mechanism_ssl");
+        let saved_env = ["auth_mechanisms", "ssl_cert_login_from", "ssl_options"]
+            .into_iter()
+            .map(|key| {
+                let value = rabbitmq_eval(&format!("application:get_env(rabbit, {key})."));
+                (key, value.trim().to_string())
+            })
+            .collect();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        // Built before anything changes, so that a failure below still restores it all.
+        let guard = Self {
+            port,
+            user: pki.client_name,
+            plugin_was_enabled,
+            saved_env,
+        };
+        if !plugin_was_enabled {
+            rabbitmq_plugins(&["enable", "rabbitmq_auth_mechanism_ssl"]);
+        }
+        rabbitmq_eval(
+            "application:set_env(rabbit, auth_mechanisms, ['PLAIN', 'AMQPLAIN', 'EXTERNAL']), \
+             application:set_env(rabbit, ssl_cert_login_from, common_name).",
+        );
+        rabbitmqctl(&["add_user", guard.user, &unique("unused-password")]);
+        rabbitmqctl(&["set_permissions", "-p", "/", guard.user, ".*", ".*", ".*"]);
+        // The mechanism trusts a certificate only when the broker's TLS options demand one.
+        let ssl_options = format!(
+            "[{{cacertfile, \"{ca}\"}}, {{certfile, \"{cert}\"}}, {{keyfile, \"{key}\"}}, \
+             {{verify, verify_peer}}, {{fail_if_no_peer_cert, true}}]",
+            ca = pki.ca.display(),
+            cert = pki.server_cert.display(),
+            key = pki.server_key_file.display(),
+        );
+        rabbitmq_eval(&format!(
+            "application:set_env(rabbit, ssl_options, {ssl_options})."
+        ));
+        let started = rabbitmq_eval(&format!(
+            "rabbit_networking:start_ssl_listener({{\"127.0.0.1\", {port}}}, {ssl_options}, 1)."
+        ));
+        assert_eq!(
+            started.trim(),
+            "ok",
+            "TLS listener did not start: {started}"
+        );
+        guard
+    }
+}
+
+impl Drop for ExternalAuth {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args([
+                "eval",
+                &format!(
+                    "rabbit_networking:stop_tcp_listener({{\"127.0.0.1\", {}}}).",
+                    self.port
+                ),
+            ])
+            .output();
+        for (key, saved) in &self.saved_env {
+            let _ = Command::new("rabbitmqctl")
+                .args([
+                    "eval",
+                    &format!(
+                        "case {saved} of {{ok, V}} -> application:set_env(rabbit, {key}, V); \
+                         undefined -> application:unset_env(rabbit, {key}) end."
+                    ),
+                ])
+                .output();
+        }
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_user", self.user])
+            .output();
+        if !self.plugin_was_enabled {
+            let _ = Command::new("rabbitmq-plugins")
+                .args(["disable", "rabbitmq_auth_mechanism_ssl"])
+                .output();
+        }
+    }
+}
+
+fn rabbitmq_plugins(args: &[&str]) -> String {
+    tool("rabbitmq-plugins", args)
+}
+
+#[tokio::test]
+#[ignore = "adds a TLS listener, a plugin and a user to the broker; run serially by scripts/test.sh"]
+async fn external_auth_logs_in_as_the_certificate_common_name() {
+    let pki = support::tls_proxy::Pki::generate();
+    let external = ExternalAuth::enable(&pki);
+    let path = support::tls_proxy::uri_path;
+    let url = format!(
+        "amqps://127.0.0.1:{}/%2f?auth_mechanism=external&cacertfile={}&certfile={}&keyfile={}",
+        external.port,
+        path(&pki.ca),
+        path(&pki.client_cert),
+        path(&pki.client_key),
+    );
+
+    let name = unique("external");
+    let mut o = lepus::ConnectionOptions::from_uri(&url).unwrap();
+    o.connection_name(name.clone());
+    let conn = Connection::connect_with(o).await.unwrap();
+    let ch = conn.open_channel().await.unwrap();
+    let q = support::exclusive_queue(&ch, "external").await;
+    ch.basic_publish(
+        "",
+        &q,
+        BasicPublishOptions::default(),
+        &BasicProperties::default(),
+        "x",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        support::get_eventually(&ch, &q, true).await.delivery.body,
+        "x"
+    );
+    // The broker names the user after the certificate and the mechanism EXTERNAL.
+    let listing = rabbitmqctl(&[
+        "list_connections",
+        "user",
+        "auth_mechanism",
+        "client_properties",
+    ]);
+    let line = listing
+        .lines()
+        .find(|l| l.contains(&name))
+        .unwrap_or_else(|| panic!("connection not listed: {listing}"));
+    assert!(line.starts_with(pki.client_name), "{line}");
+    assert!(line.contains("EXTERNAL"), "{line}");
+    conn.close().await.unwrap();
+
+    // Without a user of that name, the broker refuses the login: a typed error.
+    rabbitmqctl(&["delete_user", pki.client_name]);
+    let err = Connection::connect(&url).await.unwrap_err();
+    assert!(matches!(err, Error::AuthenticationFailed(_)), "{err}");
+    drop(external);
 }

@@ -37,6 +37,12 @@ pub(crate) struct Pki {
     pub(crate) client_cert: PathBuf,
     /// The client certificate's private key (PKCS#8 PEM).
     pub(crate) client_key: PathBuf,
+    /// The client certificate's common name.
+    pub(crate) client_name: &'static str,
+    /// The server certificate (PEM), for `localhost`, `127.0.0.1` and `::1`.
+    pub(crate) server_cert: PathBuf,
+    /// The server certificate's private key (PKCS#8 PEM).
+    pub(crate) server_key_file: PathBuf,
     /// The CA certificate, for building rustls configurations in code.
     pub(crate) ca_der: CertificateDer<'static>,
     server_chain: Vec<CertificateDer<'static>>,
@@ -57,9 +63,10 @@ impl Pki {
             &ca,
             &ca_key,
         );
+        let client_name = "lepus test client";
         let (client, client_key) = leaf(
             &[],
-            "lepus test client",
+            client_name,
             ExtendedKeyUsagePurpose::ClientAuth,
             &ca,
             &ca_key,
@@ -75,6 +82,9 @@ impl Pki {
             other_ca: write("other-ca.pem", &other_ca.pem()),
             client_cert: write("client.pem", &client.pem()),
             client_key: write("client.key", &client_key.serialize_pem()),
+            client_name,
+            server_cert: write("server.pem", &server.pem()),
+            server_key_file: write("server.key", &server_key.serialize_pem()),
             ca_der: ca.der().clone(),
             server_chain: vec![server.der().clone()],
             server_key: server_key.serialize_der(),
