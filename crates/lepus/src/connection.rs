@@ -192,7 +192,12 @@ impl Connection {
         self.shared.lock().proto.blocked().map(str::to_string)
     }
 
-    /// Blocked, unblocked and closed notifications.
+    /// Blocked, unblocked and closed notifications, from the moment of this call on.
+    ///
+    /// A receiver only sees what happens after it subscribed: check
+    /// [`blocked`](Self::blocked) and [`is_open`](Self::is_open) for the state at that
+    /// moment. A receiver that falls more than 64 events behind loses the oldest
+    /// (`RecvError::Lagged`).
     pub fn events(&self) -> broadcast::Receiver<ConnectionEvent> {
         self.shared.events.subscribe()
     }
