@@ -12,6 +12,14 @@ use bytes::{Bytes, BytesMut};
 /// Bodies at least this long are queued by reference instead of copied.
 const ZERO_COPY_MIN: usize = 4096;
 
+/// The encode buffer grows by this much at a time, so that a burst of small frames costs one
+/// allocation per block rather than one per frame (while earlier bytes are still being
+/// written, the buffer cannot be reused in place).
+const BLOCK: usize = 64 * 1024;
+
+/// Room kept free before encoding a frame: larger frames grow the buffer themselves.
+const HEADROOM: usize = 4096;
+
 #[derive(Debug, Default)]
 pub(crate) struct Transmit {
     buf: BytesMut,
@@ -23,6 +31,9 @@ impl Transmit {
     /// The buffer to encode frames into.
     #[inline]
     pub(crate) fn buf(&mut self) -> &mut BytesMut {
+        if self.buf.capacity() - self.buf.len() < HEADROOM {
+            self.buf.reserve(BLOCK);
+        }
         &mut self.buf
     }
 
@@ -30,7 +41,7 @@ impl Transmit {
     #[inline]
     pub(crate) fn push_body(&mut self, body: Bytes) {
         if body.len() < ZERO_COPY_MIN {
-            self.buf.extend_from_slice(&body);
+            self.buf().extend_from_slice(&body);
             return;
         }
         self.seal();

@@ -641,12 +641,16 @@ impl Channel {
                         inner.wake_writer(&self.shared);
                         return Ok(PublisherConfirm::not_requested());
                     };
-                    let (tx, rx) = oneshot::channel();
                     if let Some(slot) = inner.channels.get_mut(&self.id) {
-                        slot.confirms.push_back((seq, Some(tx)));
+                        slot.confirms.push(seq);
                     }
                     inner.wake_writer_for_confirmed_publish(&self.shared);
-                    return Ok(PublisherConfirm::new(rx, Arc::clone(&self.shared)));
+                    return Ok(PublisherConfirm::new(
+                        Arc::clone(&self.shared),
+                        self.id,
+                        self.generation,
+                        seq,
+                    ));
                 }
                 inner.publishers_waiting = true;
                 inner.wake_writer(&self.shared);
@@ -815,7 +819,7 @@ impl Channel {
                 let Some(slot) = inner.channels.get_mut(&self.id) else {
                     return Err(Error::ChannelNotOpen(self.id));
                 };
-                if slot.confirms.is_empty() {
+                if slot.confirms.is_drained() {
                     let ok = !slot.nacked_since_wait;
                     slot.nacked_since_wait = false;
                     return Ok(ok);

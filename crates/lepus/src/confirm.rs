@@ -1,13 +1,13 @@
 //! Publisher confirms and returned messages.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use lepus_wire::{BasicProperties, ReplyCode, ShortStr};
-use tokio::sync::oneshot;
 
 use crate::driver::Shared;
 use crate::error::{Error, Result};
@@ -71,27 +71,42 @@ impl Confirmation {
 /// confirms there is nothing to wait for). Thousands may be awaited in any order. If the
 /// channel or connection closes first, it resolves at once with that error.
 pub struct PublisherConfirm {
-    rx: Option<(oneshot::Receiver<Result<Confirmation>>, Arc<Shared>)>,
+    pending: Option<Pending>,
+}
+
+/// What a confirm future needs to find its result.
+struct Pending {
+    shared: Arc<Shared>,
+    channel: u16,
+    generation: u64,
+    seq: u64,
 }
 
 impl std::fmt::Debug for PublisherConfirm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PublisherConfirm")
-            .field("requested", &self.rx.is_some())
-            .finish()
+        let mut d = f.debug_struct("PublisherConfirm");
+        if let Some(p) = &self.pending {
+            d.field("channel", &p.channel).field("seq", &p.seq);
+        }
+        d.finish()
     }
 }
 
 impl PublisherConfirm {
-    pub(crate) fn new(rx: oneshot::Receiver<Result<Confirmation>>, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, channel: u16, generation: u64, seq: u64) -> Self {
         Self {
-            rx: Some((rx, shared)),
+            pending: Some(Pending {
+                shared,
+                channel,
+                generation,
+                seq,
+            }),
         }
     }
 
     /// For a channel without confirms: resolves at once.
     pub(crate) fn not_requested() -> Self {
-        Self { rx: None }
+        Self { pending: None }
     }
 }
 
@@ -99,19 +114,325 @@ impl Future for PublisherConfirm {
     type Output = Result<Confirmation>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some((rx, shared)) = self.rx.as_mut() else {
+        let Some(p) = &self.pending else {
             return Poll::Ready(Ok(Confirmation::NotRequested));
         };
-        match Pin::new(rx).poll(cx) {
-            Poll::Ready(Ok(result)) => Poll::Ready(result),
-            Poll::Ready(Err(_)) => Poll::Ready(Err(Error::InvalidState(
-                "the connection ended before the confirm arrived",
-            ))),
-            Poll::Pending => {
+        let mut inner = p.shared.lock();
+        let found = inner
+            .channels
+            .get_mut(&p.channel)
+            .filter(|slot| slot.generation == p.generation)
+            .and_then(|slot| slot.confirms.poll(p.seq, cx.waker()));
+        let result = match found {
+            Some(Poll::Pending) => {
+                drop(inner);
                 // About to wait for the broker: make sure the publish is on its way.
-                shared.flush_inline();
-                Poll::Pending
+                p.shared.flush_inline();
+                return Poll::Pending;
+            }
+            Some(Poll::Ready(result)) => result,
+            // The channel or connection ended: its error.
+            None => Err(inner
+                .check(p.channel, p.generation)
+                .err()
+                .unwrap_or_else(|| inner.closed_error())),
+        };
+        drop(inner);
+        self.pending = None;
+        Poll::Ready(result)
+    }
+}
+
+impl Drop for PublisherConfirm {
+    fn drop(&mut self) {
+        if let Some(p) = self.pending.take() {
+            let mut inner = p.shared.lock();
+            if let Some(slot) = inner
+                .channels
+                .get_mut(&p.channel)
+                .filter(|slot| slot.generation == p.generation)
+            {
+                slot.confirms.forget(p.seq);
             }
         }
+    }
+}
+
+/// One published message of a channel in confirm mode.
+#[derive(Debug)]
+enum Entry {
+    /// Not settled by the broker yet. The waker of the future awaiting it, and whether that
+    /// future was dropped.
+    Waiting {
+        waker: Option<Waker>,
+        abandoned: bool,
+    },
+    /// Settled; the result waits for its future.
+    Settled(Result<Confirmation>),
+    /// Taken by its future, or settled after the future was dropped.
+    Gone,
+}
+
+/// The confirms of one channel, by sequence number: no allocation per publish once the
+/// queue has grown to the number of confirms in flight.
+#[derive(Debug, Default)]
+pub(crate) struct ConfirmQueue {
+    /// Sequence number of `entries[0]`.
+    base: u64,
+    entries: VecDeque<Entry>,
+    /// Index of the first entry still waiting for the broker (`entries.len()` if none).
+    first_waiting: usize,
+}
+
+impl ConfirmQueue {
+    /// Starts tracking the publish numbered `seq` (numbers come in order).
+    pub(crate) fn push(&mut self, seq: u64) {
+        if self.entries.is_empty() {
+            self.base = seq;
+            self.first_waiting = 0;
+        }
+        let next = self.base + self.entries.len() as u64;
+        if seq < next {
+            return;
+        }
+        for _ in next..seq {
+            self.entries.push_back(Entry::Gone);
+        }
+        self.entries.push_back(Entry::Waiting {
+            waker: None,
+            abandoned: false,
+        });
+        self.skip_settled();
+    }
+
+    /// Whether every tracked publish is settled.
+    pub(crate) fn is_drained(&self) -> bool {
+        self.first_waiting >= self.entries.len()
+    }
+
+    /// Settles `tag` (and, with `multiple`, every earlier one) with `ack` or nack. The
+    /// returned message belongs to `tag` itself. Wakers of settled futures go to `wake`.
+    /// Returns whether anything was nacked.
+    pub(crate) fn settle(
+        &mut self,
+        tag: u64,
+        multiple: bool,
+        ack: bool,
+        mut returned: Option<Box<ReturnedMessage>>,
+        wake: &mut Vec<Waker>,
+    ) -> bool {
+        let Some(last) = tag.checked_sub(self.base).map(|i| i as usize) else {
+            return false;
+        };
+        let first = if multiple { self.first_waiting } else { last };
+        let mut nacked = false;
+        for (i, entry) in self.entries.iter_mut().enumerate().skip(first) {
+            if i > last {
+                break;
+            }
+            let Entry::Waiting { waker, abandoned } = entry else {
+                continue;
+            };
+            nacked |= !ack;
+            wake.extend(waker.take());
+            *entry = if *abandoned {
+                Entry::Gone
+            } else {
+                let attached = if i == last { returned.take() } else { None };
+                Entry::Settled(Ok(if ack {
+                    Confirmation::Ack(attached)
+                } else {
+                    Confirmation::Nack(attached)
+                }))
+            };
+        }
+        self.skip_settled();
+        self.pop_gone();
+        nacked
+    }
+
+    /// Settles everything still waiting with `error` (the channel or connection ended).
+    pub(crate) fn fail(&mut self, error: &Error, wake: &mut Vec<Waker>) {
+        for entry in self.entries.iter_mut() {
+            if let Entry::Waiting { waker, abandoned } = entry {
+                wake.extend(waker.take());
+                *entry = if *abandoned {
+                    Entry::Gone
+                } else {
+                    Entry::Settled(Err(error.clone()))
+                };
+            }
+        }
+        self.first_waiting = self.entries.len();
+        self.pop_gone();
+    }
+
+    /// The result for `seq` if settled (taking it), else registers `waker`. `None` when
+    /// there is nothing for `seq` (already taken).
+    pub(crate) fn poll(&mut self, seq: u64, waker: &Waker) -> Option<Poll<Result<Confirmation>>> {
+        let i = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+        let entry = self.entries.get_mut(i)?;
+        match entry {
+            Entry::Waiting { waker: w, .. } => {
+                match w {
+                    Some(w) if w.will_wake(waker) => {}
+                    _ => *w = Some(waker.clone()),
+                }
+                Some(Poll::Pending)
+            }
+            Entry::Settled(_) => {
+                let Entry::Settled(result) = std::mem::replace(entry, Entry::Gone) else {
+                    return None;
+                };
+                self.pop_gone();
+                Some(Poll::Ready(result))
+            }
+            Entry::Gone => None,
+        }
+    }
+
+    /// The future for `seq` was dropped: its result is not kept.
+    pub(crate) fn forget(&mut self, seq: u64) {
+        let Some(i) = seq.checked_sub(self.base).map(|i| i as usize) else {
+            return;
+        };
+        match self.entries.get_mut(i) {
+            Some(Entry::Waiting { waker, abandoned }) => {
+                *waker = None;
+                *abandoned = true;
+            }
+            Some(entry @ Entry::Settled(_)) => *entry = Entry::Gone,
+            _ => {}
+        }
+        self.pop_gone();
+    }
+
+    fn skip_settled(&mut self) {
+        while matches!(self.entries.get(self.first_waiting), Some(e) if !matches!(e, Entry::Waiting { .. }))
+        {
+            self.first_waiting += 1;
+        }
+    }
+
+    fn pop_gone(&mut self) {
+        while matches!(self.entries.front(), Some(Entry::Gone)) {
+            self.entries.pop_front();
+            self.base += 1;
+            self.first_waiting = self.first_waiting.saturating_sub(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lepus_wire::ReplyCode;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn queue(seqs: std::ops::RangeInclusive<u64>) -> ConfirmQueue {
+        let mut q = ConfirmQueue::default();
+        for seq in seqs {
+            q.push(seq);
+        }
+        q
+    }
+
+    fn take(q: &mut ConfirmQueue, seq: u64) -> Option<Poll<Result<Confirmation>>> {
+        q.poll(seq, Waker::noop())
+    }
+
+    fn is_ack(p: Option<Poll<Result<Confirmation>>>) -> bool {
+        matches!(p, Some(Poll::Ready(Ok(c))) if c.is_ack())
+    }
+
+    #[test]
+    fn multiple_settles_everything_up_to_the_tag_and_wakes_waiters() {
+        let mut q = queue(1..=5);
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&count));
+        assert!(matches!(q.poll(2, &waker), Some(Poll::Pending)));
+        let mut wake = Vec::new();
+        assert!(!q.settle(3, true, true, None, &mut wake));
+        wake.drain(..).for_each(Waker::wake);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(!q.is_drained());
+        for seq in [3, 1, 2] {
+            assert!(is_ack(take(&mut q, seq)), "seq {seq}");
+        }
+        // Taken results are gone; the rest still wait.
+        assert!(take(&mut q, 2).is_none());
+        assert!(matches!(take(&mut q, 4), Some(Poll::Pending)));
+        q.settle(5, true, true, None, &mut wake);
+        assert!(q.is_drained());
+    }
+
+    #[test]
+    fn single_confirms_may_come_out_of_order_and_nacks_carry_the_return() {
+        let mut q = queue(10..=12);
+        let mut wake = Vec::new();
+        let returned = Box::new(ReturnedMessage {
+            reply_code: ReplyCode::NO_ROUTE,
+            reply_text: "NO_ROUTE".into(),
+            exchange: ShortStr::default(),
+            routing_key: ShortStr::from_static("nowhere"),
+            properties: BasicProperties::default(),
+            body: Bytes::from_static(b"x"),
+        });
+        assert!(q.settle(11, false, false, Some(returned), &mut wake));
+        assert!(matches!(take(&mut q, 10), Some(Poll::Pending)));
+        let Some(Poll::Ready(Ok(Confirmation::Nack(Some(r))))) = take(&mut q, 11) else {
+            panic!("expected a nack with the returned message");
+        };
+        assert_eq!(r.routing_key.as_str(), Some("nowhere"));
+        q.settle(10, false, true, None, &mut wake);
+        q.settle(12, false, true, None, &mut wake);
+        assert!(q.is_drained());
+        assert!(is_ack(take(&mut q, 12)));
+        assert!(is_ack(take(&mut q, 10)));
+        assert!(q.entries.is_empty(), "everything taken is dropped");
+    }
+
+    #[test]
+    fn dropped_futures_still_count_until_settled_and_keep_nothing() {
+        let mut q = queue(1..=3);
+        q.forget(1);
+        q.forget(2);
+        assert!(!q.is_drained(), "the broker has not settled them yet");
+        let mut wake = Vec::new();
+        q.settle(2, true, true, None, &mut wake);
+        assert_eq!(q.base, 3, "settled and forgotten entries are dropped");
+        q.fail(&Error::ChannelNotOpen(1), &mut wake);
+        assert!(q.is_drained());
+        assert!(matches!(
+            take(&mut q, 3),
+            Some(Poll::Ready(Err(Error::ChannelNotOpen(1))))
+        ));
+        assert!(q.entries.is_empty());
+    }
+
+    #[test]
+    fn the_queue_reuses_its_space() {
+        let mut q = ConfirmQueue::default();
+        let mut wake = Vec::new();
+        for round in 0..100u64 {
+            for seq in round * 10 + 1..=round * 10 + 10 {
+                q.push(seq);
+            }
+            q.settle(round * 10 + 10, true, true, None, &mut wake);
+            for seq in round * 10 + 1..=round * 10 + 10 {
+                assert!(is_ack(take(&mut q, seq)));
+            }
+        }
+        assert!(q.entries.is_empty());
+        assert!(q.entries.capacity() <= 16);
     }
 }

@@ -27,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{broadcast, oneshot, watch, Notify};
 
 use crate::config::ConnectionOptions;
-use crate::confirm::{Confirmation, ReturnedMessage};
+use crate::confirm::{ConfirmQueue, ReturnedMessage};
 use crate::consumer::{ConsumerQueue, Delivery};
 use crate::error::{Error, Result};
 
@@ -83,7 +83,7 @@ pub(crate) struct ChannelSlot {
     /// Consumer tags that were started with no-ack, kept so that a late delivery for a
     /// cancelled one is not rejected (which the broker would refuse).
     pub(crate) no_ack_tags: Vec<ShortStr>,
-    pub(crate) confirms: VecDeque<(u64, Option<oneshot::Sender<Result<Confirmation>>>)>,
+    pub(crate) confirms: ConfirmQueue,
     pub(crate) nacked_since_wait: bool,
     pub(crate) confirms_drained: Option<Arc<Notify>>,
     pub(crate) returned: VecDeque<ReturnedMessage>,
@@ -164,27 +164,22 @@ pub(crate) struct Inner {
 #[derive(Default)]
 pub(crate) struct Deferred {
     wakers: Vec<Waker>,
-    confirms: Vec<(oneshot::Sender<Result<Confirmation>>, Result<Confirmation>)>,
 }
 
 impl Deferred {
     fn is_empty(&self) -> bool {
-        self.wakers.is_empty() && self.confirms.is_empty()
+        self.wakers.is_empty()
     }
 
     /// Moves everything from `other` into `self`.
     fn append(&mut self, other: &mut Self) {
         self.wakers.append(&mut other.wakers);
-        self.confirms.append(&mut other.confirms);
     }
 
     /// Delivers everything, keeping the buffers for reuse.
     fn run(&mut self) {
         for waker in self.wakers.drain(..) {
             waker.wake();
-        }
-        for (tx, result) in self.confirms.drain(..) {
-            let _ = tx.send(result);
         }
     }
 }
@@ -736,7 +731,7 @@ pub(crate) fn dispatch(shared: &Arc<Shared>, inner: &mut Inner) {
                 };
                 // Receivers that were dropped are forgotten here.
                 slot.returns_tx.retain(|tx| tx.send(msg.clone()).is_ok());
-                if !slot.confirms.is_empty() {
+                if !slot.confirms.is_drained() {
                     slot.returned.push_back(msg);
                 }
             }
@@ -856,42 +851,12 @@ fn on_confirm(inner: &mut Inner, channel: u16, tag: u64, multiple: bool, ack: bo
     };
     // RabbitMQ sends basic.return right before the ack of an unroutable mandatory message;
     // that returned message belongs to the highest sequence number this confirm covers.
-    let mut returned = slot.returned.pop_front().map(Box::new);
-    while let Some((seq, _)) = slot.confirms.front() {
-        if *seq > tag || (!multiple && *seq != tag) {
-            break;
-        }
-        let Some((seq, tx)) = slot.confirms.pop_front() else {
-            break;
-        };
-        let attached = if seq == tag { returned.take() } else { None };
-        let confirmation = if ack {
-            Confirmation::Ack(attached)
-        } else {
-            slot.nacked_since_wait = true;
-            Confirmation::Nack(attached)
-        };
-        if let Some(tx) = tx {
-            inner.deferred.confirms.push((tx, Ok(confirmation)));
-        }
+    let returned = slot.returned.pop_front().map(Box::new);
+    let wake = &mut inner.deferred.wakers;
+    if slot.confirms.settle(tag, multiple, ack, returned, wake) {
+        slot.nacked_since_wait = true;
     }
-    if !multiple && slot.confirms.front().is_some_and(|(seq, _)| *seq < tag) {
-        // A single confirm out of order: find it in the queue.
-        if let Some(pos) = slot.confirms.iter().position(|(seq, _)| *seq == tag) {
-            if let Some((_, tx)) = slot.confirms.remove(pos) {
-                let confirmation = if ack {
-                    Confirmation::Ack(returned.take())
-                } else {
-                    slot.nacked_since_wait = true;
-                    Confirmation::Nack(returned.take())
-                };
-                if let Some(tx) = tx {
-                    inner.deferred.confirms.push((tx, Ok(confirmation)));
-                }
-            }
-        }
-    }
-    if slot.confirms.is_empty() {
+    if slot.confirms.is_drained() {
         if let Some(n) = &slot.confirms_drained {
             n.notify_waiters();
         }
@@ -915,24 +880,25 @@ fn on_channel_closed(inner: &mut Inner, channel: u16, close: Option<Close>) {
         None => Error::ChannelNotOpen(channel),
     };
     // Closed on request, consumers simply end; closed by the broker, they end with its reason.
-    fail_slot(&mut slot, &error, by_server);
+    fail_slot(&mut slot, &error, by_server, &mut inner.deferred.wakers);
     if let Some(tx) = slot.close_waiter.take() {
         let _ = tx.send(reason);
     }
 }
 
-fn fail_slot(slot: &mut ChannelSlot, error: &Error, consumers_see_error: bool) {
+fn fail_slot(
+    slot: &mut ChannelSlot,
+    error: &Error,
+    consumers_see_error: bool,
+    wake: &mut Vec<Waker>,
+) {
     for waiter in slot.waiters.drain(..) {
         waiter.fail(error.clone());
     }
     for (_, q) in slot.consumers.drain() {
         q.end(consumers_see_error.then(|| error.clone()));
     }
-    for (_, tx) in slot.confirms.drain(..) {
-        if let Some(tx) = tx {
-            let _ = tx.send(Err(error.clone()));
-        }
-    }
+    slot.confirms.fail(error, wake);
     if let Some(n) = &slot.confirms_drained {
         n.notify_waiters();
     }
@@ -955,7 +921,7 @@ fn on_closed(shared: &Arc<Shared>, inner: &mut Inner, error: ConnectionError) {
         let _ = tx.send(Err(err.clone()));
     }
     for (_, mut slot) in inner.channels.drain() {
-        fail_slot(&mut slot, &err, true);
+        fail_slot(&mut slot, &err, true, &mut inner.deferred.wakers);
         if let Some(tx) = slot.close_waiter.take() {
             let _ = tx.send(None);
         }

@@ -75,8 +75,12 @@
 //!
 //! After `confirm.select` the core numbers publishes from 1, counting from the moment the
 //! select is sent (RabbitMQ counts the same way, since it reads the frames in order). Each
-//! publish's [`PublisherConfirm`](crate::PublisherConfirm) waits in a queue ordered by that
-//! number. A `basic.ack` or `basic.nack` with `multiple` settles every number up to its tag; a
+//! publish's [`PublisherConfirm`](crate::PublisherConfirm) is just that number: its result
+//! waits in the channel's queue of confirms, ordered by number, until the future takes it
+//! (or is dropped). The queue reuses its space, so confirms cost no allocation per message;
+//! `tests/allocations.rs` counts every allocation of the process while messages are
+//! published, confirmed and consumed, and fails at one per twenty messages (it sees about
+//! one per few hundred: a new 64 KiB buffer now and then). A `basic.ack` or `basic.nack` with `multiple` settles every number up to its tag; a
 //! single one settles its own. RabbitMQ sends `basic.return` for an unroutable mandatory message
 //! just before that message's ack, so a return is attached to the next confirm the broker sends
 //! ([`Confirmation::Ack`](crate::Confirmation::Ack) with the message). When the channel or
