@@ -80,7 +80,9 @@
 //! (or is dropped). The queue reuses its space, so confirms cost no allocation per message;
 //! `tests/allocations.rs` counts every allocation of the process while messages are
 //! published, confirmed and consumed, and fails at one per twenty messages (it sees about
-//! one per few hundred: a new 64 KiB buffer now and then). A `basic.ack` or `basic.nack` with `multiple` settles every number up to its tag; a
+//! one per few hundred: a new 64 KiB buffer now and then).
+//!
+//! A `basic.ack` or `basic.nack` with `multiple` settles every number up to its tag; a
 //! single one settles its own. RabbitMQ sends `basic.return` for an unroutable mandatory message
 //! just before that message's ack, so a return is attached to the next confirm the broker sends
 //! ([`Confirmation::Ack`](crate::Confirmation::Ack) with the message). When the channel or
