@@ -41,6 +41,31 @@ const MAX_IOVECS: usize = 64;
 /// sends it on its own.
 const ACK_FLUSH_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
 
+/// A map keyed by channel id. The ids are small numbers lepus picks itself, so one multiply
+/// spreads them well; SipHash's defence against keys chosen by an attacker buys nothing here,
+/// and the map is consulted several times per message.
+pub(crate) type IdMap<V> = HashMap<u16, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// The hasher of [`IdMap`].
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 /// A connection-level event, from [`Connection::events`](crate::Connection::events).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -125,7 +150,7 @@ impl ChannelSlot {
 
 pub(crate) struct Inner {
     pub(crate) proto: lepus_proto::Connection,
-    pub(crate) channels: HashMap<u16, ChannelSlot>,
+    pub(crate) channels: IdMap<ChannelSlot>,
     /// Set once the connection is finished; every later call fails with it.
     pub(crate) error: Option<Error>,
     pub(crate) writer_idle: bool,
@@ -154,7 +179,7 @@ pub(crate) struct Inner {
     pub(crate) tls_failure: Option<String>,
     /// Why the broker closed each channel id last (with that channel's generation), so later
     /// calls on a stale handle report the broker's reason, not just "closed".
-    pub(crate) closed_channels: HashMap<u16, (u64, Close)>,
+    pub(crate) closed_channels: IdMap<(u64, Close)>,
     /// Wake-ups and confirm results produced under the lock, delivered once it is released.
     pub(crate) deferred: Deferred,
 }
@@ -245,7 +270,7 @@ impl Shared {
         Arc::new(Self {
             state: Mutex::new(Inner {
                 proto,
-                channels: HashMap::new(),
+                channels: IdMap::default(),
                 error: None,
                 writer_idle: false,
                 writer_lazy: false,
@@ -260,7 +285,7 @@ impl Shared {
                 connected: None,
                 update_secret_waiters: VecDeque::new(),
                 tls_failure: None,
-                closed_channels: HashMap::new(),
+                closed_channels: IdMap::default(),
                 deferred: Deferred::default(),
             }),
             writer_wake: Notify::new(),
@@ -300,7 +325,9 @@ impl Shared {
                 };
                 inner.inline_writing = true;
                 let mut chunks = std::mem::take(&mut inner.inline_chunks);
-                let n = inner.proto.poll_transmit(Instant::now(), &mut chunks);
+                let now = Instant::now();
+                inner.last_inline_write = Some(now);
+                let n = inner.proto.poll_transmit(now, &mut chunks);
                 inner.in_flight += n;
                 inner.acks_unsent = 0;
                 (tcp, chunks)
@@ -321,7 +348,6 @@ impl Shared {
             }
             let mut inner = self.lock();
             inner.inline_writing = false;
-            inner.last_inline_write = Some(Instant::now());
             wrote(&mut inner, self, written);
             let leftover = !chunks.is_empty();
             inner.handoff.append(&mut chunks);
