@@ -481,6 +481,9 @@ async fn large_confirmed_publishes_from_two_tasks_arrive_intact() {
         seen[task as usize] += 1;
     }
     assert_eq!(seen, [PER_TASK, PER_TASK]);
+    ch.queue_delete(&q, QueueDeleteOptions::default())
+        .await
+        .unwrap();
     conn.close().await.unwrap();
 }
 
@@ -523,6 +526,9 @@ async fn a_confirmed_publish_nobody_awaits_is_still_sent() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(unawaited.await.unwrap().is_ack());
+    och.queue_delete(&q, QueueDeleteOptions::default())
+        .await
+        .unwrap();
     other.close().await.unwrap();
     conn.close().await.unwrap();
 }
