@@ -569,7 +569,8 @@ impl Channel {
     ///
     /// The frames are queued at once, in call order with everything else on the channel.
     /// In confirm mode they are written when the publisher waits for a confirm, or by the
-    /// writer within about 2 ms, whichever comes first (see [`manual`](crate::manual)).
+    /// writer within about 2 ms, whichever comes first (see [`manual`](crate::manual) and
+    /// [`ConnectionOptions::write_coalescing`](crate::ConnectionOptions::write_coalescing)).
     /// Without confirm mode the future resolves to [`Confirmation::NotRequested`]; after
     /// [`confirm_select`](Self::confirm_select) it resolves to the broker's ack or nack.
     /// A body of 4 KiB or more is sent without being copied.

@@ -119,7 +119,8 @@ impl Delivery {
     ///
     /// The ack is queued at once. It is written with the connection's next read or the
     /// consumer's next wait, and within about 2 ms at the latest; at once when the broker
-    /// could be waiting for it under a prefetch limit (see [`manual`](crate::manual)).
+    /// could be waiting for it under a prefetch limit (see [`manual`](crate::manual) and
+    /// [`ConnectionOptions::write_coalescing`](crate::ConnectionOptions::write_coalescing)).
     ///
     /// # Errors
     ///
@@ -413,7 +414,11 @@ impl Drop for Consumer {
                     delivery_tag,
                     requeue: true,
                 };
-                let _ = inner.proto.send(self.channel, &reject);
+                if inner.proto.send(self.channel, &reject).is_ok() {
+                    if let Some(slot) = inner.channels.get_mut(&self.channel) {
+                        slot.settle(delivery_tag, false);
+                    }
+                }
             }
         }
         inner.wake_writer(&self.shared);

@@ -37,9 +37,6 @@ const FRAMES_PER_LOCK: usize = 48;
 const READ_CHUNK: usize = 64 * 1024;
 /// Most buffers handed to one vectored write.
 const MAX_IOVECS: usize = 64;
-/// How long an acknowledgement may wait for the next socket activity before the idle writer
-/// sends it on its own.
-const ACK_FLUSH_DELAY: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// A map keyed by channel id. The ids are small numbers lepus picks itself, so one multiply
 /// spreads them well; SipHash's defence against keys chosen by an attacker buys nothing here,
@@ -154,8 +151,8 @@ pub(crate) struct Inner {
     /// Set once the connection is finished; every later call fails with it.
     pub(crate) error: Option<Error>,
     pub(crate) writer_idle: bool,
-    /// The idle writer will look for output again within [`ACK_FLUSH_DELAY`] on its own, so
-    /// an acknowledgement need not wake it (see [`Inner::wake_writer_for_ack`]).
+    /// The idle writer will look for output again within the write-coalescing delay on its
+    /// own, so an acknowledgement need not wake it (see [`Inner::wake_writer_for_ack`]).
     pub(crate) writer_lazy: bool,
     /// Acknowledgements queued since the writer last took the output, without waking it.
     pub(crate) acks_unsent: u64,
@@ -180,37 +177,13 @@ pub(crate) struct Inner {
     /// Why the broker closed each channel id last (with that channel's generation), so later
     /// calls on a stale handle report the broker's reason, not just "closed".
     pub(crate) closed_channels: IdMap<(u64, Close)>,
-    /// Wake-ups and confirm results produced under the lock, delivered once it is released.
-    pub(crate) deferred: Deferred,
+    /// Consumers and confirm futures to wake once the lock is released: woken while it is
+    /// held, they would run straight into it.
+    pub(crate) wake_later: Vec<Waker>,
 }
 
-/// What waits for the state lock to be released: waking a consumer or resolving a confirm
-/// while holding the lock would let the woken thread run straight into it.
-#[derive(Default)]
-pub(crate) struct Deferred {
-    wakers: Vec<Waker>,
-}
-
-impl Deferred {
-    fn is_empty(&self) -> bool {
-        self.wakers.is_empty()
-    }
-
-    /// Moves everything from `other` into `self`.
-    fn append(&mut self, other: &mut Self) {
-        self.wakers.append(&mut other.wakers);
-    }
-
-    /// Delivers everything, keeping the buffers for reuse.
-    fn run(&mut self) {
-        for waker in self.wakers.drain(..) {
-            waker.wake();
-        }
-    }
-}
-
-/// The locked state. Dropping it releases the lock first and then runs what was
-/// [`Deferred`] while it was held.
+/// The locked state. Dropping it releases the lock first, then wakes
+/// [`Inner::wake_later`].
 pub(crate) struct Locked<'a>(Option<MutexGuard<'a, Inner>>);
 
 impl std::ops::Deref for Locked<'_> {
@@ -239,12 +212,12 @@ impl Drop for Locked<'_> {
         let Some(mut guard) = self.0.take() else {
             return;
         };
-        if guard.deferred.is_empty() {
+        if guard.wake_later.is_empty() {
             return;
         }
-        let mut deferred = std::mem::take(&mut guard.deferred);
+        let wake = std::mem::take(&mut guard.wake_later);
         drop(guard);
-        deferred.run();
+        wake.into_iter().for_each(Waker::wake);
     }
 }
 
@@ -286,7 +259,7 @@ impl Shared {
                 update_secret_waiters: VecDeque::new(),
                 tls_failure: None,
                 closed_channels: IdMap::default(),
-                deferred: Deferred::default(),
+                wake_later: Vec::new(),
             }),
             writer_wake: Notify::new(),
             reader_wake: Notify::new(),
@@ -305,9 +278,7 @@ impl Shared {
     pub(crate) fn lock(&self) -> Locked<'_> {
         Locked(Some(self.state.lock().unwrap_or_else(|p| p.into_inner())))
     }
-}
 
-impl Shared {
     /// Writes the queued output from the calling thread, when the writer task is idle and the
     /// transport is plain TCP. Called where a caller is about to wait for the broker (a
     /// confirm, a delivery): its own thread is running anyway, while waking the writer task
@@ -470,7 +441,7 @@ impl Inner {
     ///
     /// Waking the writer from the application's thread costs a cross-thread wake-up per
     /// batch of acks, the largest cost of consuming. So while the writer is lazy (it wrote
-    /// recently and looks again within [`ACK_FLUSH_DELAY`]), the ack waits for the next read,
+    /// recently and looks again within the write-coalescing delay), the ack waits for the next read,
     /// after which the reader wakes the writer from its own thread, cheaply. It only waits
     /// while the broker can keep sending: if every delivery the prefetch limit allows is
     /// unacknowledged or waiting here, the broker waits for acks, so they go out at once.
@@ -485,8 +456,8 @@ impl Inner {
     /// Like [`wake_writer`](Self::wake_writer), after queuing a publish on a channel in
     /// confirm mode. Its publisher will wait for the confirm, and waiting writes the output
     /// from its own thread ([`Shared::flush_inline`]), which is cheaper than waking the
-    /// writer from there; if it does not wait, the lazy writer sends it within
-    /// [`ACK_FLUSH_DELAY`].
+    /// writer from there; if it does not wait, the lazy writer sends it within the
+    /// write-coalescing delay.
     pub(crate) fn wake_writer_for_confirmed_publish(&mut self, shared: &Shared) {
         let may_wait = self.writer_idle && self.writer_lazy && self.inline_tcp.is_some();
         if !may_wait {
@@ -538,8 +509,9 @@ impl Inner {
 /// Runs the writer until the connection ends.
 pub(crate) async fn writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: W) {
     let mut chunks: VecDeque<Bytes> = VecDeque::new();
+    let delay = shared.options.write_coalescing;
     // Re-armed (pushed later) on every lazy wait; it only fires after a quiet spell.
-    let mut lazy_timer = std::pin::pin!(tokio::time::sleep(ACK_FLUSH_DELAY));
+    let mut lazy_timer = std::pin::pin!(tokio::time::sleep(delay));
     // Wrote recently: stays set until the timer finds nothing to send.
     let mut lazy = false;
     loop {
@@ -570,7 +542,7 @@ pub(crate) async fn writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: W
             if lazy {
                 lazy_timer
                     .as_mut()
-                    .reset(tokio::time::Instant::now() + ACK_FLUSH_DELAY);
+                    .reset(tokio::time::Instant::now() + delay);
                 tokio::select! {
                     biased;
                     () = notified => {}
@@ -579,7 +551,7 @@ pub(crate) async fn writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: W
                         // Callers writing inline keep the writer lazy: it is their safety net.
                         lazy = inner
                             .last_inline_write
-                            .is_some_and(|at| at.elapsed() < ACK_FLUSH_DELAY);
+                            .is_some_and(|at| at.elapsed() < delay);
                         if !inner.inline_writing {
                             inner.writer_idle = false;
                             inner.writer_lazy = false;
@@ -591,7 +563,7 @@ pub(crate) async fn writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: W
             }
             continue;
         }
-        lazy = true;
+        lazy = !delay.is_zero();
         let mut written = 0usize;
         while !chunks.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
@@ -624,7 +596,7 @@ pub(crate) async fn writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: W
 /// Runs the reader (and the heartbeat timer) until the connection ends.
 pub(crate) async fn reader<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut io: R) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let mut deferred = Deferred::default();
+    let mut wake: Vec<Waker> = Vec::new();
     let mut shutdown = shared.shutdown.subscribe();
     loop {
         let (deadline, paused) = {
@@ -660,12 +632,12 @@ pub(crate) async fn reader<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut io: R)
                             let more = inner.proto.handle_input_bounded(now, &mut buf, FRAMES_PER_LOCK);
                             dispatch(&shared, &mut inner);
                             inner.wake_writer(&shared);
-                            deferred.append(&mut inner.deferred);
+                            wake.append(&mut inner.wake_later);
                             if !more {
                                 break;
                             }
                         }
-                        deferred.run();
+                        wake.drain(..).for_each(Waker::wake);
                     }
                     Err(e) => {
                         if let Some(tls) = crate::transport::tls_failure(&e) {
@@ -855,7 +827,7 @@ fn on_delivery(
             if full {
                 shared.read_paused.store(true, Ordering::Release);
             }
-            inner.deferred.wakers.extend(waker);
+            inner.wake_later.extend(waker);
         }
         None => {
             // A delivery for a consumer lepus no longer has: give it back to the queue, unless
@@ -878,7 +850,7 @@ fn on_confirm(inner: &mut Inner, channel: u16, tag: u64, multiple: bool, ack: bo
     // RabbitMQ sends basic.return right before the ack of an unroutable mandatory message;
     // that returned message belongs to the highest sequence number this confirm covers.
     let returned = slot.returned.pop_front().map(Box::new);
-    let wake = &mut inner.deferred.wakers;
+    let wake = &mut inner.wake_later;
     if slot.confirms.settle(tag, multiple, ack, returned, wake) {
         slot.nacked_since_wait = true;
     }
@@ -906,7 +878,7 @@ fn on_channel_closed(inner: &mut Inner, channel: u16, close: Option<Close>) {
         None => Error::ChannelNotOpen(channel),
     };
     // Closed on request, consumers simply end; closed by the broker, they end with its reason.
-    fail_slot(&mut slot, &error, by_server, &mut inner.deferred.wakers);
+    fail_slot(&mut slot, &error, by_server, &mut inner.wake_later);
     if let Some(tx) = slot.close_waiter.take() {
         let _ = tx.send(reason);
     }
@@ -947,7 +919,7 @@ fn on_closed(shared: &Arc<Shared>, inner: &mut Inner, error: ConnectionError) {
         let _ = tx.send(Err(err.clone()));
     }
     for (_, mut slot) in inner.channels.drain() {
-        fail_slot(&mut slot, &err, true, &mut inner.deferred.wakers);
+        fail_slot(&mut slot, &err, true, &mut inner.wake_later);
         if let Some(tx) = slot.close_waiter.take() {
             let _ = tx.send(None);
         }

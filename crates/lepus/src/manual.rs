@@ -61,6 +61,8 @@
 //!
 //! So no frame waits more than about 2 ms, and one that someone is waiting on goes out at
 //! once. Publishes without confirms, requests and everything else wake the writer at once.
+//! [`ConnectionOptions::write_coalescing`](crate::ConnectionOptions::write_coalescing) sets
+//! the 2 ms; zero turns the waiting off.
 
 //! # Replies
 //!

@@ -326,38 +326,97 @@ async fn acks_reach_the_broker_without_further_activity() {
     // long: after a burst of acked deliveries and then silence, the link is cut. Any ack
     // still held by the client would make the broker requeue its message.
     let (direct, dch) = support::channel().await;
-    let q = unique("acks-alone");
-    dch.queue_declare(&q, QueueDeclareOptions::default())
+    let q = filled_queue(&dch, "acks-alone", 200).await;
+    assert_eq!(acks_lost_when_cut(&q, 200, None).await, 0);
+    dch.queue_delete(&q, QueueDeleteOptions::default())
         .await
         .unwrap();
-    dch.confirm_select().await.unwrap();
-    let body = bytes::Bytes::from_static(b"m");
-    for _ in 0..200 {
-        let confirm = dch
+    direct.close().await.unwrap();
+}
+
+/// Publishes `n` small messages to a fresh queue; returns its name.
+async fn filled_queue(ch: &lepus::Channel, prefix: &str, n: usize) -> String {
+    let q = unique(prefix);
+    ch.queue_declare(&q, QueueDeclareOptions::default())
+        .await
+        .unwrap();
+    ch.confirm_select().await.unwrap();
+    for _ in 0..n {
+        let confirm = ch
             .basic_publish(
                 "",
                 &q,
                 BasicPublishOptions::default(),
                 &BasicProperties::default(),
-                body.clone(),
+                "m",
             )
             .await
             .unwrap();
         drop(confirm);
     }
-    assert!(dch
-        .wait_for_confirms(Duration::from_secs(10))
-        .await
-        .unwrap());
+    assert!(ch.wait_for_confirms(Duration::from_secs(10)).await.unwrap());
+    q
+}
 
-    let proxy = Proxy::start(broker_addr()).await;
-    let conn = through(&proxy, |_| {}).await;
+#[tokio::test]
+async fn acks_the_broker_waits_for_go_out_at_once() {
+    // With prefetch 1 the broker holds the next message back until it gets the ack. The ack
+    // must not wait for the writer's coalescing timer (a minute here, so waiting would show),
+    // even when the application does not touch lepus again for a while.
+    let (direct, dch) = support::channel().await;
+    let q = filled_queue(&dch, "prefetch-acks", 2).await;
+    let mut o = support::options();
+    o.write_coalescing(Duration::from_secs(60));
+    let conn = Connection::connect_with(o).await.unwrap();
     let ch = conn.open_channel().await.unwrap();
+    ch.basic_qos(1, lepus::BasicQosOptions::default())
+        .await
+        .unwrap();
     let mut consumer = ch
         .basic_consume(&q, "", BasicConsumeOptions::default())
         .await
         .unwrap();
-    for _ in 0..200 {
+    let first = tokio::time::timeout(Duration::from_secs(10), consumer.recv())
+        .await
+        .expect("first delivery")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        dch.queue_declare_passive(&q).await.unwrap().message_count,
+        1
+    );
+    first.ack().unwrap();
+    // Once the ack arrives, the broker hands the second message to the consumer.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dch.queue_declare_passive(&q).await.unwrap().message_count != 0 {
+        assert!(Instant::now() < deadline, "the ack was held back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(consumer);
+    dch.queue_delete(&q, QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    direct.close().await.unwrap();
+}
+
+/// Consumes all `n` messages of `queue` through a proxy, acking each, then cuts the link
+/// and returns how many messages the broker got back (their acks never reached it).
+/// `coalescing` sets the write-coalescing delay; `None` keeps the default.
+async fn acks_lost_when_cut(queue: &str, n: usize, coalescing: Option<Duration>) -> u32 {
+    let proxy = Proxy::start(broker_addr()).await;
+    let conn = through(&proxy, |o| {
+        if let Some(delay) = coalescing {
+            o.write_coalescing(delay);
+        }
+    })
+    .await;
+    let ch = conn.open_channel().await.unwrap();
+    let mut consumer = ch
+        .basic_consume(queue, "", BasicConsumeOptions::default())
+        .await
+        .unwrap();
+    for _ in 0..n {
         let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.recv())
             .await
             .expect("delivery")
@@ -365,12 +424,13 @@ async fn acks_reach_the_broker_without_further_activity() {
             .unwrap();
         delivery.ack().unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Long enough for bytes already written to cross the proxy.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     proxy.cut();
-
+    let (other, och) = support::channel().await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let left = loop {
-        let state = dch.queue_declare_passive(&q).await.unwrap();
+        let state = och.queue_declare_passive(queue).await.unwrap();
         if state.consumer_count == 0 {
             break state.message_count;
         }
@@ -380,10 +440,30 @@ async fn acks_reach_the_broker_without_further_activity() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_eq!(left, 0, "every ack must have reached the broker");
+    drop(conn);
+    other.close().await.unwrap();
+    left
+}
+
+#[tokio::test]
+async fn write_coalescing_sets_how_long_acks_may_wait() {
+    // With a minute of coalescing, the acks made after the last read are still held when
+    // the link is cut, and the broker requeues their messages; with none, every ack is
+    // written at once.
+    let (direct, dch) = support::channel().await;
+    let q = filled_queue(&dch, "coalescing-minute", 50).await;
+    let left = acks_lost_when_cut(&q, 50, Some(Duration::from_secs(60))).await;
+    assert!(left > 0, "acks should still have been waiting");
+    dch.queue_purge(&q).await.unwrap();
     dch.queue_delete(&q, QueueDeleteOptions::default())
         .await
         .unwrap();
-    drop(conn);
+
+    let q = filled_queue(&dch, "coalescing-none", 50).await;
+    let left = acks_lost_when_cut(&q, 50, Some(Duration::ZERO)).await;
+    assert_eq!(left, 0, "every ack must have been written at once");
+    dch.queue_delete(&q, QueueDeleteOptions::default())
+        .await
+        .unwrap();
     direct.close().await.unwrap();
 }
