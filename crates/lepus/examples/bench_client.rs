@@ -165,6 +165,8 @@ async fn run(workload: &str, n: u64, url: &str) -> Result<(), lepus::Error> {
     }
     ch.queue_delete(&queue, QueueDeleteOptions::default())
         .await?;
+    // How well lepus batched, for whoever looks at stderr.
+    eprintln!("{:?}", conn.stats());
     conn.close().await?;
     Ok(())
 }

@@ -645,7 +645,7 @@ impl Channel {
                     if let Some(slot) = inner.channels.get_mut(&self.id) {
                         slot.confirms.push(seq);
                     }
-                    inner.wake_writer_for_confirmed_publish(&self.shared);
+                    inner.wake_writer_for_confirmed_publish(&self.shared, self.id);
                     return Ok(PublisherConfirm::new(
                         Arc::clone(&self.shared),
                         self.id,
@@ -830,7 +830,7 @@ impl Channel {
                     .get_or_insert_with(|| Arc::new(Notify::new()))
                     .clone();
                 let notified = notify.notified_owned();
-                inner.wake_writer(&self.shared);
+                inner.kick_writer(&self.shared);
                 notified
             };
             match deadline {

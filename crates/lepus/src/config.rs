@@ -48,6 +48,7 @@ pub struct ConnectionOptions {
     pub(crate) max_message_size: u64,
     pub(crate) write_buffer_high_water: usize,
     pub(crate) write_coalescing: Duration,
+    pub(crate) read_coalescing: Duration,
 }
 
 /// TLS settings; present when the URI's scheme is `amqps` or [`ConnectionOptions::tls`] set them.
@@ -170,6 +171,7 @@ impl ConnectionOptions {
             max_message_size: lepus_proto::DEFAULT_MAX_MESSAGE_SIZE,
             write_buffer_high_water: 4 * 1024 * 1024,
             write_coalescing: Duration::from_millis(2),
+            read_coalescing: Duration::from_millis(1),
         }
     }
 
@@ -383,6 +385,29 @@ impl ConnectionOptions {
         self
     }
 
+    /// How long the reader may hold off its next read while the broker streams deliveries or
+    /// confirms in small batches (default 1 ms; tokio's timer may add up to 1 ms more);
+    /// [`Duration::ZERO`] always reads at once.
+    ///
+    /// Each read costs a wake-up of the reader and of every task it hands deliveries or
+    /// confirms to, which is most of the CPU cost of consuming and of publishing with
+    /// confirms. While the broker streams small batches, reading a little later brings a
+    /// larger batch for the same wake-ups. At tens of thousands of messages a second this
+    /// cuts lepus's CPU time per message by a third to a half, and raises throughput, since
+    /// the broker then handles larger batches too.
+    ///
+    /// The delay only happens when it cannot slow anything down: never while a reply is
+    /// awaited or after the application sent something the broker may answer (a request, a
+    /// publish without confirms, or one with fewer than 64 confirms outstanding), never when
+    /// a prefetch window or the confirms outstanding could run dry meanwhile, and never for
+    /// a trickle of messages, whose latency stays as it is. A request made during the delay
+    /// ends it at once. [`Connection::stats`](crate::Connection::stats) counts delayed reads.
+    /// See [`manual`](crate::manual).
+    pub fn read_coalescing(&mut self, delay: Duration) -> &mut Self {
+        self.read_coalescing = delay;
+        self
+    }
+
     pub(crate) fn proto_config(&self) -> lepus_proto::Config {
         let mut c = lepus_proto::Config::default();
         c.sasl = self.sasl.clone();
@@ -411,6 +436,7 @@ impl fmt::Debug for ConnectionOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("rpc_timeout", &self.rpc_timeout)
             .field("write_coalescing", &self.write_coalescing)
+            .field("read_coalescing", &self.read_coalescing)
             .finish_non_exhaustive()
     }
 }

@@ -182,6 +182,8 @@ pub(crate) struct ConfirmQueue {
     entries: VecDeque<Entry>,
     /// Index of the first entry still waiting for the broker (`entries.len()` if none).
     first_waiting: usize,
+    /// How many entries wait for the broker.
+    unsettled: usize,
 }
 
 impl ConfirmQueue {
@@ -202,7 +204,13 @@ impl ConfirmQueue {
             waker: None,
             abandoned: false,
         });
+        self.unsettled += 1;
         self.skip_settled();
+    }
+
+    /// How many publishes wait for the broker's verdict.
+    pub(crate) fn unsettled(&self) -> usize {
+        self.unsettled
     }
 
     /// Whether every tracked publish is settled.
@@ -234,6 +242,7 @@ impl ConfirmQueue {
                 continue;
             };
             nacked |= !ack;
+            self.unsettled = self.unsettled.saturating_sub(1);
             wake.extend(waker.take());
             *entry = if *abandoned {
                 Entry::Gone
@@ -264,6 +273,7 @@ impl ConfirmQueue {
             }
         }
         self.first_waiting = self.entries.len();
+        self.unsettled = 0;
         self.pop_gone();
     }
 

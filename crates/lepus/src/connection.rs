@@ -8,7 +8,7 @@ use tokio::sync::{broadcast, oneshot};
 
 use crate::channel::Channel;
 use crate::config::ConnectionOptions;
-use crate::driver::{self, ChannelSlot, ConnectionEvent, HandleGuard, Shared};
+use crate::driver::{self, ChannelSlot, ConnectionEvent, ConnectionStats, HandleGuard, Shared};
 use crate::error::{Error, Result};
 use crate::transport;
 
@@ -210,6 +210,11 @@ impl Connection {
     /// The negotiated channel_max, frame_max and heartbeat.
     pub fn negotiated(&self) -> Negotiated {
         self.shared.lock().proto.negotiated()
+    }
+
+    /// How many reads and writes the connection made so far, and how many bytes they moved.
+    pub fn stats(&self) -> ConnectionStats {
+        self.shared.lock().stats
     }
 
     /// Replaces the connection's credentials (`connection.update-secret`), such as an

@@ -37,6 +37,21 @@ const FRAMES_PER_LOCK: usize = 48;
 const READ_CHUNK: usize = 64 * 1024;
 /// Most buffers handed to one vectored write.
 const MAX_IOVECS: usize = 64;
+/// A read at least this large already carries enough to amortise its wake-up: no nap after it.
+const NAP_MAX_READ: usize = 32 * 1024;
+/// A nap needs at least this many deliveries and confirms in the read before it ...
+const NAP_MIN_EVENTS: u64 = 4;
+/// ... and, at the rate they arrived, this many expected during the nap.
+const NAP_MIN_BATCH: f64 = 16.0;
+/// The broker must have room for this many times the deliveries or confirms expected during a
+/// nap, so that it never runs dry while lepus is not reading.
+const NAP_SLACK: f64 = 2.0;
+/// A publish on a channel in confirm mode with fewer confirms outstanding counts as the
+/// application waiting on the broker (see [`Inner::app_sent`]).
+const NAP_DEEP_CONFIRMS: usize = 64;
+/// No nap for this many times the nap after the application sent something the broker may
+/// answer: it may be answering the deliveries of an earlier read in a request/reply loop.
+const NAP_QUIET_FACTOR: u32 = 10;
 
 /// A map keyed by channel id. The ids are small numbers lepus picks itself, so one multiply
 /// spreads them well; SipHash's defence against keys chosen by an attacker buys nothing here,
@@ -61,6 +76,26 @@ impl std::hash::Hasher for IdHasher {
     fn write_u16(&mut self, n: u16) {
         self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
+}
+
+/// What a connection's socket did so far, from [`Connection::stats`](crate::Connection::stats).
+///
+/// Useful to see how well lepus batches: under load, many frames go out per write and come
+/// in per read. Counts cover the connection's whole life, handshake included.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionStats {
+    /// Socket reads that brought data.
+    pub reads: u64,
+    /// Bytes read.
+    pub bytes_read: u64,
+    /// Reads after which the reader held off the next one to gather a larger batch (read
+    /// coalescing; see [`ConnectionOptions::read_coalescing`](crate::ConnectionOptions::read_coalescing)).
+    pub delayed_reads: u64,
+    /// Socket writes (each a vectored write of many frames).
+    pub writes: u64,
+    /// Bytes written.
+    pub bytes_written: u64,
 }
 
 /// A connection-level event, from [`Connection::events`](crate::Connection::events).
@@ -122,6 +157,9 @@ pub(crate) struct ChannelSlot {
     pub(crate) unsettled: u64,
     /// The highest delivery tag received on the channel.
     pub(crate) last_delivery_tag: u64,
+    /// Deliveries and confirms (publishes settled) in the read being handled.
+    pub(crate) read_deliveries: u64,
+    pub(crate) read_confirms: u64,
 }
 
 impl ChannelSlot {
@@ -180,6 +218,21 @@ pub(crate) struct Inner {
     /// Consumers and confirm futures to wake once the lock is released: woken while it is
     /// held, they would run straight into it.
     pub(crate) wake_later: Vec<Waker>,
+    /// The application sent something since the last read that may make the broker answer
+    /// (a request, a publish, anything but acks and deeply pipelined confirmed publishes):
+    /// the next read is not delayed, in case someone waits for that answer.
+    app_sent: bool,
+    /// The last read that found [`Inner::app_sent`] set.
+    app_sent_seen: Option<Instant>,
+    /// The reader holds off its next read (see [`Inner::nap_after_read`]); app activity cuts
+    /// the nap short through [`Shared::nap_cut`].
+    napping: bool,
+    /// When the previous read was handled.
+    last_read: Option<Instant>,
+    /// Channels with deliveries or confirms in the read being handled.
+    read_touched: Vec<u16>,
+    /// Counters for [`Connection::stats`](crate::Connection::stats).
+    pub(crate) stats: ConnectionStats,
 }
 
 /// The locked state. Dropping it releases the lock first, then wakes
@@ -225,6 +278,8 @@ pub(crate) struct Shared {
     state: Mutex<Inner>,
     pub(crate) writer_wake: Notify,
     pub(crate) reader_wake: Notify,
+    /// Ends a nap of the reader early (see [`Inner::nap_after_read`]).
+    nap_cut: Notify,
     /// Publishers waiting for buffer space or an unblock.
     pub(crate) space: Notify,
     pub(crate) closed: Notify,
@@ -260,9 +315,16 @@ impl Shared {
                 tls_failure: None,
                 closed_channels: IdMap::default(),
                 wake_later: Vec::new(),
+                app_sent: false,
+                app_sent_seen: None,
+                napping: false,
+                last_read: None,
+                read_touched: Vec::new(),
+                stats: ConnectionStats::default(),
             }),
             writer_wake: Notify::new(),
             reader_wake: Notify::new(),
+            nap_cut: Notify::new(),
             space: Notify::new(),
             closed: Notify::new(),
             read_paused: AtomicBool::new(false),
@@ -305,12 +367,14 @@ impl Shared {
             };
             let stream: &tokio::net::TcpStream = (*tcp).as_ref();
             let mut written = 0;
+            let mut writes = 0;
             while !chunks.is_empty() {
                 let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
                 let count = fill_slices(&chunks, &mut slices);
                 match slices.get(..count).map(|s| stream.try_write_vectored(s)) {
                     Some(Ok(n)) if n > 0 => {
                         written += n;
+                        writes += 1;
                         advance(&mut chunks, n);
                     }
                     // Would block, or failed: the writer task takes over (and reports errors).
@@ -319,7 +383,7 @@ impl Shared {
             }
             let mut inner = self.lock();
             inner.inline_writing = false;
-            wrote(&mut inner, self, written);
+            wrote(&mut inner, self, written, writes);
             let leftover = !chunks.is_empty();
             inner.handoff.append(&mut chunks);
             inner.inline_chunks = chunks;
@@ -331,7 +395,7 @@ impl Shared {
             }
             // Output queued meanwhile (by the reader, or another thread) goes on the next pass.
         }
-        self.lock().wake_writer(self);
+        self.lock().kick_writer(self);
     }
 }
 
@@ -362,8 +426,10 @@ fn advance(chunks: &mut VecDeque<Bytes>, mut n: usize) {
 }
 
 /// Accounts for `written` bytes leaving, and lets waiting publishers go once the buffer drained.
-fn wrote(inner: &mut Inner, shared: &Shared, written: usize) {
+fn wrote(inner: &mut Inner, shared: &Shared, written: usize, writes: u64) {
     inner.in_flight = inner.in_flight.saturating_sub(written);
+    inner.stats.writes += writes;
+    inner.stats.bytes_written += written as u64;
     if inner.publishers_waiting && inner.buffered() < shared.options.write_buffer_high_water / 2 {
         inner.publishers_waiting = false;
         shared.space.notify_waiters();
@@ -405,9 +471,29 @@ impl Drop for HandleGuard {
 }
 
 impl Inner {
-    /// Wakes the writer if it is waiting for work. Call after queuing frames.
+    /// Wakes the writer after the application queued frames that may make the broker answer
+    /// (a request, a publish): such output goes out at once, and the reader reads the answer
+    /// without delay.
     #[inline]
     pub(crate) fn wake_writer(&mut self, shared: &Shared) {
+        self.note_app_sent(shared);
+        self.kick_writer(shared);
+    }
+
+    /// Records that the application sent something the broker may answer, and ends a nap of
+    /// the reader.
+    #[inline]
+    fn note_app_sent(&mut self, shared: &Shared) {
+        self.app_sent = true;
+        if self.napping {
+            self.napping = false;
+            shared.nap_cut.notify_one();
+        }
+    }
+
+    /// Wakes the writer if it is waiting for work.
+    #[inline]
+    pub(crate) fn kick_writer(&mut self, shared: &Shared) {
         if self.writer_idle
             && !self.inline_writing
             && (self.proto.pending_bytes() > 0 || self.proto.is_closed())
@@ -449,7 +535,7 @@ impl Inner {
         if self.ack_may_wait(channel) {
             self.acks_unsent += 1;
         } else {
-            self.wake_writer(shared);
+            self.kick_writer(shared);
         }
     }
 
@@ -458,11 +544,93 @@ impl Inner {
     /// from its own thread ([`Shared::flush_inline`]), which is cheaper than waking the
     /// writer from there; if it does not wait, the lazy writer sends it within the
     /// write-coalescing delay.
-    pub(crate) fn wake_writer_for_confirmed_publish(&mut self, shared: &Shared) {
+    ///
+    /// A publisher with few confirms outstanding is probably waiting for this one, so the
+    /// reader reads its confirm without delay; one far ahead of the broker is not.
+    pub(crate) fn wake_writer_for_confirmed_publish(&mut self, shared: &Shared, channel: u16) {
+        let deep = self
+            .channels
+            .get(&channel)
+            .is_some_and(|slot| slot.confirms.unsettled() >= NAP_DEEP_CONFIRMS);
+        if !deep {
+            self.note_app_sent(shared);
+        }
         let may_wait = self.writer_idle && self.writer_lazy && self.inline_tcp.is_some();
         if !may_wait {
-            self.wake_writer(shared);
+            self.kick_writer(shared);
         }
+    }
+
+    /// Decides, after a read of `bytes` handled at `now`, whether the reader holds off its
+    /// next read for `nap` (read coalescing; see the manual's "Wake-ups are the cost").
+    ///
+    /// Every read costs a wake-up of the reader and of the tasks it hands deliveries and
+    /// confirms to, so while the broker streams small batches, reading a little later brings
+    /// a larger batch for the same wake-ups. The nap only happens when waiting cannot slow
+    /// anything down:
+    ///
+    /// - the read brought a stream of deliveries or confirms (at least [`NAP_MIN_EVENTS`],
+    ///   at a rate that gathers [`NAP_MIN_BATCH`] during the nap), in small reads;
+    /// - no reply is awaited, and the application sent nothing lately that the broker may
+    ///   answer (only acks, and publishes far ahead of their confirms): not since
+    ///   [`NAP_QUIET_FACTOR`] naps, since it may still be answering an earlier read;
+    /// - the broker has room to go on meanwhile: for each channel, the prefetch window and
+    ///   the outstanding confirms hold [`NAP_SLACK`] times what the nap is expected to bring.
+    fn nap_after_read(&mut self, now: Instant, nap: std::time::Duration, bytes: usize) -> bool {
+        let since = self.last_read.map(|at| now.saturating_duration_since(at));
+        self.last_read = Some(now);
+        self.stats.reads += 1;
+        self.stats.bytes_read += bytes as u64;
+        if std::mem::take(&mut self.app_sent) {
+            self.app_sent_seen = Some(now);
+        }
+        let app_sent_lately = self
+            .app_sent_seen
+            .is_some_and(|at| now.saturating_duration_since(at) < nap * NAP_QUIET_FACTOR);
+        let mut touched = std::mem::take(&mut self.read_touched);
+        // Deliveries and confirms expected during the nap, per one seen in this read; reads
+        // in quick succession count as at most eight times their content.
+        let scale = match since {
+            Some(since) => nap.as_secs_f64() / since.max(nap / 8).as_secs_f64(),
+            None => 1.0,
+        };
+        let acks_unsent = self.acks_unsent;
+        let mut events = 0;
+        let mut room = true;
+        for id in touched.drain(..) {
+            let Some(slot) = self.channels.get_mut(&id) else {
+                continue;
+            };
+            let deliveries = std::mem::take(&mut slot.read_deliveries);
+            let confirms = std::mem::take(&mut slot.read_confirms);
+            events += deliveries + confirms;
+            if let Some(limit) = slot.prefetch().filter(|_| deliveries > 0) {
+                let free = limit.saturating_sub(slot.unsettled + acks_unsent);
+                room &= free as f64 >= NAP_SLACK * scale * deliveries as f64;
+            }
+            if confirms > 0 {
+                let outstanding = slot.confirms.unsettled() as f64;
+                room &= outstanding >= NAP_SLACK * scale * confirms as f64;
+            }
+        }
+        self.read_touched = touched;
+        if nap.is_zero()
+            || app_sent_lately
+            || !room
+            || bytes >= NAP_MAX_READ
+            || events < NAP_MIN_EVENTS
+            || (events as f64) * scale < NAP_MIN_BATCH
+            || !self.update_secret_waiters.is_empty()
+            || self
+                .channels
+                .values()
+                .any(|slot| !slot.waiters.is_empty() || slot.close_waiter.is_some())
+        {
+            return false;
+        }
+        self.stats.delayed_reads += 1;
+        self.napping = true;
+        true
     }
 
     /// Whether an acknowledgement just queued on `channel` may wait for the writer.
@@ -565,6 +733,7 @@ pub(crate) async fn writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: W
         }
         lazy = !delay.is_zero();
         let mut written = 0usize;
+        let mut writes = 0;
         while !chunks.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let count = fill_slices(&chunks, &mut slices);
@@ -579,6 +748,7 @@ pub(crate) async fn writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: W
                 }
                 Ok(n) => {
                     written += n;
+                    writes += 1;
                     advance(&mut chunks, n);
                 }
                 Err(e) => {
@@ -587,7 +757,7 @@ pub(crate) async fn writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: W
                 }
             }
         }
-        wrote(&mut shared.lock(), &shared, written);
+        wrote(&mut shared.lock(), &shared, written, writes);
     }
     let _ = io.flush().await;
     let _ = io.shutdown().await;
@@ -598,7 +768,20 @@ pub(crate) async fn reader<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut io: R)
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut wake: Vec<Waker> = Vec::new();
     let mut shutdown = shared.shutdown.subscribe();
+    let coalescing = shared.options.read_coalescing;
+    // Set after a read when the next one waits (see `Inner::nap_after_read`).
+    let mut nap = false;
     loop {
+        if std::mem::take(&mut nap) {
+            let until = tokio::time::Instant::now() + coalescing;
+            tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|closed| *closed) => return,
+                () = shared.nap_cut.notified() => {}
+                () = tokio::time::sleep_until(until) => {}
+            }
+            shared.lock().napping = false;
+        }
         let (deadline, paused) = {
             let inner = shared.lock();
             if inner.proto.is_closed() {
@@ -621,7 +804,7 @@ pub(crate) async fn reader<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut io: R)
             result = io.read_buf(&mut buf), if !paused => {
                 match result {
                     Ok(0) => return transport_failed(&shared, "connection closed by peer".into()),
-                    Ok(_) => {
+                    Ok(n) => {
                         // Slices of a large read, so the lock is never held for long: acks and
                         // publishes from other threads get in between.
                         // Consumers and confirm futures are woken once the whole read is handled,
@@ -631,9 +814,10 @@ pub(crate) async fn reader<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut io: R)
                             let mut inner = shared.lock();
                             let more = inner.proto.handle_input_bounded(now, &mut buf, FRAMES_PER_LOCK);
                             dispatch(&shared, &mut inner);
-                            inner.wake_writer(&shared);
+                            inner.kick_writer(&shared);
                             wake.append(&mut inner.wake_later);
                             if !more {
+                                nap = inner.nap_after_read(now, coalescing, n);
                                 break;
                             }
                         }
@@ -659,7 +843,7 @@ pub(crate) async fn reader<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut io: R)
                 }
                 inner.proto.handle_timeout(now);
                 dispatch(&shared, &mut inner);
-                inner.wake_writer(&shared);
+                inner.kick_writer(&shared);
             }
             () = shared.reader_wake.notified(), if paused => {
                 let inner = shared.lock();
@@ -680,7 +864,7 @@ fn transport_failed(shared: &Arc<Shared>, reason: String) {
     let mut inner = shared.lock();
     inner.proto.handle_transport_closed(reason);
     dispatch(shared, &mut inner);
-    inner.wake_writer(shared);
+    inner.kick_writer(shared);
 }
 
 /// Routes every pending event of the core to its waiter. Runs with the lock held.
@@ -821,6 +1005,10 @@ fn on_delivery(
             if !queue.no_ack {
                 slot.unsettled += 1;
             }
+            if slot.read_deliveries + slot.read_confirms == 0 {
+                inner.read_touched.push(channel);
+            }
+            slot.read_deliveries += 1;
             let delivery =
                 Delivery::new(shared, channel, generation, queue.no_ack, deliver, message);
             let (full, waker) = queue.push(delivery);
@@ -851,8 +1039,16 @@ fn on_confirm(inner: &mut Inner, channel: u16, tag: u64, multiple: bool, ack: bo
     // that returned message belongs to the highest sequence number this confirm covers.
     let returned = slot.returned.pop_front().map(Box::new);
     let wake = &mut inner.wake_later;
+    let before = slot.confirms.unsettled();
     if slot.confirms.settle(tag, multiple, ack, returned, wake) {
         slot.nacked_since_wait = true;
+    }
+    let settled = before.saturating_sub(slot.confirms.unsettled()) as u64;
+    if settled > 0 {
+        if slot.read_deliveries + slot.read_confirms == 0 {
+            inner.read_touched.push(channel);
+        }
+        slot.read_confirms += settled;
     }
     if slot.confirms.is_drained() {
         if let Some(n) = &slot.confirms_drained {
@@ -1013,6 +1209,185 @@ mod tests {
         let shared = lazy_writer_with(ChannelSlot::default());
         shared.lock().writer_lazy = false;
         assert_eq!(acks_left_waiting(&shared), 0);
+    }
+
+    /// A connection whose channel 1 has just read `deliveries` and `confirms`, 200 µs after
+    /// the previous read, with a 1 ms nap allowed.
+    fn after_read(slot: ChannelSlot, deliveries: u64, confirms: u64) -> (Arc<Shared>, Instant) {
+        let shared = lazy_writer_with(ChannelSlot {
+            read_deliveries: deliveries,
+            read_confirms: confirms,
+            ..slot
+        });
+        let now = Instant::now();
+        {
+            let mut inner = shared.lock();
+            inner.read_touched.push(1);
+            inner.last_read = now.checked_sub(std::time::Duration::from_micros(200));
+        }
+        (shared, now)
+    }
+
+    const NAP: std::time::Duration = std::time::Duration::from_millis(1);
+
+    fn naps(shared: &Shared, now: Instant, bytes: usize) -> bool {
+        shared.lock().nap_after_read(now, NAP, bytes)
+    }
+
+    #[test]
+    fn a_stream_of_deliveries_with_room_in_the_window_is_read_in_larger_batches() {
+        // 10 deliveries 200 µs apart: about 50 expected in 1 ms, and 900 free in the window.
+        let (shared, now) = after_read(
+            ChannelSlot {
+                prefetch_consumer: 1000,
+                unsettled: 100,
+                ..ChannelSlot::default()
+            },
+            10,
+            0,
+        );
+        assert!(naps(&shared, now, 2000));
+        let inner = shared.lock();
+        assert!(inner.napping);
+        assert_eq!((inner.stats.reads, inner.stats.delayed_reads), (1, 1));
+        // The per-read counts start again.
+        assert!(inner.read_touched.is_empty());
+        assert_eq!(inner.channels.get(&1).map(|s| s.read_deliveries), Some(0));
+    }
+
+    #[test]
+    fn no_nap_when_the_prefetch_window_could_fill_meanwhile() {
+        // 50 expected during the nap, but only 60 free: twice the expected is needed.
+        let (shared, now) = after_read(
+            ChannelSlot {
+                prefetch_consumer: 1000,
+                unsettled: 940,
+                ..ChannelSlot::default()
+            },
+            10,
+            0,
+        );
+        assert!(!naps(&shared, now, 2000));
+        assert!(!shared.lock().napping);
+        // Acks not yet written still count against the window.
+        let (shared, now) = after_read(
+            ChannelSlot {
+                prefetch_consumer: 1000,
+                unsettled: 800,
+                ..ChannelSlot::default()
+            },
+            10,
+            0,
+        );
+        shared.lock().acks_unsent = 150;
+        assert!(!naps(&shared, now, 2000));
+    }
+
+    #[test]
+    fn confirms_nap_only_with_enough_outstanding() {
+        let deep = {
+            let mut slot = ChannelSlot::default();
+            (1..=1000).for_each(|seq| slot.confirms.push(seq));
+            slot
+        };
+        let (shared, now) = after_read(deep, 0, 20);
+        assert!(naps(&shared, now, 100));
+        let shallow = {
+            let mut slot = ChannelSlot::default();
+            (1..=150).for_each(|seq| slot.confirms.push(seq));
+            slot
+        };
+        // 100 expected during the nap, 150 outstanding: the publisher could run dry.
+        let (shared, now) = after_read(shallow, 0, 20);
+        assert!(!naps(&shared, now, 100));
+    }
+
+    #[test]
+    fn no_nap_when_a_reply_may_be_awaited() {
+        let streaming = || ChannelSlot {
+            prefetch_consumer: 1000,
+            ..ChannelSlot::default()
+        };
+        // The application sent a request (or a publish) since the last read.
+        let (shared, now) = after_read(streaming(), 10, 0);
+        shared.lock().wake_writer(&shared);
+        assert!(!naps(&shared, now, 2000));
+        // A request is waiting for its reply.
+        let (shared, now) = after_read(streaming(), 10, 0);
+        let (tx, _rx) = oneshot::channel();
+        if let Some(slot) = shared.lock().channels.get_mut(&1) {
+            slot.waiters.push_back(Waiter::Reply(tx));
+        }
+        assert!(!naps(&shared, now, 2000));
+        // Acks are not requests.
+        let (shared, now) = after_read(streaming(), 10, 0);
+        shared.lock().wake_writer_for_ack(&shared, 1);
+        assert!(naps(&shared, now, 2000));
+    }
+
+    #[test]
+    fn no_nap_for_a_while_after_the_application_sent_a_request() {
+        // The application answers deliveries of earlier reads: a request seen by a read 5 ms
+        // ago still counts, one seen 20 ms ago no longer does.
+        let (shared, now) = after_read(ChannelSlot::default(), 10, 0);
+        shared.lock().app_sent_seen = now.checked_sub(std::time::Duration::from_millis(5));
+        assert!(!naps(&shared, now, 2000));
+        let (shared, now) = after_read(ChannelSlot::default(), 10, 0);
+        shared.lock().app_sent_seen = now.checked_sub(std::time::Duration::from_millis(20));
+        assert!(naps(&shared, now, 2000));
+    }
+
+    #[test]
+    fn no_nap_for_a_trickle_large_reads_or_when_turned_off() {
+        let streaming = || ChannelSlot {
+            prefetch_consumer: 1000,
+            ..ChannelSlot::default()
+        };
+        // Three deliveries are not a stream.
+        let (shared, now) = after_read(streaming(), 3, 0);
+        assert!(!naps(&shared, now, 600));
+        // Ten deliveries 5 ms after the previous read: 2 expected per millisecond.
+        let (shared, now) = after_read(streaming(), 10, 0);
+        shared.lock().last_read = now.checked_sub(std::time::Duration::from_millis(5));
+        assert!(!naps(&shared, now, 2000));
+        // A read this large already amortises its wake-up.
+        let (shared, now) = after_read(streaming(), 10, 0);
+        assert!(!naps(&shared, now, NAP_MAX_READ));
+        // Zero turns read coalescing off.
+        let (shared, now) = after_read(streaming(), 10, 0);
+        assert!(!shared
+            .lock()
+            .nap_after_read(now, std::time::Duration::ZERO, 2000));
+    }
+
+    #[test]
+    fn a_request_during_a_nap_ends_it() {
+        let (shared, now) = after_read(ChannelSlot::default(), 10, 0);
+        assert!(naps(&shared, now, 2000));
+        let cut = shared.nap_cut.notified();
+        let mut cut = std::pin::pin!(cut);
+        let waker = Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        use std::future::Future;
+        assert!(cut.as_mut().poll(&mut cx).is_pending());
+        shared.lock().wake_writer(&shared);
+        assert!(cut.as_mut().poll(&mut cx).is_ready());
+        assert!(!shared.lock().napping);
+    }
+
+    #[test]
+    fn a_deeply_pipelined_confirmed_publish_is_not_a_request() {
+        let mut slot = ChannelSlot::default();
+        (1..NAP_DEEP_CONFIRMS as u64).for_each(|seq| slot.confirms.push(seq));
+        let shared = lazy_writer_with(slot);
+        let mut inner = shared.lock();
+        inner.wake_writer_for_confirmed_publish(&shared, 1);
+        assert!(std::mem::take(&mut inner.app_sent));
+        if let Some(slot) = inner.channels.get_mut(&1) {
+            slot.confirms.push(NAP_DEEP_CONFIRMS as u64);
+        }
+        inner.wake_writer_for_confirmed_publish(&shared, 1);
+        assert!(!inner.app_sent);
     }
 
     #[test]

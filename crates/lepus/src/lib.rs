@@ -76,7 +76,7 @@ pub use config::{ConnectionOptions, TlsOptions};
 pub use confirm::{Confirmation, PublisherConfirm, ReturnedMessage};
 pub use connection::Connection;
 pub use consumer::{Consumer, Delivery};
-pub use driver::ConnectionEvent;
+pub use driver::{ConnectionEvent, ConnectionStats};
 pub use error::{Error, Result};
 pub use lepus_proto::{Close, ConnectionError, Heartbeat, Negotiated, Sasl};
 pub use lepus_wire::{BasicProperties, FieldTable, FieldValue, LongStr, ReplyCode, ShortStr};

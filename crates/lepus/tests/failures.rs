@@ -9,18 +9,8 @@ use lepus::{
     bytes, BasicConsumeOptions, BasicProperties, BasicPublishOptions, Connection, ConnectionError,
     Error, Heartbeat, QueueDeclareOptions, QueueDeleteOptions,
 };
-use support::proxy::{black_hole, broker_addr, Proxy};
+use support::proxy::{black_hole, broker_addr, through, Proxy};
 use support::unique;
-
-async fn through(
-    proxy: &Proxy,
-    configure: impl FnOnce(&mut lepus::ConnectionOptions),
-) -> Connection {
-    let mut o = support::options();
-    o.address(proxy.addr.ip().to_string(), proxy.addr.port());
-    configure(&mut o);
-    Connection::connect_with(o).await.unwrap()
-}
 
 #[tokio::test]
 async fn dead_peer_is_detected_after_two_heartbeat_intervals() {

@@ -241,6 +241,11 @@ impl Connection {
         self.inner.conn.negotiated()
     }
 
+    /// How many reads and writes the connection made so far, and how many bytes they moved.
+    pub fn stats(&self) -> crate::ConnectionStats {
+        self.inner.conn.stats()
+    }
+
     /// Replaces the connection's credentials (`connection.update-secret`) and waits for the
     /// broker to accept them.
     ///

@@ -49,6 +49,23 @@ pub(crate) async fn exclusive_queue(ch: &Channel, prefix: &str) -> String {
     name
 }
 
+/// Publishes `body` to `queue` through the default exchange, without properties.
+pub(crate) async fn publish(
+    ch: &Channel,
+    queue: &str,
+    body: impl Into<lepus::bytes::Bytes>,
+) -> lepus::PublisherConfirm {
+    ch.basic_publish(
+        "",
+        queue,
+        lepus::BasicPublishOptions::default(),
+        &lepus::BasicProperties::default(),
+        body,
+    )
+    .await
+    .unwrap()
+}
+
 /// Fetches one message, retrying for up to a second while it is still on its way.
 pub(crate) async fn get_eventually(ch: &Channel, queue: &str, no_ack: bool) -> lepus::GetMessage {
     for _ in 0..100 {

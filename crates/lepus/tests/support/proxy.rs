@@ -1,5 +1,6 @@
 //! A local TCP proxy in front of the broker that a test can freeze, to play a network that
-//! stops delivering bytes (a dead peer, a stalled link).
+//! stops delivering bytes (a dead peer, a stalled link), or pace, to play a broker that sends
+//! in small batches.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -18,9 +19,22 @@ pub(crate) struct Proxy {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// How the proxy passes on what the broker sends: at most `chunk` bytes per write, with a
+/// pause of `gap` after each.
+#[derive(Clone, Copy)]
+pub(crate) struct Pace {
+    pub(crate) chunk: usize,
+    pub(crate) gap: Duration,
+}
+
 impl Proxy {
     /// Forwards every accepted connection to `upstream` until frozen.
     pub(crate) async fn start(upstream: SocketAddr) -> Self {
+        Self::start_paced(upstream, None).await
+    }
+
+    /// Like [`start`](Self::start), passing the broker's bytes on at `pace` if given.
+    pub(crate) async fn start_paced(upstream: SocketAddr, pace: Option<Pace>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let frozen = Arc::new(AtomicBool::new(false));
@@ -34,9 +48,9 @@ impl Proxy {
                 };
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                for (from, to) in [(cr, sw), (sr, cw)] {
+                for (from, to, pace) in [(cr, sw, None), (sr, cw, pace)] {
                     let mut cut = cut_rx.clone();
-                    let pumping = pump(from, to, Arc::clone(&flag));
+                    let pumping = pump(from, to, Arc::clone(&flag), pace);
                     tokio::spawn(async move {
                         tokio::select! {
                             () = pumping => {}
@@ -75,10 +89,15 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     frozen: Arc<AtomicBool>,
+    pace: Option<Pace>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let n = match from.read(&mut buf).await {
+        let want = pace.map_or(buf.len(), |p| p.chunk.min(buf.len()));
+        let Some(space) = buf.get_mut(..want) else {
+            return;
+        };
+        let n = match from.read(space).await {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
@@ -90,7 +109,21 @@ async fn pump(
         if to.write_all(chunk).await.is_err() {
             return;
         }
+        if let Some(pace) = pace {
+            tokio::time::sleep(pace.gap).await;
+        }
     }
+}
+
+/// Connects to the broker through `proxy`, with the test options adjusted by `configure`.
+pub(crate) async fn through(
+    proxy: &Proxy,
+    configure: impl FnOnce(&mut lepus::ConnectionOptions),
+) -> lepus::Connection {
+    let mut o = super::options();
+    o.address(proxy.addr.ip().to_string(), proxy.addr.port());
+    configure(&mut o);
+    lepus::Connection::connect_with(o).await.unwrap()
 }
 
 /// A listener that accepts connections and never answers, for handshake timeouts.
