@@ -403,8 +403,11 @@ impl ConnectionOptions {
     /// a trickle of messages, whose latency stays as it is. A request made during the delay
     /// ends it at once. [`Connection::stats`](crate::Connection::stats) counts delayed reads.
     /// See [`manual`](crate::manual).
+    ///
+    /// Delays over 100 ms are taken as 100 ms: the reader also runs the heartbeat timer, and
+    /// a batch gathered over longer would only add latency.
     pub fn read_coalescing(&mut self, delay: Duration) -> &mut Self {
-        self.read_coalescing = delay;
+        self.read_coalescing = delay.min(Duration::from_millis(100));
         self
     }
 

@@ -584,9 +584,9 @@ impl Inner {
         if std::mem::take(&mut self.app_sent) {
             self.app_sent_seen = Some(now);
         }
-        let app_sent_lately = self
-            .app_sent_seen
-            .is_some_and(|at| now.saturating_duration_since(at) < nap * NAP_QUIET_FACTOR);
+        let app_sent_lately = self.app_sent_seen.is_some_and(|at| {
+            now.saturating_duration_since(at) < nap.saturating_mul(NAP_QUIET_FACTOR)
+        });
         let mut touched = std::mem::take(&mut self.read_touched);
         // Deliveries and confirms expected during the nap, per one seen in this read; reads
         // in quick succession count as at most eight times their content.
@@ -674,6 +674,15 @@ impl Inner {
     }
 }
 
+/// The moment `delay` from now; a delay too long for the clock means a year (a huge setting
+/// must not panic).
+fn later(delay: std::time::Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(delay)
+        .or_else(|| now.checked_add(std::time::Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(now)
+}
+
 /// Runs the writer until the connection ends.
 pub(crate) async fn writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: W) {
     let mut chunks: VecDeque<Bytes> = VecDeque::new();
@@ -708,9 +717,7 @@ pub(crate) async fn writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: W
         };
         if let Some(notified) = wait {
             if lazy {
-                lazy_timer
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + delay);
+                lazy_timer.as_mut().reset(later(delay));
                 tokio::select! {
                     biased;
                     () = notified => {}
@@ -773,12 +780,11 @@ pub(crate) async fn reader<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut io: R)
     let mut nap = false;
     loop {
         if std::mem::take(&mut nap) {
-            let until = tokio::time::Instant::now() + coalescing;
             tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|closed| *closed) => return,
                 () = shared.nap_cut.notified() => {}
-                () = tokio::time::sleep_until(until) => {}
+                () = tokio::time::sleep_until(later(coalescing)) => {}
             }
             shared.lock().napping = false;
         }

@@ -182,3 +182,22 @@ async fn a_request_reply_loop_is_never_delayed() {
     let stats = conn.stats();
     assert_eq!(stats.delayed_reads, before.delayed_reads, "{stats:?}");
 }
+
+/// Delays too long for the clock neither panic nor stall: the read delay is capped at
+/// 100 ms, and acks waiting for a year-long write delay still go out when the consumer waits.
+#[tokio::test]
+async fn huge_delays_are_capped_and_never_panic() {
+    let proxy = Proxy::start_paced(broker_addr(), Some(PACE)).await;
+    let conn = through(&proxy, |o| {
+        o.read_coalescing(Duration::MAX)
+            .write_coalescing(Duration::MAX);
+        assert!(format!("{o:?}").contains("read_coalescing: 100ms"));
+    })
+    .await;
+    let ch = conn.open_channel().await.unwrap();
+    let q = filled_queue(&ch, 2000).await;
+    tokio::time::timeout(Duration::from_secs(60), consume_in_order(&ch, &q, 2000))
+        .await
+        .expect("consuming stalled");
+    conn.close().await.unwrap();
+}
