@@ -14,7 +14,8 @@
 //! exchanges and queues, consumers as [`Stream`](futures_core::Stream)s, publisher confirms as
 //! futures, transactions, returns, flow control, heartbeats and `connection.blocked`.
 //! [`blocking`] offers the same client without async, in the spirit of py-amqp. The
-//! [`manual`] explains the design: locking, replies, confirms, heartbeats and backpressure.
+//! [`manual`] explains the design: locking, replies, confirms, heartbeats, backpressure, and
+//! how reads and writes are batched so that a busy connection costs few wake-ups.
 //!
 //! # Examples
 //!
