@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use lepus_proto::wire::method::{basic, channel, confirm, connection};
-use lepus_proto::wire::{frame, BasicProperties, FieldTable, LongStr, Method, MethodArgs, ShortStr};
+use lepus_proto::wire::{
+    frame, BasicProperties, FieldTable, LongStr, Method, MethodArgs, ShortStr,
+};
 use lepus_proto::{Config, Connection, Event, Heartbeat};
 use libfuzzer_sys::fuzz_target;
 
@@ -92,7 +94,13 @@ fuzz_target!(|data: &[u8]| {
         drain(&mut conn, now, &mut tags);
         // What an application does between reads: ack what arrived, publish, open a channel.
         for tag in tags.drain(..) {
-            let _ = conn.send(1, &basic::Ack { delivery_tag: tag, multiple: false });
+            let _ = conn.send(
+                1,
+                &basic::Ack {
+                    delivery_tag: tag,
+                    multiple: false,
+                },
+            );
         }
         let _ = conn.publish(1, "", "q", true, &BasicProperties::default(), Bytes::new());
         let _ = conn.open_channel();
