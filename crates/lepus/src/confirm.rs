@@ -386,6 +386,27 @@ mod tests {
     }
 
     #[test]
+    fn unsettled_counts_what_still_waits_for_the_broker() {
+        let mut q = queue(1..=5);
+        let mut wake = Vec::new();
+        assert_eq!(q.unsettled(), 5);
+        q.settle(3, true, true, None, &mut wake);
+        assert_eq!(q.unsettled(), 2);
+        // A dropped future's publish still waits for the broker.
+        q.forget(4);
+        assert_eq!(q.unsettled(), 2);
+        q.settle(4, false, false, None, &mut wake);
+        assert_eq!(q.unsettled(), 1);
+        // Settling again what is settled changes nothing.
+        q.settle(3, true, true, None, &mut wake);
+        assert_eq!(q.unsettled(), 1);
+        q.fail(&Error::ChannelNotOpen(1), &mut wake);
+        assert_eq!(q.unsettled(), 0);
+        q.push(6);
+        assert_eq!(q.unsettled(), 1);
+    }
+
+    #[test]
     fn single_confirms_may_come_out_of_order_and_nacks_carry_the_return() {
         let mut q = queue(10..=12);
         let mut wake = Vec::new();

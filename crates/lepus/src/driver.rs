@@ -1011,10 +1011,6 @@ fn on_delivery(
             if !queue.no_ack {
                 slot.unsettled += 1;
             }
-            if slot.read_deliveries + slot.read_confirms == 0 {
-                inner.read_touched.push(channel);
-            }
-            slot.read_deliveries += 1;
             let delivery =
                 Delivery::new(shared, channel, generation, queue.no_ack, deliver, message);
             let (full, waker) = queue.push(delivery);
@@ -1022,6 +1018,7 @@ fn on_delivery(
                 shared.read_paused.store(true, Ordering::Release);
             }
             inner.wake_later.extend(waker);
+            count_in_read(&mut inner.read_touched, channel, slot, 1, 0);
         }
         None => {
             // A delivery for a consumer lepus no longer has: give it back to the queue, unless
@@ -1035,6 +1032,22 @@ fn on_delivery(
             }
         }
     }
+}
+
+/// Counts deliveries and confirms of the read being handled on `channel`, for
+/// [`Inner::nap_after_read`].
+fn count_in_read(
+    touched: &mut Vec<u16>,
+    channel: u16,
+    slot: &mut ChannelSlot,
+    deliveries: u64,
+    confirms: u64,
+) {
+    if slot.read_deliveries + slot.read_confirms == 0 {
+        touched.push(channel);
+    }
+    slot.read_deliveries += deliveries;
+    slot.read_confirms += confirms;
 }
 
 fn on_confirm(inner: &mut Inner, channel: u16, tag: u64, multiple: bool, ack: bool) {
@@ -1051,10 +1064,7 @@ fn on_confirm(inner: &mut Inner, channel: u16, tag: u64, multiple: bool, ack: bo
     }
     let settled = before.saturating_sub(slot.confirms.unsettled()) as u64;
     if settled > 0 {
-        if slot.read_deliveries + slot.read_confirms == 0 {
-            inner.read_touched.push(channel);
-        }
-        slot.read_confirms += settled;
+        count_in_read(&mut inner.read_touched, channel, slot, 0, settled);
     }
     if slot.confirms.is_drained() {
         if let Some(n) = &slot.confirms_drained {
@@ -1236,6 +1246,15 @@ mod tests {
 
     const NAP: std::time::Duration = std::time::Duration::from_millis(1);
 
+    /// A channel consuming with prefetch 1000, `unsettled` deliveries not yet acked.
+    fn window(unsettled: u64) -> ChannelSlot {
+        ChannelSlot {
+            prefetch_consumer: 1000,
+            unsettled,
+            ..ChannelSlot::default()
+        }
+    }
+
     fn naps(shared: &Shared, now: Instant, bytes: usize) -> bool {
         shared.lock().nap_after_read(now, NAP, bytes)
     }
@@ -1243,15 +1262,7 @@ mod tests {
     #[test]
     fn a_stream_of_deliveries_with_room_in_the_window_is_read_in_larger_batches() {
         // 10 deliveries 200 µs apart: about 50 expected in 1 ms, and 900 free in the window.
-        let (shared, now) = after_read(
-            ChannelSlot {
-                prefetch_consumer: 1000,
-                unsettled: 100,
-                ..ChannelSlot::default()
-            },
-            10,
-            0,
-        );
+        let (shared, now) = after_read(window(100), 10, 0);
         assert!(naps(&shared, now, 2000));
         let inner = shared.lock();
         assert!(inner.napping);
@@ -1264,27 +1275,11 @@ mod tests {
     #[test]
     fn no_nap_when_the_prefetch_window_could_fill_meanwhile() {
         // 50 expected during the nap, but only 60 free: twice the expected is needed.
-        let (shared, now) = after_read(
-            ChannelSlot {
-                prefetch_consumer: 1000,
-                unsettled: 940,
-                ..ChannelSlot::default()
-            },
-            10,
-            0,
-        );
+        let (shared, now) = after_read(window(940), 10, 0);
         assert!(!naps(&shared, now, 2000));
         assert!(!shared.lock().napping);
         // Acks not yet written still count against the window.
-        let (shared, now) = after_read(
-            ChannelSlot {
-                prefetch_consumer: 1000,
-                unsettled: 800,
-                ..ChannelSlot::default()
-            },
-            10,
-            0,
-        );
+        let (shared, now) = after_read(window(800), 10, 0);
         shared.lock().acks_unsent = 150;
         assert!(!naps(&shared, now, 2000));
     }
@@ -1310,10 +1305,7 @@ mod tests {
 
     #[test]
     fn no_nap_when_a_reply_may_be_awaited() {
-        let streaming = || ChannelSlot {
-            prefetch_consumer: 1000,
-            ..ChannelSlot::default()
-        };
+        let streaming = || window(0);
         // The application sent a request (or a publish) since the last read.
         let (shared, now) = after_read(streaming(), 10, 0);
         shared.lock().wake_writer(&shared);
@@ -1345,10 +1337,7 @@ mod tests {
 
     #[test]
     fn no_nap_for_a_trickle_large_reads_or_when_turned_off() {
-        let streaming = || ChannelSlot {
-            prefetch_consumer: 1000,
-            ..ChannelSlot::default()
-        };
+        let streaming = || window(0);
         // Three deliveries are not a stream.
         let (shared, now) = after_read(streaming(), 3, 0);
         assert!(!naps(&shared, now, 600));

@@ -1195,3 +1195,26 @@ fn memory_alarm_is_reported_as_blocked_then_unblocked() {
     assert!(conn.blocked().is_none());
     conn.close().unwrap();
 }
+
+#[test]
+fn stats_count_the_socket_traffic() {
+    let (conn, ch) = channel();
+    let before = conn.stats();
+    // The handshake and channel.open already went both ways.
+    assert!(before.reads > 0 && before.writes > 0, "{before:?}");
+    let q = temp_queue(&ch, "blocking-stats");
+    publish(&ch, &q, "counted");
+    let got = get(&ch, &q, true);
+    assert_eq!(&got.delivery.body[..], b"counted");
+    let after = conn.stats();
+    assert!(after.reads > before.reads, "{after:?}");
+    assert!(after.writes > before.writes, "{after:?}");
+    // At least the body went out and came back.
+    assert!(after.bytes_written >= before.bytes_written + 7);
+    assert!(after.bytes_read >= before.bytes_read + 7);
+    assert_eq!(
+        after.delayed_reads, 0,
+        "one request at a time is never delayed"
+    );
+    delete(&ch, &q);
+}

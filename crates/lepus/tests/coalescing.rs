@@ -201,3 +201,44 @@ async fn huge_delays_are_capped_and_never_panic() {
         .expect("consuming stalled");
     conn.close().await.unwrap();
 }
+
+/// The link dropping while the reader holds off a read ends the consumer with an error at
+/// once: a delayed read never hides a dead connection.
+#[tokio::test]
+async fn a_link_cut_during_delayed_reads_ends_the_consumer() {
+    let (proxy, conn, ch) = paced(Duration::from_millis(5)).await;
+    let q = filled_queue(&ch, 5000).await;
+    let mut consumer = ch
+        .basic_consume(&q, "", BasicConsumeOptions::default())
+        .await
+        .unwrap();
+    let mut received = 0;
+    let mut cut = false;
+    loop {
+        let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.recv())
+            .await
+            .expect("the consumer hung after the link was cut");
+        match delivery {
+            Some(Ok(d)) => {
+                d.ack().unwrap();
+                received += 1;
+                // Cut once reads are being delayed.
+                if !cut && received >= 500 && conn.stats().delayed_reads > 0 {
+                    proxy.cut();
+                    cut = true;
+                }
+                assert!(received < 5000, "no read was delayed: {:?}", conn.stats());
+            }
+            Some(Err(e)) => {
+                assert!(
+                    matches!(e, lepus::Error::ConnectionClosed(_)),
+                    "unexpected error {e}"
+                );
+                break;
+            }
+            None => panic!("the stream ended without saying why"),
+        }
+    }
+    assert!(cut);
+    assert!(!conn.is_open());
+}
