@@ -144,6 +144,12 @@ impl Channel {
                 method_id: 0,
             };
             inner.proto.call(self.id, close.into())?;
+            // The broker's deliveries on this channel are discarded unread from now on: its
+            // consumers must not keep the reader from reading close-ok.
+            if let Some(slot) = inner.channels.get(&self.id) {
+                slot.consumers.values().for_each(|queue| queue.stop());
+            }
+            self.shared.reader_wake.notify_one();
             let (tx, rx) = oneshot::channel();
             if let Some(slot) = inner.channels.get_mut(&self.id) {
                 slot.close_waiter = Some(tx);
@@ -522,17 +528,45 @@ impl Channel {
         }
     }
 
-    /// Cancels a consumer; its stream ends after the deliveries already received.
+    /// Cancels a consumer; its stream ends after the deliveries that arrived before the
+    /// broker's cancel-ok.
+    ///
+    /// While the cancel is under way the consumer never holds up the connection: when its
+    /// buffer is full, further deliveries to it are given back to the queue (rejected with
+    /// requeue) instead of stopping the reader, so cancel-ok is read however many deliveries
+    /// the broker sends first. (A `no_ack` consumer's deliveries cannot be given back; they
+    /// are buffered beyond the limit until cancel-ok.)
     ///
     /// # Errors
     ///
     /// Connection errors.
     pub async fn basic_cancel(&self, consumer_tag: &str) -> Result<()> {
+        let consumer_tag = short(consumer_tag)?;
+        self.stop_consumers(Some(&consumer_tag));
         let method = basic::Cancel {
-            consumer_tag: short(consumer_tag)?,
+            consumer_tag,
             nowait: false,
         };
         self.rpc(method.into(), "basic.cancel-ok").await.map(drop)
+    }
+
+    /// Marks the channel's consumer `tag` (or all of them) as ending, so that a full buffer
+    /// no longer stops the reader, and lets a paused reader go on.
+    fn stop_consumers(&self, tag: Option<&ShortStr>) {
+        let inner = self.shared.lock();
+        let Some(slot) = inner
+            .channels
+            .get(&self.id)
+            .filter(|slot| slot.generation == self.generation)
+        else {
+            return;
+        };
+        slot.consumers
+            .iter()
+            .filter(|(t, _)| tag.is_none_or(|tag| tag == *t))
+            .for_each(|(_, queue)| queue.stop());
+        drop(inner);
+        self.shared.reader_wake.notify_one();
     }
 
     /// Fetches one message from `queue`, or `None` when it is empty.
@@ -638,6 +672,7 @@ impl Channel {
                         properties,
                         body,
                     )?;
+                    inner.note_publish();
                     let Some(seq) = seq else {
                         inner.wake_writer(&self.shared);
                         return Ok(PublisherConfirm::not_requested());

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use lepus_proto::Negotiated;
-use lepus_wire::{FieldTable, LongStr, ReplyCode};
+use lepus_wire::{FieldTable, LongStr};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::channel::Channel;
@@ -16,9 +16,13 @@ use crate::transport;
 ///
 /// Two background tasks on the current tokio runtime do the I/O: they keep heartbeats going and
 /// deliveries flowing whatever the application is doing. They end when the connection closes.
-/// Close the connection with [`close`](Self::close) to flush what was published first and wait
-/// for the broker. When every handle (connections, channels, consumers) is dropped, lepus closes
-/// the connection gracefully in the background.
+///
+/// **Only [`close`](Self::close)`.await` guarantees that everything published was sent**, and
+/// it says how many messages were not when it cannot. When every handle (connections,
+/// channels, consumers) is dropped without it, lepus writes what the socket takes at once and
+/// closes in the background, which works as long as the runtime keeps running. When the
+/// runtime shuts down first (an `async fn main` returning, a test ending), what the socket
+/// could not take at once is lost, with a `tracing` warning giving the number of messages.
 ///
 /// # Examples
 ///
@@ -135,36 +139,33 @@ impl Connection {
         Ok(channel)
     }
 
-    /// Closes the connection gracefully: everything published before is sent first, then
-    /// `connection.close`; waits for the broker's close-ok (at most the close timeout).
+    /// Closes the connection gracefully, and is the one call that guarantees that everything
+    /// published was sent: every queued frame is written first, then `connection.close`, and
+    /// it waits for the broker's close-ok.
     ///
-    /// Every channel, consumer and pending confirm ends. Closing a closed connection is a
-    /// no-op.
+    /// The [close timeout](ConnectionOptions::close_timeout) bounds the time *without
+    /// progress*, not the whole close: while the socket keeps taking bytes, a backlog of
+    /// publishes is written to the end however long that takes. Only a broker that stops
+    /// reading (or a dead link) makes the close give up.
+    ///
+    /// Every channel, consumer and pending confirm ends. Closing a connection that has ended
+    /// returns `Ok` again, or the same [`Error::Unsent`] if it ended with messages unsent.
     ///
     /// # Errors
     ///
-    /// None so far; the signature leaves room for reporting a failed flush.
+    /// - [`Error::Unsent`] with the number of published messages that were never written,
+    ///   when the close gave up (no bytes taken for the close timeout) or the connection had
+    ///   already failed with publishes queued. Messages not counted there were written.
+    /// - [`Error::Timeout`] for `connection.close-ok` when everything was written but the
+    ///   broker did not answer the close within the close timeout.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future leaves the close under way: the connection still ends once the
+    /// broker answers, but nothing gives up on a broker that stops reading (use
+    /// [`closed`](Self::closed) or a heartbeat).
     pub async fn close(&self) -> Result<()> {
-        let mut done = self.shared.shutdown.subscribe();
-        {
-            let mut inner = self.shared.lock();
-            if inner.error.is_some() {
-                return Ok(());
-            }
-            inner
-                .proto
-                .close(ReplyCode::REPLY_SUCCESS, "closed by client");
-            driver::dispatch(&self.shared, &mut inner);
-            inner.wake_writer(&self.shared);
-        }
-        let timeout = self.shared.options.close_timeout;
-        if tokio::time::timeout(timeout, done.wait_for(|closed| *closed))
-            .await
-            .is_err()
-        {
-            self.abort("close timed out");
-        }
-        Ok(())
+        driver::close(&self.shared, "closed by client").await
     }
 
     /// Ends the connection at once, without a close handshake.

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -235,6 +235,9 @@ pub(crate) struct ConsumerQueue {
     capacity: usize,
     pub(crate) no_ack: bool,
     tag: Mutex<ShortStr>,
+    /// The consumer is being cancelled (or its channel closed): a full buffer must not stop
+    /// the reader, which has the broker's cancel-ok (or close-ok) to read.
+    stopping: AtomicBool,
 }
 
 impl ConsumerQueue {
@@ -249,7 +252,23 @@ impl ConsumerQueue {
             capacity: capacity.max(1),
             no_ack,
             tag: Mutex::new(ShortStr::default()),
+            stopping: AtomicBool::new(false),
         })
+    }
+
+    /// Marks the consumer as ending (see [`ConsumerQueue::stopping`]).
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    /// Whether the consumer is ending.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Whether the buffer is full for a consumer that may hold up the reader.
+    pub(crate) fn holds_reader(&self) -> bool {
+        !self.is_stopping() && self.is_full()
     }
 
     fn lock(&self) -> MutexGuard<'_, QueueState> {

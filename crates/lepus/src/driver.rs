@@ -96,6 +96,12 @@ pub struct ConnectionStats {
     pub writes: u64,
     /// Bytes written.
     pub bytes_written: u64,
+    /// Messages published (queued for sending).
+    pub messages_published: u64,
+    /// Messages published and completely written to the socket. The difference to
+    /// [`messages_published`](Self::messages_published) is still waiting in lepus's write
+    /// buffer.
+    pub messages_written: u64,
 }
 
 /// A connection-level event, from [`Connection::events`](crate::Connection::events).
@@ -233,6 +239,14 @@ pub(crate) struct Inner {
     read_touched: Vec<u16>,
     /// Counters for [`Connection::stats`](crate::Connection::stats).
     pub(crate) stats: ConnectionStats,
+    /// Where each publish not yet completely written ends in the output stream (the count of
+    /// bytes queued since the connection started, that publish included), oldest first.
+    unwritten: VecDeque<u64>,
+    /// When a write last moved bytes: a close gives up only after the close timeout without
+    /// progress.
+    last_write: Option<Instant>,
+    /// Set when the connection ended with publishes unwritten: what [`close`] reports.
+    lost: Option<Error>,
 }
 
 /// The locked state. Dropping it releases the lock first, then wakes
@@ -289,6 +303,8 @@ pub(crate) struct Shared {
     pub(crate) shutdown: watch::Sender<bool>,
     /// Live user handles (connections, channels, consumers); see [`HandleGuard`].
     handles: std::sync::atomic::AtomicUsize,
+    /// The runtime the driver tasks run on, for the close that follows the last handle's drop.
+    runtime: Option<tokio::runtime::Handle>,
     pub(crate) options: ConnectionOptions,
 }
 
@@ -321,6 +337,9 @@ impl Shared {
                 last_read: None,
                 read_touched: Vec::new(),
                 stats: ConnectionStats::default(),
+                unwritten: VecDeque::new(),
+                last_write: None,
+                lost: None,
             }),
             writer_wake: Notify::new(),
             reader_wake: Notify::new(),
@@ -331,6 +350,7 @@ impl Shared {
             events,
             shutdown: watch::Sender::new(false),
             handles: std::sync::atomic::AtomicUsize::new(0),
+            runtime: tokio::runtime::Handle::try_current().ok(),
             options,
         })
     }
@@ -365,7 +385,7 @@ impl Shared {
                 inner.acks_unsent = 0;
                 (tcp, chunks)
             };
-            let stream: &tokio::net::TcpStream = (*tcp).as_ref();
+            let stream = tcp.stream();
             let mut written = 0;
             let mut writes = 0;
             while !chunks.is_empty() {
@@ -427,9 +447,18 @@ fn advance(chunks: &mut VecDeque<Bytes>, mut n: usize) {
 
 /// Accounts for `written` bytes leaving, and lets waiting publishers go once the buffer drained.
 fn wrote(inner: &mut Inner, shared: &Shared, written: usize, writes: u64) {
+    if written == 0 {
+        return;
+    }
     inner.in_flight = inner.in_flight.saturating_sub(written);
     inner.stats.writes += writes;
     inner.stats.bytes_written += written as u64;
+    inner.last_write = Some(Instant::now());
+    let done = inner.stats.bytes_written;
+    while inner.unwritten.front().is_some_and(|&end| end <= done) {
+        inner.unwritten.pop_front();
+        inner.stats.messages_written += 1;
+    }
     if inner.publishers_waiting && inner.buffered() < shared.options.write_buffer_high_water / 2 {
         inner.publishers_waiting = false;
         shared.space.notify_waiters();
@@ -455,19 +484,124 @@ impl Clone for HandleGuard {
 }
 
 impl Drop for HandleGuard {
+    /// The last handle is gone: queue `connection.close` behind everything published, write
+    /// what the socket takes at once from this thread, and let a background task see the
+    /// close through (or log what it could not send). Nothing here blocks.
     fn drop(&mut self) {
         if self.0.handles.fetch_sub(1, Ordering::AcqRel) != 1 {
             return;
         }
-        let mut inner = self.0.lock();
-        if inner.error.is_none() && inner.connected.is_none() {
-            inner
-                .proto
-                .close(ReplyCode::REPLY_SUCCESS, "every lepus handle was dropped");
-            dispatch(&self.0, &mut inner);
-            inner.wake_writer(&self.0);
+        {
+            let inner = self.0.lock();
+            if inner.error.is_some() || inner.connected.is_some() {
+                return;
+            }
         }
+        let started = Instant::now();
+        if !begin_close(&self.0, "every lepus handle was dropped") {
+            return;
+        }
+        // If the runtime shuts down next (an `async fn main` returning), the writer task may
+        // never run again: what is written here is what surely goes out.
+        self.0.flush_inline();
+        let Some(runtime) = &self.0.runtime else {
+            return;
+        };
+        let shared = Arc::clone(&self.0);
+        drop(runtime.spawn(async move {
+            if let Err(e) = finish_close(&shared, started).await {
+                tracing::warn!(
+                    host = %shared.options.host,
+                    error = %e,
+                    "connection dropped without close() did not close cleanly"
+                );
+            }
+        }));
     }
+}
+
+/// Closes the connection gracefully: queues `connection.close` behind everything already
+/// queued and waits until the broker's close-ok ends it. The close timeout bounds the time
+/// without progress, not the whole close: while the socket keeps taking bytes, a large
+/// backlog is written to the end.
+///
+/// Returns `Ok` when the connection ended cleanly with nothing published left unwritten,
+/// [`Error::Unsent`] when published messages were left unwritten (now or when the connection
+/// failed earlier), and [`Error::Timeout`] when everything was written but close-ok never
+/// came.
+pub(crate) async fn close(shared: &Arc<Shared>, reason: &str) -> Result<()> {
+    let started = Instant::now();
+    if !begin_close(shared, reason) {
+        return shared.lock().lost.clone().map_or(Ok(()), Err);
+    }
+    shared.flush_inline();
+    finish_close(shared, started).await
+}
+
+/// Queues `connection.close`; returns `false` when the connection had already ended.
+fn begin_close(shared: &Arc<Shared>, reason: &str) -> bool {
+    let mut inner = shared.lock();
+    if inner.error.is_some() {
+        return false;
+    }
+    inner.proto.close(ReplyCode::REPLY_SUCCESS, reason);
+    dispatch(shared, &mut inner);
+    inner.wake_writer(shared);
+    drop(inner);
+    // From now on the broker's deliveries are discarded unread: a full consumer buffer must
+    // not keep the reader from reading close-ok.
+    shared.reader_wake.notify_one();
+    true
+}
+
+/// Waits for the close begun at `started` to end, giving up after the close timeout without a
+/// byte written.
+async fn finish_close(shared: &Arc<Shared>, started: Instant) -> Result<()> {
+    let limit = shared.options.close_timeout;
+    let mut done = shared.shutdown.subscribe();
+    let gave_up = loop {
+        let since = shared
+            .lock()
+            .last_write
+            .map_or(started, |at| at.max(started));
+        let deadline = tokio::time::Instant::from_std(since)
+            .checked_add(limit)
+            .unwrap_or_else(|| later(limit));
+        if tokio::time::timeout_at(deadline, done.wait_for(|closed| *closed))
+            .await
+            .is_ok()
+        {
+            break false;
+        }
+        if shared.lock().last_write.is_none_or(|at| at <= since) {
+            break true;
+        }
+    };
+    let mut inner = shared.lock();
+    if gave_up && inner.error.is_none() {
+        let (messages, bytes) = inner.unsent();
+        if messages > 0 {
+            inner.lost = Some(Error::Unsent {
+                messages,
+                bytes,
+                reason: format!("the broker took no bytes for {limit:?} while closing"),
+            });
+        }
+        inner
+            .proto
+            .handle_transport_closed(format!("close made no progress for {limit:?}"));
+        dispatch(shared, &mut inner);
+    }
+    if let Some(lost) = &inner.lost {
+        return Err(lost.clone());
+    }
+    if gave_up {
+        return Err(Error::Timeout {
+            what: "connection.close-ok",
+            after: limit,
+        });
+    }
+    Ok(())
 }
 
 impl Inner {
@@ -672,6 +806,19 @@ impl Inner {
     pub(crate) fn buffered(&self) -> usize {
         self.proto.pending_bytes() + self.in_flight
     }
+
+    /// Records a publish just queued, to count it once it is completely written.
+    #[inline]
+    pub(crate) fn note_publish(&mut self) {
+        let end = self.stats.bytes_written + self.buffered() as u64;
+        self.unwritten.push_back(end);
+        self.stats.messages_published += 1;
+    }
+
+    /// Publishes not completely written, and all bytes not written.
+    fn unsent(&self) -> (u64, u64) {
+        (self.unwritten.len() as u64, self.buffered() as u64)
+    }
 }
 
 /// The moment `delay` from now; a delay too long for the clock means a year (a huge setting
@@ -684,90 +831,337 @@ fn later(delay: std::time::Duration) -> tokio::time::Instant {
 }
 
 /// Runs the writer until the connection ends.
-pub(crate) async fn writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: W) {
-    let mut chunks: VecDeque<Bytes> = VecDeque::new();
-    let delay = shared.options.write_coalescing;
-    // Re-armed (pushed later) on every lazy wait; it only fires after a quiet spell.
-    let mut lazy_timer = std::pin::pin!(tokio::time::sleep(delay));
-    // Wrote recently: stays set until the timer finds nothing to send.
-    let mut lazy = false;
-    loop {
-        let wait = {
-            let mut inner = shared.lock();
-            if inner.inline_writing {
-                // A caller is writing; it wakes us if it leaves anything behind.
-                inner.writer_idle = true;
-                Some(shared.writer_wake.notified())
-            } else {
-                chunks.append(&mut inner.handoff);
-                let n = inner.proto.poll_transmit(Instant::now(), &mut chunks);
-                inner.in_flight += n;
-                inner.acks_unsent = 0;
-                if chunks.is_empty() {
-                    if inner.proto.is_closed() {
-                        break;
-                    }
+pub(crate) async fn writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, io: W) {
+    let mut writer = Writer {
+        shared,
+        io,
+        chunks: VecDeque::new(),
+    };
+    writer.run().await;
+}
+
+/// The writer task's state. Dropped before the connection ended (the runtime shut down with
+/// the connection open), it writes what the socket takes at once and reports the rest.
+struct Writer<W: AsyncWrite + Unpin> {
+    shared: Arc<Shared>,
+    io: W,
+    /// Output taken from the core and not yet written.
+    chunks: VecDeque<Bytes>,
+}
+
+impl<W: AsyncWrite + Unpin> Writer<W> {
+    async fn run(&mut self) {
+        let shared = Arc::clone(&self.shared);
+        let mut shutdown = shared.shutdown.subscribe();
+        let delay = shared.options.write_coalescing;
+        // Re-armed (pushed later) on every lazy wait; it only fires after a quiet spell.
+        let mut lazy_timer = std::pin::pin!(tokio::time::sleep(delay));
+        // Wrote recently: stays set until the timer finds nothing to send.
+        let mut lazy = false;
+        loop {
+            let wait = {
+                let mut inner = shared.lock();
+                if inner.inline_writing {
+                    // A caller is writing; it wakes us if it leaves anything behind.
                     inner.writer_idle = true;
-                    inner.writer_lazy = lazy;
                     Some(shared.writer_wake.notified())
                 } else {
-                    None
-                }
-            }
-        };
-        if let Some(notified) = wait {
-            if lazy {
-                lazy_timer.as_mut().reset(later(delay));
-                tokio::select! {
-                    biased;
-                    () = notified => {}
-                    () = lazy_timer.as_mut() => {
-                        let mut inner = shared.lock();
-                        // Callers writing inline keep the writer lazy: it is their safety net.
-                        lazy = inner
-                            .last_inline_write
-                            .is_some_and(|at| at.elapsed() < delay);
-                        if !inner.inline_writing {
-                            inner.writer_idle = false;
-                            inner.writer_lazy = false;
+                    self.chunks.append(&mut inner.handoff);
+                    let n = inner.proto.poll_transmit(Instant::now(), &mut self.chunks);
+                    inner.in_flight += n;
+                    inner.acks_unsent = 0;
+                    if self.chunks.is_empty() {
+                        if inner.proto.is_closed() {
+                            break;
                         }
+                        inner.writer_idle = true;
+                        inner.writer_lazy = lazy;
+                        Some(shared.writer_wake.notified())
+                    } else {
+                        None
                     }
                 }
-            } else {
-                notified.await;
-            }
-            continue;
-        }
-        lazy = !delay.is_zero();
-        let mut written = 0usize;
-        let mut writes = 0;
-        while !chunks.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let count = fill_slices(&chunks, &mut slices);
-            let result = match slices.get(..count) {
-                Some(s) => io.write_vectored(s).await,
-                None => Ok(0),
             };
-            match result {
-                Ok(0) => {
-                    transport_failed(&shared, "socket closed while writing".into());
-                    return;
+            if let Some(notified) = wait {
+                if lazy {
+                    lazy_timer.as_mut().reset(later(delay));
+                    tokio::select! {
+                        biased;
+                        () = notified => {}
+                        () = lazy_timer.as_mut() => {
+                            let mut inner = shared.lock();
+                            // Callers writing inline keep the writer lazy: it is their safety net.
+                            lazy = inner
+                                .last_inline_write
+                                .is_some_and(|at| at.elapsed() < delay);
+                            if !inner.inline_writing {
+                                inner.writer_idle = false;
+                                inner.writer_lazy = false;
+                            }
+                        }
+                    }
+                } else {
+                    notified.await;
                 }
-                Ok(n) => {
-                    written += n;
-                    writes += 1;
-                    advance(&mut chunks, n);
-                }
-                Err(e) => {
-                    transport_failed(&shared, format!("write failed: {e}"));
-                    return;
+                continue;
+            }
+            lazy = !delay.is_zero();
+            while !self.chunks.is_empty() {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let count = fill_slices(&self.chunks, &mut slices);
+                let slices = slices.get(..count).unwrap_or_default();
+                // A write the peer never takes (a frozen network) must not outlive the
+                // connection; the write comes first, so one that finished is counted.
+                let result = tokio::select! {
+                    biased;
+                    result = self.io.write_vectored(slices) => result,
+                    _ = shutdown.wait_for(|closed| *closed) => return,
+                };
+                match result {
+                    Ok(0) => {
+                        transport_failed(&shared, "socket closed while writing".into());
+                        return;
+                    }
+                    Ok(n) => {
+                        advance(&mut self.chunks, n);
+                        // Progress is visible at once: a close waits while bytes keep moving,
+                        // and publishers waiting for room go on as soon as there is some.
+                        wrote(&mut shared.lock(), &shared, n, 1);
+                    }
+                    Err(e) => {
+                        transport_failed(&shared, format!("write failed: {e}"));
+                        return;
+                    }
                 }
             }
         }
-        wrote(&mut shared.lock(), &shared, written, writes);
+        let _ = self.io.flush().await;
+        let _ = self.io.shutdown().await;
     }
-    let _ = io.flush().await;
-    let _ = io.shutdown().await;
+}
+
+impl<W: AsyncWrite + Unpin> Drop for Writer<W> {
+    /// The task was dropped with the connection still open: the runtime is shutting down (an
+    /// `async fn main` returned without `close()`). Nothing may block here, so queue the close,
+    /// write what the socket takes at once, and end the connection. Over plain TCP a thread of
+    /// its own finishes the close on a duplicate of the socket (see [`Linger`]); whatever was
+    /// not written by then is reported as a warning.
+    fn drop(&mut self) {
+        let shared = Arc::clone(&self.shared);
+        let mut inner = shared.lock();
+        if inner.error.is_some() || inner.proto.is_closed() {
+            return;
+        }
+        inner.proto.close(
+            ReplyCode::REPLY_SUCCESS,
+            "the runtime driving the connection shut down",
+        );
+        let mut linger = None;
+        // Output a caller is writing inline right now would be overtaken: leave it all.
+        if !inner.inline_writing {
+            self.chunks.append(&mut inner.handoff);
+            let n = inner.proto.poll_transmit(Instant::now(), &mut self.chunks);
+            inner.in_flight += n;
+            let written = match inner.inline_tcp.clone() {
+                Some(tcp) => {
+                    let written = write_now(&mut self.chunks, |slices| {
+                        socket2::SockRef::from(tcp.stream()).send_vectored(slices)
+                    });
+                    linger = Linger::new(&tcp, &inner, &shared.options);
+                    written
+                }
+                None => {
+                    let io = &mut self.io;
+                    write_now(&mut self.chunks, |slices| poll_write_now(io, slices))
+                }
+            };
+            wrote(&mut inner, &shared, written, 1);
+        }
+        let (messages, bytes) = inner.unsent();
+        if messages > 0 {
+            let fate = if linger.is_some() {
+                "a background thread goes on writing them, but they are lost if the process \
+                 exits first"
+            } else {
+                "they are lost"
+            };
+            tracing::warn!(
+                host = %shared.options.host,
+                messages,
+                bytes,
+                "the runtime shut down with a connection open: {messages} published messages \
+                 were not written yet, and {fate} (only close().await guarantees the flush)"
+            );
+        }
+        inner
+            .proto
+            .handle_transport_closed("the runtime driving the connection shut down".into());
+        dispatch(&shared, &mut inner);
+        drop(inner);
+        if let Some(linger) = linger {
+            linger.start(std::mem::take(&mut self.chunks));
+        }
+    }
+}
+
+/// Finishes the close of a connection whose runtime shut down, on a thread of its own: writes
+/// what the socket could not take at once, then waits for the broker to answer the close and
+/// end the connection. It works on a duplicate of the socket, so the connection stays open
+/// (no FIN, which would make RabbitMQ drop what it has not read) while the tokio side of it
+/// is dropped. If the process exits first, what was not written yet is lost.
+struct Linger {
+    socket: socket2::Socket,
+    /// Bytes written so far on the connection.
+    written: u64,
+    /// Where each publish not yet written ends (see [`Inner::unwritten`]).
+    unwritten: VecDeque<u64>,
+    timeout: std::time::Duration,
+    host: String,
+}
+
+impl Linger {
+    /// Duplicates the socket and tells the write half to leave the connection open when
+    /// dropped; `None` (and a normal end) when the socket cannot be duplicated.
+    fn new(
+        tcp: &crate::transport::SharedTcp,
+        inner: &Inner,
+        options: &ConnectionOptions,
+    ) -> Option<Self> {
+        let socket = socket2::SockRef::from(tcp.stream()).try_clone().ok()?;
+        tcp.keep_open();
+        Some(Self {
+            socket,
+            written: inner.stats.bytes_written,
+            unwritten: inner.unwritten.clone(),
+            timeout: options.close_timeout,
+            host: options.host.clone(),
+        })
+    }
+
+    /// Runs the rest of the close, writing `chunks` first, on a new thread.
+    fn start(self, chunks: VecDeque<Bytes>) {
+        let spawned = std::thread::Builder::new()
+            .name("lepus-linger".into())
+            .spawn(move || self.run(chunks));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start a thread to finish closing a connection");
+        }
+    }
+
+    fn run(self, mut chunks: VecDeque<Bytes>) {
+        let Self {
+            socket,
+            mut written,
+            mut unwritten,
+            timeout,
+            host,
+        } = self;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build();
+        let closed = runtime.is_ok_and(|runtime| {
+            runtime.block_on(async {
+                let Ok(stream) = tokio::net::TcpStream::from_std(socket.into()) else {
+                    return false;
+                };
+                while !chunks.is_empty() {
+                    let Ok(n) = write_some(&stream, &chunks, timeout).await else {
+                        return false;
+                    };
+                    advance(&mut chunks, n);
+                    written += n as u64;
+                    while unwritten.front().is_some_and(|&end| end <= written) {
+                        unwritten.pop_front();
+                    }
+                }
+                // The broker answers connection.close with close-ok and then closes its side.
+                tokio::time::timeout(timeout, read_to_end(&stream))
+                    .await
+                    .is_ok()
+            })
+        });
+        let lost = unwritten.len();
+        if lost > 0 {
+            tracing::warn!(
+                host = %host,
+                messages = lost,
+                "closing in the background gave up: {lost} published messages were never written"
+            );
+        } else if closed {
+            tracing::debug!(host = %host, "connection closed in the background");
+        } else {
+            tracing::debug!(host = %host, "the broker did not answer the close in time");
+        }
+    }
+}
+
+/// Writes from the front of `chunks` once the socket takes bytes, waiting at most `timeout`.
+async fn write_some(
+    stream: &tokio::net::TcpStream,
+    chunks: &VecDeque<Bytes>,
+    timeout: std::time::Duration,
+) -> std::io::Result<usize> {
+    loop {
+        tokio::time::timeout(timeout, stream.writable())
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let count = fill_slices(chunks, &mut slices);
+        match stream.try_write_vectored(slices.get(..count).unwrap_or_default()) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => return other,
+        }
+    }
+}
+
+/// Reads and discards until the peer closes the connection (or it fails).
+async fn read_to_end(stream: &tokio::net::TcpStream) {
+    let mut scratch = [0u8; 4096];
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        match stream.try_read(&mut scratch) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Writes the front of `chunks` with `write` until it would block or fails; returns how many
+/// bytes went out.
+fn write_now(
+    chunks: &mut VecDeque<Bytes>,
+    mut write: impl FnMut(&[IoSlice<'_>]) -> std::io::Result<usize>,
+) -> usize {
+    let mut written = 0;
+    while !chunks.is_empty() {
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let count = fill_slices(chunks, &mut slices);
+        match write(slices.get(..count).unwrap_or_default()) {
+            Ok(n) if n > 0 => {
+                written += n;
+                advance(chunks, n);
+            }
+            _ => break,
+        }
+    }
+    written
+}
+
+/// One write attempt on `io` that never waits: `WouldBlock` when it is not ready.
+fn poll_write_now<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    slices: &[IoSlice<'_>],
+) -> std::io::Result<usize> {
+    let mut cx = std::task::Context::from_waker(Waker::noop());
+    match std::pin::Pin::new(io).poll_write_vectored(&mut cx, slices) {
+        std::task::Poll::Ready(result) => result,
+        std::task::Poll::Pending => Err(std::io::ErrorKind::WouldBlock.into()),
+    }
 }
 
 /// Runs the reader (and the heartbeat timer) until the connection ends.
@@ -853,11 +1247,13 @@ pub(crate) async fn reader<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut io: R)
             }
             () = shared.reader_wake.notified(), if paused => {
                 let inner = shared.lock();
-                let still_full = inner
-                    .channels
-                    .values()
-                    .flat_map(|c| c.consumers.values())
-                    .any(|q| q.is_full());
+                // Once the connection is closing, deliveries are discarded unread.
+                let still_full = inner.proto.is_open()
+                    && inner
+                        .channels
+                        .values()
+                        .flat_map(|c| c.consumers.values())
+                        .any(|q| q.holds_reader());
                 if !still_full {
                     shared.read_paused.store(false, Ordering::Release);
                 }
@@ -868,6 +1264,14 @@ pub(crate) async fn reader<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut io: R)
 
 fn transport_failed(shared: &Arc<Shared>, reason: String) {
     let mut inner = shared.lock();
+    let (messages, bytes) = inner.unsent();
+    if messages > 0 && inner.error.is_none() && inner.lost.is_none() {
+        inner.lost = Some(Error::Unsent {
+            messages,
+            bytes,
+            reason: reason.clone(),
+        });
+    }
     inner.proto.handle_transport_closed(reason);
     dispatch(shared, &mut inner);
     inner.kick_writer(shared);
@@ -1006,31 +1410,35 @@ fn on_delivery(
     };
     let generation = slot.generation;
     slot.last_delivery_tag = deliver.delivery_tag;
-    match slot.consumers.get(&deliver.consumer_tag) {
+    let give_back = match slot.consumers.get(&deliver.consumer_tag) {
+        // A consumer being cancelled must not stop the reader, which has its cancel-ok to
+        // read: what its full buffer cannot take goes back to the queue.
+        Some(queue) if queue.is_stopping() && !queue.no_ack && queue.is_full() => true,
         Some(queue) => {
             if !queue.no_ack {
                 slot.unsettled += 1;
             }
+            let stopping = queue.is_stopping();
             let delivery =
                 Delivery::new(shared, channel, generation, queue.no_ack, deliver, message);
             let (full, waker) = queue.push(delivery);
-            if full {
+            if full && !stopping {
                 shared.read_paused.store(true, Ordering::Release);
             }
             inner.wake_later.extend(waker);
             count_in_read(&mut inner.read_touched, channel, slot, 1, 0);
+            return;
         }
-        None => {
-            // A delivery for a consumer lepus no longer has: give it back to the queue, unless
-            // it was a no-ack consumer, whose deliveries cannot be rejected.
-            if !slot.no_ack_tags.contains(&deliver.consumer_tag) {
-                let reject = basic::Reject {
-                    delivery_tag: deliver.delivery_tag,
-                    requeue: true,
-                };
-                let _ = inner.proto.send(channel, &reject);
-            }
-        }
+        // A delivery for a consumer lepus no longer has: give it back to the queue, unless it
+        // was a no-ack consumer, whose deliveries cannot be rejected.
+        None => !slot.no_ack_tags.contains(&deliver.consumer_tag),
+    };
+    if give_back {
+        let reject = basic::Reject {
+            delivery_tag: deliver.delivery_tag,
+            requeue: true,
+        };
+        let _ = inner.proto.send(channel, &reject);
     }
 }
 
@@ -1139,10 +1547,25 @@ fn on_closed(shared: &Arc<Shared>, inner: &mut Inner, error: ConnectionError) {
     for tx in inner.update_secret_waiters.drain(..) {
         let _ = tx.send(Err(err.clone()));
     }
+    let (messages, bytes) = inner.unsent();
+    if messages > 0 && inner.lost.is_none() {
+        inner.lost = Some(Error::Unsent {
+            messages,
+            bytes,
+            reason: err.to_string(),
+        });
+    }
     match &err {
         Error::ConnectionClosed(ConnectionError::LocallyClosed(_)) => {
-            tracing::debug!(host = %shared.options.host, "connection closed")
+            tracing::debug!(host = %shared.options.host, messages, "connection closed")
         }
+        other if messages > 0 => tracing::warn!(
+            host = %shared.options.host,
+            error = %other,
+            messages,
+            bytes,
+            "connection ended with {messages} published messages never written"
+        ),
         other => tracing::warn!(host = %shared.options.host, error = %other, "connection ended"),
     }
     let _ = shared.events.send(ConnectionEvent::Closed(err.to_string()));

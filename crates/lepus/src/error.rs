@@ -74,6 +74,23 @@ pub enum Error {
     /// The broker cancelled the consumer (its queue was deleted, or it timed out).
     #[error("consumer {0} was cancelled by the broker")]
     ConsumerCancelled(ShortStr),
+    /// The connection ended before everything published on it was written to the socket: those
+    /// messages never reached the broker. [`Connection::close`](crate::Connection::close)
+    /// returns this when it gave up (the socket took no bytes for the close timeout), and
+    /// when the connection had already failed with publishes still queued.
+    #[error(
+        "{messages} published messages ({bytes} bytes with other queued frames) were never \
+         sent: {reason}"
+    )]
+    Unsent {
+        /// Publishes not completely written (a message cut off mid-way counts: the broker
+        /// drops it).
+        messages: u64,
+        /// Bytes left unwritten, with acknowledgements and other frames queued among them.
+        bytes: u64,
+        /// Why sending stopped.
+        reason: String,
+    },
     /// An argument was rejected before anything was sent, such as a name over 255 bytes.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -99,6 +116,7 @@ impl Error {
         matches!(
             self,
             Self::ConnectionClosed(_)
+                | Self::Unsent { .. }
                 | Self::Io(_)
                 | Self::Connect { .. }
                 | Self::Tls(_)

@@ -21,7 +21,51 @@ pub(crate) type BoxWrite = Box<dyn AsyncWrite + Unpin + Send>;
 
 /// The write side of a plain TCP connection, shared by the writer task and threads that write
 /// queued output themselves when the writer is idle (see `Shared::flush_inline`).
-pub(crate) type SharedTcp = Arc<OwnedWriteHalf>;
+pub(crate) type SharedTcp = Arc<TcpWriteHalf>;
+
+/// Unsent bytes the kernel may hold for the socket before it stops taking more
+/// (`TCP_NOTSENT_LOWAT`, Linux). Without a limit the kernel grows its buffer to megabytes:
+/// what lepus counts as written would then sit in the kernel for seconds, and writes would
+/// report progress only in megabyte steps, so a close could not tell a slowly draining link
+/// from a dead one. 64 KiB keeps the link busy at loopback speeds and shows progress every
+/// 32 KiB.
+const NOTSENT_LOWAT: u32 = 64 * 1024;
+
+/// A TCP write half that can be told, before it is dropped, to leave the connection open:
+/// dropping an `OwnedWriteHalf` sends FIN, and RabbitMQ drops the bytes it has not read yet
+/// when it sees one while it is busy. A connection handed over to finish its close elsewhere
+/// (see `driver::linger`) keeps its socket open that way.
+pub(crate) struct TcpWriteHalf {
+    half: Option<OwnedWriteHalf>,
+    keep_open: std::sync::atomic::AtomicBool,
+}
+
+impl TcpWriteHalf {
+    /// The stream, for non-blocking writes and socket options.
+    pub(crate) fn stream(&self) -> &TcpStream {
+        match &self.half {
+            Some(half) => half.as_ref(),
+            // Only `drop` takes the half out.
+            None => unreachable!("the write half is present until drop"),
+        }
+    }
+
+    /// Leave the connection open when dropped (no FIN): a duplicate of the socket finishes it.
+    pub(crate) fn keep_open(&self) {
+        self.keep_open
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Drop for TcpWriteHalf {
+    fn drop(&mut self) {
+        if let Some(half) = self.half.take() {
+            if self.keep_open.load(std::sync::atomic::Ordering::Acquire) {
+                half.forget();
+            }
+        }
+    }
+}
 
 /// The streams of a new connection: read side, write side for the writer task, and for plain
 /// TCP the same write side once more for inline writes.
@@ -44,7 +88,7 @@ impl AsyncWrite for SharedTcpWrite {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let stream: &TcpStream = (*self.0).as_ref();
+        let stream = self.0.stream();
         loop {
             ready!(stream.poll_write_ready(cx))?;
             match stream.try_write_vectored(bufs) {
@@ -62,12 +106,10 @@ impl AsyncWrite for SharedTcpWrite {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Once nobody else holds it; otherwise the last holder's drop shuts the side down.
-        match Arc::get_mut(&mut self.0) {
-            Some(half) => Pin::new(half).poll_shutdown(cx),
-            None => Poll::Ready(Ok(())),
-        }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Shutting the write side down needs no waiting, and no exclusive access.
+        let _ = socket2::SockRef::from(self.0.stream()).shutdown(std::net::Shutdown::Write);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -88,9 +130,13 @@ pub(crate) async fn connect(options: &ConnectionOptions) -> Result<Streams> {
         })?;
     // Frames are written in batches already; Nagle's algorithm would only add latency.
     let _ = tcp.set_nodelay(true);
+    limit_unsent(&tcp);
     let (Some(tls), Some(config)) = (&options.tls, tls_config) else {
         let (r, w) = tcp.into_split();
-        let w = Arc::new(w);
+        let w = Arc::new(TcpWriteHalf {
+            half: Some(w),
+            keep_open: std::sync::atomic::AtomicBool::new(false),
+        });
         return Ok((
             Box::new(r),
             Box::new(SharedTcpWrite(Arc::clone(&w))),
@@ -121,6 +167,14 @@ pub(crate) async fn connect(options: &ConnectionOptions) -> Result<Streams> {
         })?;
     let (r, w) = tokio::io::split(stream);
     Ok((Box::new(r), Box::new(w), None))
+}
+
+/// Sets [`NOTSENT_LOWAT`] where the system has it.
+fn limit_unsent(tcp: &TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = socket2::SockRef::from(tcp).set_tcp_notsent_lowat(NOTSENT_LOWAT);
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (tcp, NOTSENT_LOWAT);
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {

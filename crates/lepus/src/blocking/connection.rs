@@ -24,8 +24,9 @@ use crate::error::Result;
 /// The `Connection` owns the connection: dropping it closes it (in the background, flushing
 /// what was published first) even if channels are still around; they then fail with
 /// [`Error::ConnectionClosed`](crate::Error::ConnectionClosed). The I/O thread stops when the
-/// last handle (connection, channel or consumer) is gone. Call [`close`](Self::close) to wait
-/// for the broker's close-ok.
+/// last handle (connection, channel or consumer) is gone, after the close finished. Call
+/// [`close`](Self::close) to wait for the broker's close-ok and to learn whether everything
+/// published was sent; a close on drop can only report a loss through a `tracing` warning.
 ///
 /// `Connection` is `Send + Sync` but not `Clone`: share it with `&Connection` (scoped threads)
 /// or an `Arc`. Every method may be called from several threads at once, including
@@ -207,9 +208,10 @@ impl Connection {
     }
 
     /// Closes the connection gracefully: everything published before is sent first, then
-    /// `connection.close`; waits for the broker's close-ok (at most the close timeout).
-    /// Every channel and consumer ends; callbacks are dropped. Closing a closed connection
-    /// is a no-op.
+    /// `connection.close`; waits for the broker's close-ok. The close timeout bounds the time
+    /// without progress: a backlog is written to the end while the socket keeps taking
+    /// bytes. Every channel and consumer ends; callbacks are dropped. Closing a connection
+    /// that has ended returns `Ok` again, or the same error if messages were left unsent.
     ///
     /// # Errors
     ///
@@ -268,7 +270,9 @@ impl Drop for Connection {
         // runs on the I/O thread. If this was the last handle, `Inner::drop` waits for it.
         let conn = self.inner.conn.clone();
         self.inner.io.spawn(async move {
-            let _ = conn.close().await;
+            if let Err(e) = conn.close().await {
+                tracing::warn!(error = %e, "closing a dropped connection failed");
+            }
         });
     }
 }

@@ -39,9 +39,12 @@ impl Io {
             .spawn(move || {
                 runtime.block_on(async move {
                     if let Ok(Some(conn)) = stopped.await {
-                        // Flushes what was published, then waits (at most the close timeout)
-                        // for close-ok.
-                        let _ = conn.close().await;
+                        // Flushes what was published (for as long as the socket keeps taking
+                        // bytes), then waits for close-ok. Nobody is left to return an error
+                        // to, so a loss is reported through `tracing`.
+                        if let Err(e) = conn.close().await {
+                            tracing::warn!(error = %e, "closing a dropped connection failed");
+                        }
                     }
                 });
                 // Dropping the runtime here drops the driver tasks of the closed connection.

@@ -91,5 +91,6 @@ pub(crate) fn unique(prefix: &str) -> String {
     )
 }
 
+pub(crate) mod fake_broker;
 pub(crate) mod proxy;
 pub(crate) mod tls_proxy;

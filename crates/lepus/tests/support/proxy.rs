@@ -1,6 +1,6 @@
 //! A local TCP proxy in front of the broker that a test can freeze, to play a network that
 //! stops delivering bytes (a dead peer, a stalled link), or pace, to play a broker that sends
-//! in small batches.
+//! in small batches or a link that drains slowly.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -15,6 +15,8 @@ use tokio::net::{TcpListener, TcpStream};
 pub(crate) struct Proxy {
     pub(crate) addr: SocketAddr,
     frozen: Arc<AtomicBool>,
+    /// Every byte the clients sent that the proxy passed on, in order.
+    sent_upstream: Arc<std::sync::Mutex<Vec<u8>>>,
     cut: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -35,10 +37,22 @@ impl Proxy {
 
     /// Like [`start`](Self::start), passing the broker's bytes on at `pace` if given.
     pub(crate) async fn start_paced(upstream: SocketAddr, pace: Option<Pace>) -> Self {
+        Self::start_with(upstream, None, pace).await
+    }
+
+    /// Like [`start`](Self::start), passing the client's bytes on at `up` and the broker's at
+    /// `down`, where given.
+    pub(crate) async fn start_with(
+        upstream: SocketAddr,
+        up: Option<Pace>,
+        down: Option<Pace>,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let frozen = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&frozen);
+        let sent_upstream = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = Arc::clone(&sent_upstream);
         let cut = tokio::sync::watch::Sender::new(false);
         let cut_rx = cut.subscribe();
         let task = tokio::spawn(async move {
@@ -48,9 +62,12 @@ impl Proxy {
                 };
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                for (from, to, pace) in [(cr, sw, None), (sr, cw, pace)] {
+                for (from, to, pace, record) in [
+                    (cr, sw, up, Some(Arc::clone(&record))),
+                    (sr, cw, down, None),
+                ] {
                     let mut cut = cut_rx.clone();
-                    let pumping = pump(from, to, Arc::clone(&flag), pace);
+                    let pumping = pump(from, to, Arc::clone(&flag), pace, record);
                     tokio::spawn(async move {
                         tokio::select! {
                             () = pumping => {}
@@ -63,6 +80,7 @@ impl Proxy {
         Self {
             addr,
             frozen,
+            sent_upstream,
             cut,
             task,
         }
@@ -77,6 +95,16 @@ impl Proxy {
     pub(crate) fn freeze(&self) {
         self.frozen.store(true, Ordering::SeqCst);
     }
+
+    /// Every byte clients sent through the proxy to the broker so far.
+    pub(crate) fn sent_upstream(&self) -> Vec<u8> {
+        self.sent_upstream.lock().unwrap().clone()
+    }
+
+    /// Forwards again what was held back, and everything after it.
+    pub(crate) fn thaw(&self) {
+        self.frozen.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Proxy {
@@ -90,6 +118,7 @@ async fn pump(
     mut to: tokio::net::tcp::OwnedWriteHalf,
     frozen: Arc<AtomicBool>,
     pace: Option<Pace>,
+    record: Option<Arc<std::sync::Mutex<Vec<u8>>>>,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -108,6 +137,9 @@ async fn pump(
         let Some(chunk) = buf.get(..n) else { return };
         if to.write_all(chunk).await.is_err() {
             return;
+        }
+        if let Some(record) = &record {
+            record.lock().unwrap().extend_from_slice(chunk);
         }
         if let Some(pace) = pace {
             tokio::time::sleep(pace.gap).await;
