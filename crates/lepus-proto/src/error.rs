@@ -80,6 +80,13 @@ pub enum ConnectionError {
         /// The server's minor version.
         minor: u8,
     },
+    /// The server's first bytes were not an AMQP 0-9-1 frame: it speaks another protocol
+    /// (an HTTP server, a TLS port, an AMQP 1.0 broker answering with its own header).
+    #[error("the server {}", ForeignReply(received))]
+    NotAmqp {
+        /// The first bytes the server sent (at most 64).
+        received: bytes::Bytes,
+    },
     /// The transport closed without a `connection.close`.
     #[error("connection lost: {0}")]
     TransportClosed(String),
@@ -93,6 +100,46 @@ pub enum ConnectionError {
     },
 }
 
+/// Describes a server's first reply that is not AMQP 0-9-1, for an error message: `speaks AMQP
+/// 1.0.0, not 0-9-1` for another AMQP protocol header, `does not speak AMQP 0-9-1 (it sent
+/// "HTTP/1.1 400 Bad Request…")` for anything else (its first line, printable characters
+/// only).
+#[derive(Debug, Clone, Copy)]
+pub struct ForeignReply<'a>(pub &'a [u8]);
+
+impl fmt::Display for ForeignReply<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(&[b'A', b'M', b'Q', b'P', id, a, b, c]) = self.0.get(..8) {
+            return match (id, a, b, c) {
+                // AMQP 1.0 (id 0), over TLS (2) or SASL (3).
+                (0 | 2 | 3, 1.., _, _) => write!(f, "speaks AMQP {a}.{b}.{c}, not 0-9-1"),
+                // The 0-8, 0-9 and 0-10 headers: class 1, instance 1, then the version.
+                (1, 1, 8, 0) => write!(f, "speaks AMQP 0-8, not 0-9-1"),
+                (1, 1, _, _) => write!(f, "speaks AMQP {b}-{c}, not 0-9-1"),
+                _ => write!(f, "refused AMQP 0-9-1 (it answered AMQP {id} {a} {b} {c})"),
+            };
+        }
+        // A TLS record (alert, handshake): the port expects TLS.
+        if let Some(&[0x14..=0x17, 0x03, 0x00..=0x04]) = self.0.get(..3) {
+            return write!(f, "expects TLS (use amqps://)");
+        }
+        let line = self
+            .0
+            .split(|&b| b == b'\r' || b == b'\n')
+            .next()
+            .unwrap_or_default();
+        let mut shown = String::new();
+        for &byte in line.iter().take(40) {
+            if byte.is_ascii_graphic() || byte == b' ' {
+                shown.push(char::from(byte));
+            } else {
+                shown.push_str(&format!("\\x{byte:02x}"));
+            }
+        }
+        write!(f, "does not speak AMQP 0-9-1 (it sent \"{shown}…\")")
+    }
+}
+
 impl ConnectionError {
     /// The reply code the connection was (or should be) closed with, where there is one.
     pub fn reply_code(&self) -> Option<ReplyCode> {
@@ -100,7 +147,7 @@ impl ConnectionError {
             Self::ServerClosed(c) | Self::LocallyClosed(c) => Some(c.code),
             Self::Protocol(e) => Some(e.reply_code()),
             Self::UnexpectedFrame(_) => Some(ReplyCode::UNEXPECTED_FRAME),
-            Self::MessageTooLarge { .. } => Some(ReplyCode::FRAME_ERROR),
+            Self::MessageTooLarge { .. } | Self::NotAmqp { .. } => Some(ReplyCode::FRAME_ERROR),
             _ => None,
         }
     }

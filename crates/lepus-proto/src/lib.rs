@@ -34,6 +34,6 @@ pub use config::{
     MIN_FRAME_MAX,
 };
 pub use connection::{Connection, Negotiated};
-pub use error::{ChannelError, Close, ConnectionError};
+pub use error::{ChannelError, Close, ConnectionError, ForeignReply};
 pub use event::{Event, Message, Reply};
 pub use lepus_wire as wire;

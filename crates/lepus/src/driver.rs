@@ -1533,6 +1533,10 @@ fn on_closed(shared: &Arc<Shared>, inner: &mut Inner, error: ConnectionError) {
         ConnectionError::TransportClosed(_) if inner.tls_failure.is_some() => {
             Error::Tls(inner.tls_failure.take().unwrap_or_default())
         }
+        ConnectionError::NotAmqp { received } if handshaking => Error::NotAmqp {
+            addr: format!("{}:{}", shared.options.host, shared.options.port),
+            received,
+        },
         other => Error::ConnectionClosed(other),
     };
     if let Some(tx) = inner.connected.take() {

@@ -43,6 +43,16 @@ pub enum Error {
         /// The operating system's error.
         source: Arc<io::Error>,
     },
+    /// The server at `addr` does not speak AMQP 0-9-1: its first reply was something else,
+    /// such as an HTTP error page or the protocol header of AMQP 1.0 (wrong port, wrong
+    /// kind of server).
+    #[error("the server at {addr} {}", lepus_proto::ForeignReply(received))]
+    NotAmqp {
+        /// The host and port.
+        addr: String,
+        /// The first bytes the server sent (at most 64).
+        received: bytes::Bytes,
+    },
     /// Reading or writing the socket failed.
     #[error("i/o error: {0}")]
     Io(Arc<io::Error>),
@@ -116,6 +126,7 @@ impl Error {
         matches!(
             self,
             Self::ConnectionClosed(_)
+                | Self::NotAmqp { .. }
                 | Self::Unsent { .. }
                 | Self::Io(_)
                 | Self::Connect { .. }

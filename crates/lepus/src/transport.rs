@@ -161,6 +161,10 @@ pub(crate) async fn connect(options: &ConnectionOptions) -> Result<Streams> {
                 .get_ref()
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())
             {
+                // Bytes that are not TLS records: most likely a plain AMQP (or other) port.
+                Some(tls_error @ rustls::Error::InvalidMessage(_)) => Error::Tls(format!(
+                    "handshake with {addr} failed: is {addr} a TLS port? ({tls_error})"
+                )),
                 Some(tls_error) => Error::Tls(format!("handshake with {addr} failed: {tls_error}")),
                 None => Error::Tls(format!("handshake with {addr} failed: {e}")),
             }

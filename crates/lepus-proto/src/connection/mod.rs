@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use lepus_wire::method::{basic, channel, connection};
 use lepus_wire::{
-    frame, BasicProperties, ContentHeader, DecodeError, FieldTable, Frame, LongStr, Method,
-    MethodArgs, ReplyCode, ShortStr, FRAME_MIN_SIZE, PROTOCOL_HEADER,
+    frame, BasicProperties, ContentHeader, FieldTable, Frame, LongStr, Method, MethodArgs,
+    ReplyCode, ShortStr, FRAME_MIN_SIZE, PROTOCOL_HEADER,
 };
 
 use crate::config::{Config, Heartbeat, DEFAULT_CHANNEL_MAX};
@@ -148,15 +148,17 @@ impl Connection {
             return false;
         }
         self.last_received = Some(now);
-        if self.state == State::AwaitStart && buf.starts_with(b"AMQP") {
-            // The server answers a protocol header it does not support with its own.
-            if let Some(header) = buf.get(..8) {
-                let found: [u8; 8] = header.try_into().unwrap_or_default();
-                self.fail(ConnectionError::Protocol(DecodeError::BadProtocolHeader {
-                    found,
-                }));
+        if self.state == State::AwaitStart {
+            match first_reply(buf, self.receive_frame_max()) {
+                FirstReply::Incomplete => return false,
+                FirstReply::Foreign => {
+                    let shown = buf.len().min(FOREIGN_SHOWN);
+                    let received = Bytes::copy_from_slice(buf.get(..shown).unwrap_or_default());
+                    self.fail(ConnectionError::NotAmqp { received });
+                    return false;
+                }
+                FirstReply::Frame => {}
             }
-            return false;
         }
         for _ in 0..max_frames {
             if self.state == State::Closed {
@@ -992,6 +994,41 @@ impl Connection {
             }
         };
         self.events.push_back(event);
+    }
+}
+
+/// How many of a foreign server's first bytes [`ConnectionError::NotAmqp`] keeps.
+const FOREIGN_SHOWN: usize = 64;
+
+/// What the server's first bytes are, before `connection.start`.
+enum FirstReply {
+    /// Too few bytes to tell.
+    Incomplete,
+    /// Not AMQP 0-9-1: another protocol's greeting or error (HTTP, TLS), or the protocol
+    /// header of another AMQP version, which a server sends back when it does not support
+    /// the one asked for.
+    Foreign,
+    /// A plausible method frame on channel 0: decode it.
+    Frame,
+}
+
+fn first_reply(buf: &[u8], frame_max: u32) -> FirstReply {
+    const AMQP: &[u8] = b"AMQP";
+    match buf {
+        [] => FirstReply::Incomplete,
+        [b'A', ..] if buf.len() < 8 && AMQP.starts_with(buf.get(..4).unwrap_or(buf)) => {
+            FirstReply::Incomplete
+        }
+        [frame::FRAME_METHOD, c0, c1, s0, s1, s2, s3, ..] => {
+            let size = u64::from(u32::from_be_bytes([*s0, *s1, *s2, *s3]));
+            if [*c0, *c1] != [0, 0] || size + frame::FRAME_OVERHEAD as u64 > u64::from(frame_max) {
+                FirstReply::Foreign
+            } else {
+                FirstReply::Frame
+            }
+        }
+        [frame::FRAME_METHOD, ..] => FirstReply::Incomplete,
+        _ => FirstReply::Foreign,
     }
 }
 

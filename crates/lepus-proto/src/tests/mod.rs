@@ -470,14 +470,16 @@ fn version_mismatch() {
 }
 
 #[test]
-fn server_protocol_header_reply_is_bad_protocol_header() {
+fn server_protocol_header_reply_is_not_amqp_091() {
     let theirs = *b"AMQP\x01\x01\x00\x0a";
+    let not_amqp = || ConnectionError::NotAmqp {
+        received: Bytes::copy_from_slice(&theirs),
+    };
     let mut b = Broker::new(Config::default());
     b.send_bytes(&theirs);
-    assert_eq!(
-        b.closed(),
-        ConnectionError::Protocol(DecodeError::BadProtocolHeader { found: theirs })
-    );
+    let err = b.closed();
+    assert_eq!(err, not_amqp());
+    assert_eq!(err.to_string(), "the server speaks AMQP 0-10, not 0-9-1");
     assert!(b.sent().is_empty());
     b.send_method(0, start("PLAIN"));
     assert!(b.events().is_empty(), "nothing after Closed");
@@ -489,29 +491,54 @@ fn server_protocol_header_reply_is_bad_protocol_header() {
         assert!(b.events().is_empty(), "cut at {cut}");
         assert!(!b.conn.is_closed());
         b.send_bytes(&theirs[cut..]);
-        assert_eq!(
-            b.closed(),
-            ConnectionError::Protocol(DecodeError::BadProtocolHeader { found: theirs })
-        );
+        assert_eq!(b.closed(), not_amqp());
     }
 }
 
 #[test]
-fn garbage_before_start_is_a_frame_error() {
-    let mut b = Broker::new(Config::default());
-    b.send_bytes(b"HTTP/1.1 400 Bad Request\r\n");
-    // "HTTP" read as a frame header declares a frame far over the limit.
-    let err = b.closed();
-    assert!(
-        matches!(
-            err,
-            ConnectionError::Protocol(DecodeError::FrameTooLarge { .. })
+fn other_protocols_before_start_are_named_for_what_they_are() {
+    for (reply, text) in [
+        (
+            &b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"[..],
+            "the server does not speak AMQP 0-9-1 (it sent \"HTTP/1.1 400 Bad Request…\")",
         ),
-        "{err:?}"
-    );
-    assert_eq!(err.reply_code(), Some(ReplyCode::FRAME_ERROR));
-    // Before the handshake there is no connection to close politely.
-    assert!(b.sent().is_empty());
+        (b"AMQP\x00\x01\x00\x00", "the server speaks AMQP 1.0.0, not 0-9-1"),
+        (b"AMQP\x03\x01\x00\x00", "the server speaks AMQP 1.0.0, not 0-9-1"),
+        (b"AMQP\x01\x01\x08\x00", "the server speaks AMQP 0-8, not 0-9-1"),
+        (
+            b"SSH-2.0-OpenSSH_9.2\r\n",
+            "the server does not speak AMQP 0-9-1 (it sent \"SSH-2.0-OpenSSH_9.2…\")",
+        ),
+        // A TLS alert: the port expects TLS.
+        (
+            b"\x15\x03\x01\x00\x02\x02\x46",
+            "the server expects TLS (use amqps://)",
+        ),
+        // Anything else binary is shown escaped.
+        (
+            b"\x00\xffab\x7f",
+            "the server does not speak AMQP 0-9-1 (it sent \"\\x00\\xffab\\x7f…\")",
+        ),
+        // A method frame on a channel other than 0, and one far over any frame_max.
+        (
+            b"\x01\x00\x05\x00\x00\x00\x04abcd\xce",
+            "the server does not speak AMQP 0-9-1 (it sent \"\\x01\\x00\\x05\\x00\\x00\\x00\\x04abcd\\xce…\")",
+        ),
+    ] {
+        let mut b = Broker::new(Config::default());
+        b.send_bytes(reply);
+        let err = b.closed();
+        assert!(matches!(err, ConnectionError::NotAmqp { .. }), "{err:?}");
+        assert_eq!(err.to_string(), text);
+        assert_eq!(err.reply_code(), Some(ReplyCode::FRAME_ERROR));
+        // Before the handshake there is no connection to close politely.
+        assert!(b.sent().is_empty());
+    }
+    // A frame header that may still be a real one waits for more bytes.
+    let mut b = Broker::new(Config::default());
+    b.send_bytes(b"\x01\x00\x00");
+    assert!(b.events().is_empty());
+    assert!(!b.conn.is_closed());
 }
 
 // ---- 4. server close ----
