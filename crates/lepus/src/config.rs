@@ -334,7 +334,10 @@ impl ConnectionOptions {
         self
     }
 
-    /// Limits the close handshake; the socket is dropped when it passes.
+    /// How long a close may go without progress (default 10 s): without a byte written
+    /// while output is queued, or without close-ok once everything is written. A close that
+    /// keeps writing is never cut off, however large its backlog; see
+    /// [`Connection::close`](crate::Connection::close).
     pub fn close_timeout(&mut self, timeout: Duration) -> &mut Self {
         self.close_timeout = timeout;
         self

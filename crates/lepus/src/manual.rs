@@ -132,9 +132,14 @@
 //!
 //! # Backpressure
 //!
-//! - **Publishing:** when more than the write buffer's high-water mark (4 MiB by default) is
-//!   waiting to be written, or the broker sent `connection.blocked`, or it paused the channel
-//!   with `channel.flow`, publishers wait; `blocked_publish_timeout` bounds the wait.
+//! - **Publishing:** when more than the write buffer's high-water mark is waiting to be
+//!   written, or the broker sent `connection.blocked`, or it paused the channel with
+//!   `channel.flow`, publishers wait; `blocked_publish_timeout` bounds the wait. Over TCP on
+//!   Linux the kernel keeps at most 64 KiB of unsent bytes for the socket
+//!   (`TCP_NOTSENT_LOWAT`) instead of growing its buffer to megabytes, so the messages
+//!   [`ConnectionStats::messages_written`](crate::ConnectionStats::messages_written) counts
+//!   as written have really left, or are about to, and a write shows progress as soon as the
+//!   link drains a little.
 //! - **Consuming:** each consumer has a bounded buffer
 //!   ([`BasicConsumeOptions::buffer`](crate::BasicConsumeOptions::buffer)). When one is full,
 //!   the reader stops reading the socket until the consumer takes its deliveries, so the broker
@@ -142,6 +147,36 @@
 //!   bounded whatever the prefetch, even with `no_ack`. The cost is that the connection's other
 //!   channels wait too, which is why a slow consumer deserves its own connection. While reading
 //!   is paused on purpose, the heartbeat check does not count the silence against the broker.
+//!
+//! # When a full consumer buffer holds up a reply
+//!
+//! While the reader is paused for a full consumer buffer, nothing behind that consumer's
+//! deliveries is read, replies included. lepus never lets that hold up a reply the consumer
+//! itself is waiting on:
+//!
+//! - **Cancelling the consumer** ([`Channel::basic_cancel`](crate::Channel::basic_cancel)):
+//!   from the moment the cancel is sent, the consumer no longer pauses the reader; deliveries
+//!   its full buffer cannot take are rejected with requeue at once (nothing lost, memory
+//!   bounded), and cancel-ok is read however many deliveries the broker sends first. A
+//!   dropped [`Consumer`](crate::Consumer) does the same.
+//! - **Closing its channel or the connection:** the broker's deliveries are discarded unread
+//!   from then on (as the spec asks), so the reader goes on and reads close-ok.
+//!
+//! What remains is a reply that has nothing to do with the full consumer, behind its
+//! deliveries on the same connection. Each waits until the consumer takes its deliveries:
+//!
+//! - a request on another channel (or on the consumer's channel): `queue.declare`,
+//!   `basic.get`, `basic.qos`, another `basic.consume`, ... (it times out after the RPC
+//!   timeout if the consumer is never drained);
+//! - publisher confirms on the same connection, and `wait_for_confirms`;
+//! - `connection.update-secret`, and the broker's `connection.blocked` notices;
+//! - deliveries to the connection's other consumers.
+//!
+//! What to do: keep taking deliveries while waiting for anything else (drain the consumer
+//! in a task of its own, or `select!` over the consumer and the other call); or give a
+//! consumer that can fall behind a connection of its own; or set
+//! [`BasicConsumeOptions::buffer`](crate::BasicConsumeOptions::buffer) above the prefetch
+//! limit (`basic.qos`), since a broker that respects the limit then never fills the buffer.
 //!
 //! # Acknowledgements belong to their channel
 //!
@@ -154,8 +189,31 @@
 //! # Closing
 //!
 //! [`Connection::close`](crate::Connection::close) queues `connection.close` behind everything
-//! already published, so it is a flush; it then waits for close-ok (or the close timeout). From
-//! the moment close is sent, the core discards every frame but close and close-ok, as the spec
-//! asks. Dropping every handle (connections, channels and consumers) closes the connection the
-//! same way in the background. A dropped [`Consumer`](crate::Consumer) cancels itself and gives
-//! its buffered deliveries back to the queue.
+//! already published, so it is a flush; it then waits for close-ok. From the moment close is
+//! sent, the core discards every frame but close and close-ok, as the spec asks.
+//!
+//! The close timeout bounds the time *without progress*: lepus counts the bytes each write
+//! moves, and a close goes on as long as the socket keeps taking them, so a backlog of
+//! megabytes is written to the end however slow the link. Only when nothing moves for the
+//! whole timeout (a broker that stopped reading, a dead link) does it give up, and then it
+//! says what was lost: [`Error::Unsent`](crate::Error::Unsent) carries the number of
+//! published messages not completely written (lepus records where each publish ends in the
+//! output stream, and counts the ones the writes have not reached). A connection that fails
+//! with publishes still queued (the broker closed it, the link broke) reports the same error
+//! from a later `close()`, and warns through `tracing`.
+//!
+//! **Only `close().await` guarantees the flush.** Dropping every handle (connections,
+//! channels and consumers) without it queues `connection.close` behind what was published,
+//! writes what the socket takes at once from the dropping thread, and lets a background task
+//! finish the close while the runtime runs. When the runtime shuts down first (an `async fn
+//! main` returning, the end of a `#[tokio::test]`), the writer task is dropped: it writes what
+//! the socket takes at once, without blocking, and over plain TCP hands the rest of the close
+//! (writing the remainder, waiting for close-ok) to a thread of its own that works on a
+//! duplicate of the socket. It never sends FIN before close-ok, because RabbitMQ drops what
+//! it has not read yet when it sees one while busy. If the process exits first, whatever was
+//! not written by then is lost; a `tracing` warning gives the number of messages. Over TLS
+//! there is no such thread: what the socket does not take at once is lost, with the same
+//! warning.
+//!
+//! A dropped [`Consumer`](crate::Consumer) cancels itself and gives its buffered deliveries
+//! back to the queue.
