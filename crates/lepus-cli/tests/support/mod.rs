@@ -7,6 +7,8 @@
     clippy::indexing_slicing
 )]
 
+pub(crate) mod fake_broker;
+
 use std::io::Read;
 use std::process::{Child, ChildStdin, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
