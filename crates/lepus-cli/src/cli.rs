@@ -48,6 +48,12 @@ pub(crate) struct Global {
     #[arg(long, global = true, value_name = "SECS", value_parser = parse_secs,
           help_heading = "Global options")]
     pub(crate) connect_timeout: Option<f64>,
+    /// Seconds to wait for the broker's reply to each request (declare, purge, delete, bind,
+    /// qos, consume, cancel, get, ...); raise it for slow operations such as purging or deleting
+    /// a queue of millions of messages
+    #[arg(long, global = true, value_name = "SECS", default_value = "30",
+          value_parser = parse_positive_secs, help_heading = "Global options")]
+    pub(crate) rpc_timeout: f64,
     /// Heartbeat interval to ask for, in seconds (0 turns heartbeats off) [default: the
     /// broker's]
     #[arg(
@@ -67,8 +73,15 @@ pub(crate) struct Global {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Publish messages (body from --body, --file or stdin)
+    ///
+    /// On Ctrl-C (SIGINT) or SIGTERM, publish stops reading input, waits for the broker to
+    /// confirm what was sent (at most 10 s), prints on stderr how many messages were published
+    /// and confirmed, and exits 130 (SIGINT) or 143 (SIGTERM).
     Publish(PublishArgs),
     /// Consume messages from a queue and print them
+    ///
+    /// Ctrl-C (SIGINT) and SIGTERM stop consume cleanly: the consumer is cancelled, the
+    /// messages printed are settled, and it exits 0.
     Consume(ConsumeArgs),
     /// Fetch messages with basic.get and print them
     Get(GetArgs),
@@ -87,19 +100,21 @@ pub(crate) enum Command {
     /// Remove every ready message from a queue and print how many there were
     Purge(PurgeArgs),
     /// Load generator: publish and consume as fast as possible and report rates and latency
+    ///
+    /// Ctrl-C (SIGINT) and SIGTERM end the run early; the summary is printed as usual.
     Perf(PerfArgs),
 }
 
 /// `lepus publish`.
 #[derive(Debug, Args)]
 pub(crate) struct PublishArgs {
-    /// Routing key
-    #[arg(long, value_name = "K")]
+    /// Routing key (fanout and headers exchanges need none)
+    #[arg(long, value_name = "K", default_value = "")]
     pub(crate) routing_key: String,
     /// Exchange to publish to (empty: the default exchange)
     #[arg(long, value_name = "E", default_value = "")]
     pub(crate) exchange: String,
-    /// Message body (default: read stdin)
+    /// Message body [default: read stdin until end of file (Ctrl-D on a terminal)]
     #[arg(long, value_name = "TEXT", conflicts_with = "file")]
     pub(crate) body: Option<String>,
     /// Read the body from this file, byte for byte
@@ -244,8 +259,10 @@ pub(crate) struct DeclareQueue {
     /// Deleted when its last consumer goes
     #[arg(long)]
     pub(crate) auto_delete: bool,
-    /// Only check that it exists (404 otherwise)
-    #[arg(long, conflicts_with_all = ["durable", "exclusive", "auto_delete", "args", "args_json"])]
+    /// Only check that it exists (404 otherwise) and print its counts; --durable,
+    /// --exclusive, --auto-delete and arguments are then accepted but not sent, as RabbitMQ
+    /// ignores them on a passive declare
+    #[arg(long)]
     pub(crate) passive: bool,
     /// Queue arguments.
     #[command(flatten)]
@@ -273,8 +290,10 @@ pub(crate) struct DeclareExchange {
     /// Clients cannot publish to it directly
     #[arg(long)]
     pub(crate) internal: bool,
-    /// Only check that it exists (404 otherwise)
-    #[arg(long, conflicts_with_all = ["kind", "durable", "auto_delete", "internal", "args", "args_json"])]
+    /// Only check that it exists (404 otherwise); --type, --durable, --auto-delete,
+    /// --internal and arguments are then accepted but not sent, as RabbitMQ ignores them on a
+    /// passive declare
+    #[arg(long)]
     pub(crate) passive: bool,
     /// Exchange arguments.
     #[command(flatten)]
@@ -357,8 +376,26 @@ pub(crate) struct DeleteExchange {
 /// `lepus purge`.
 #[derive(Debug, Args)]
 pub(crate) struct PurgeArgs {
-    /// Queue name
-    pub(crate) name: String,
+    /// Queue name (or give it with --queue)
+    #[arg(
+        value_name = "NAME",
+        required_unless_present = "queue",
+        conflicts_with = "queue"
+    )]
+    pub(crate) name: Option<String>,
+    /// Queue name, as for get and consume
+    #[arg(long, value_name = "Q")]
+    pub(crate) queue: Option<String>,
+}
+
+impl PurgeArgs {
+    /// The queue to purge, given positionally or with `--queue` (clap requires one of them).
+    pub(crate) fn queue(&self) -> &str {
+        self.name
+            .as_deref()
+            .or(self.queue.as_deref())
+            .unwrap_or_default()
+    }
 }
 
 /// `lepus perf`.
@@ -378,7 +415,8 @@ pub(crate) struct PerfArgs {
     #[arg(long, value_name = "N", conflicts_with = "time",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) count: Option<u64>,
-    /// Publish for this many seconds, then stop when all are consumed [default: until Ctrl-C]
+    /// Publish for this many seconds, then stop when all are consumed [default: until Ctrl-C or
+    /// SIGTERM]
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     pub(crate) time: Option<f64>,
     /// Publisher confirms, with at most WINDOW unconfirmed messages per producer
@@ -407,6 +445,14 @@ fn parse_secs(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if (0.0..1e9).contains(&v) => Ok(v),
         _ => Err(format!("'{s}' is not a number of seconds")),
+    }
+}
+
+/// A positive number of seconds.
+fn parse_positive_secs(s: &str) -> Result<f64, String> {
+    match parse_secs(s) {
+        Ok(v) if v > 0.0 => Ok(v),
+        _ => Err(format!("'{s}' is not a positive number of seconds")),
     }
 }
 
@@ -471,10 +517,13 @@ mod tests {
             &["publish", "--routing-key", "k", "--headers-json", "{"],
             &["publish", "--routing-key", "k", "--header", "novalue"],
             &["publish", "--routing-key", "k", "--unknown"],
-            &["publish"],
             &["declare", "queue", "q", "--args-json", "1"],
             &["declare", "exchange", "x"],
-            &["declare", "queue", "q", "--passive", "--durable"],
+            &["purge"],
+            &["purge", "q", "--queue", "q"],
+            &["purge", "--rpc-timeout", "0", "q"],
+            &["purge", "--rpc-timeout", "-1", "q"],
+            &["purge", "--rpc-timeout", "soon", "q"],
             &["consume", "--queue", "q", "--count", "0"],
             &["consume", "--queue", "q", "--no-ack", "--requeue"],
             &["consume", "--queue", "q", "--idle-timeout", "-1"],
@@ -525,5 +574,70 @@ mod tests {
     fn exchange_passive_needs_no_type() {
         assert!(parse(&["declare", "exchange", "x", "--passive"]).is_ok());
         assert!(parse(&["declare", "exchange", "x", "--type", "fanout"]).is_ok());
+    }
+
+    #[test]
+    fn passive_declares_accept_the_other_flags() {
+        let cli = parse(&[
+            "declare",
+            "exchange",
+            "x",
+            "--type",
+            "topic",
+            "--durable",
+            "--auto-delete",
+            "--internal",
+            "--arg",
+            "a=1",
+            "--passive",
+        ])
+        .unwrap();
+        let Command::Declare(Declare::Exchange(x)) = cli.command else {
+            panic!("not declare exchange")
+        };
+        assert!(x.passive && x.durable && x.kind.as_deref() == Some("topic"));
+        let cli = parse(&[
+            "declare",
+            "queue",
+            "q",
+            "--durable",
+            "--exclusive",
+            "--auto-delete",
+            "--args-json",
+            "{}",
+            "--passive",
+        ])
+        .unwrap();
+        let Command::Declare(Declare::Queue(q)) = cli.command else {
+            panic!("not declare queue")
+        };
+        assert!(q.passive && q.durable && q.exclusive && q.auto_delete);
+    }
+
+    #[test]
+    fn routing_key_defaults_to_empty() {
+        let Command::Publish(p) = parse(&["publish", "--body", "x"]).unwrap().command else {
+            panic!("not publish")
+        };
+        assert_eq!(p.routing_key, "");
+    }
+
+    #[test]
+    fn purge_takes_the_queue_either_way() {
+        for args in [&["purge", "q"][..], &["purge", "--queue", "q"]] {
+            let Command::Purge(p) = parse(args).unwrap().command else {
+                panic!("not purge")
+            };
+            assert_eq!(p.queue(), "q", "{args:?}");
+        }
+    }
+
+    #[test]
+    fn rpc_timeout_is_global_and_defaults_to_30_s() {
+        assert_eq!(parse(&["purge", "q"]).unwrap().global.rpc_timeout, 30.0);
+        let before = parse(&["--rpc-timeout", "600", "purge", "q"]).unwrap();
+        assert_eq!(before.global.rpc_timeout, 600.0);
+        let after = parse(&["declare", "queue", "q", "--rpc-timeout", "0.5"]).unwrap();
+        assert_eq!(after.global.rpc_timeout, 0.5);
     }
 }

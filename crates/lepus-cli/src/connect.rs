@@ -11,6 +11,9 @@ use crate::error::CliError;
 
 /// Seconds allowed to connect when neither `--connect-timeout` nor the URL says.
 const DEFAULT_CONNECT_TIMEOUT: f64 = 10.0;
+/// How long closing a connection may take; `publish` also waits this long for outstanding
+/// confirms when it is interrupted.
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where and how to connect, resolved from the global flags before anything is sent.
 #[derive(Debug, Clone)]
@@ -22,24 +25,31 @@ pub(crate) struct Target {
 
 impl Target {
     /// Resolves the URL (`--url`, else a non-empty `$AMQP_URL`, else the default) and applies
-    /// `--connect-timeout` and `--heartbeat`.
+    /// `--connect-timeout`, `--rpc-timeout` and `--heartbeat`.
     ///
     /// # Errors
     ///
-    /// A usage error when the URL does not parse.
+    /// A usage error when the URL does not parse; it says where the URL came from.
     pub(crate) fn resolve(global: &Global, env_url: Option<String>) -> Result<Self, CliError> {
-        let url = pick_url(global.url.clone(), env_url);
-        let uri: AmqpUri = url
-            .parse()
-            .map_err(|e| CliError::Usage(format!("invalid URL: {e}")))?;
-        let mut options = ConnectionOptions::from_uri(&url)
-            .map_err(|e| CliError::Usage(format!("invalid URL: {e}")))?;
+        let (url, source) = pick_url(global.url.clone(), env_url);
+        let invalid = |e: &dyn std::fmt::Display| {
+            CliError::Usage(match source {
+                UrlSource::Env => format!("invalid URL in $AMQP_URL: {e}"),
+                UrlSource::Flag | UrlSource::Default => format!("invalid URL: {e}"),
+            })
+        };
+        let uri: AmqpUri = url.parse().map_err(|e| invalid(&e))?;
+        let mut options = ConnectionOptions::from_uri(&url).map_err(|e| invalid(&e))?;
         let timeout = match (global.connect_timeout, uri.query.connection_timeout) {
             (Some(secs), _) => Duration::from_secs_f64(secs),
             (None, Some(from_url)) => from_url,
             (None, None) => Duration::from_secs_f64(DEFAULT_CONNECT_TIMEOUT),
         };
-        options.connect_timeout(timeout).handshake_timeout(timeout);
+        options
+            .connect_timeout(timeout)
+            .handshake_timeout(timeout)
+            .rpc_timeout(Duration::from_secs_f64(global.rpc_timeout))
+            .close_timeout(CLOSE_TIMEOUT);
         if let Some(h) = global.heartbeat {
             options.heartbeat(if h == 0 {
                 Heartbeat::Disabled
@@ -87,10 +97,24 @@ impl Target {
     }
 }
 
+/// Where the URL came from, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UrlSource {
+    /// `--url`.
+    Flag,
+    /// `$AMQP_URL`.
+    Env,
+    /// [`DEFAULT_URL`].
+    Default,
+}
+
 /// `--url` wins over `$AMQP_URL` (when set and not empty), which wins over the default.
-fn pick_url(flag: Option<String>, env: Option<String>) -> String {
-    flag.or(env.filter(|e| !e.is_empty()))
-        .unwrap_or_else(|| DEFAULT_URL.to_string())
+fn pick_url(flag: Option<String>, env: Option<String>) -> (String, UrlSource) {
+    match (flag, env.filter(|e| !e.is_empty())) {
+        (Some(url), _) => (url, UrlSource::Flag),
+        (None, Some(url)) => (url, UrlSource::Env),
+        (None, None) => (DEFAULT_URL.to_string(), UrlSource::Default),
+    }
 }
 
 #[cfg(test)]
@@ -101,6 +125,7 @@ mod tests {
         Global {
             url: url.map(str::to_string),
             connect_timeout: None,
+            rpc_timeout: 30.0,
             heartbeat: None,
             verbose: 0,
         }
@@ -109,16 +134,30 @@ mod tests {
     #[test]
     fn url_precedence() {
         let s = |v: &str| Some(v.to_string());
-        assert_eq!(pick_url(s("amqp://flag"), s("amqp://env")), "amqp://flag");
-        assert_eq!(pick_url(None, s("amqp://env")), "amqp://env");
-        assert_eq!(pick_url(None, s("")), DEFAULT_URL);
-        assert_eq!(pick_url(None, None), DEFAULT_URL);
+        let url = |flag, env| pick_url(flag, env).0;
+        assert_eq!(url(s("amqp://flag"), s("amqp://env")), "amqp://flag");
+        assert_eq!(url(None, s("amqp://env")), "amqp://env");
+        assert_eq!(url(None, s("")), DEFAULT_URL);
+        assert_eq!(url(None, None), DEFAULT_URL);
     }
 
     #[test]
     fn bad_url_is_a_usage_error() {
         let e = Target::resolve(&global(Some("http://x")), None).unwrap_err();
         assert!(matches!(e, CliError::Usage(_)), "{e:?}");
+        assert!(e.to_string().starts_with("invalid URL: "), "{e}");
+    }
+
+    #[test]
+    fn bad_amqp_url_names_the_variable() {
+        let e = Target::resolve(&global(None), Some("http://x".into())).unwrap_err();
+        assert!(matches!(e, CliError::Usage(_)), "{e:?}");
+        assert!(
+            e.to_string().starts_with("invalid URL in $AMQP_URL: "),
+            "{e}"
+        );
+        // --url wins: a broken $AMQP_URL is not even parsed.
+        assert!(Target::resolve(&global(Some("amqp://h")), Some("http://x".into())).is_ok());
     }
 
     #[test]

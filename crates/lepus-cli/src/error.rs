@@ -4,6 +4,8 @@ use std::fmt;
 
 use lepus::{Close, Error};
 
+use crate::signal::Signal;
+
 /// Exit code for a runtime or broker error.
 pub(crate) const EXIT_FAILURE: u8 = 1;
 /// Exit code for a usage error, found before connecting.
@@ -16,6 +18,14 @@ pub(crate) enum CliError {
     Usage(String),
     /// The broker refused, the network failed, or a check failed; exit code 1.
     Failed(String),
+    /// Stopped early by a signal; exit code 128 plus the signal's number. Not an error as such:
+    /// the message says what was done before stopping.
+    Stopped {
+        /// The signal that stopped the command.
+        signal: Signal,
+        /// What was done, such as `12 messages published, 12 confirmed`.
+        summary: String,
+    },
 }
 
 impl CliError {
@@ -29,6 +39,16 @@ impl CliError {
         match self {
             Self::Usage(_) => EXIT_USAGE,
             Self::Failed(_) => EXIT_FAILURE,
+            Self::Stopped { signal, .. } => signal.exit_code(),
+        }
+    }
+
+    /// The line printed on stderr after `lepus: `: `error: <message>`, or for a command
+    /// stopped by a signal, `stopped by SIGTERM: <summary>`.
+    pub(crate) fn line(&self) -> String {
+        match self {
+            Self::Usage(_) | Self::Failed(_) => format!("error: {}", self.one_line()),
+            Self::Stopped { .. } => self.one_line(),
         }
     }
 
@@ -43,6 +63,9 @@ impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Usage(m) | Self::Failed(m) => f.write_str(m),
+            Self::Stopped { signal, summary } => {
+                write!(f, "stopped by {}: {summary}", signal.name())
+            }
         }
     }
 }
@@ -151,5 +174,19 @@ mod tests {
         assert_eq!(e.one_line(), "line one line two   end");
         assert_eq!(e.exit_code(), 1);
         assert_eq!(CliError::Usage("x".into()).exit_code(), 2);
+        assert_eq!(e.line(), "error: line one line two   end");
+    }
+
+    #[test]
+    fn a_stop_by_signal_is_not_an_error_line() {
+        let e = CliError::Stopped {
+            signal: Signal::Terminate,
+            summary: "3 messages published, 3 confirmed".into(),
+        };
+        assert_eq!(
+            e.line(),
+            "stopped by SIGTERM: 3 messages published, 3 confirmed"
+        );
+        assert_eq!(e.exit_code(), 143);
     }
 }

@@ -11,13 +11,15 @@
 //! properties.rs  --property NAME=VALUE, properties as JSON
 //! output.rs      consume/get output (JSON lines or raw bodies)
 //! error.rs       one-line errors naming the broker's reply code and text
+//! signal.rs      SIGINT and SIGTERM: consume, publish and perf stop cleanly
 //! commands/      one module per subcommand
 //! perf/          the load generator
 //! ```
 //!
-//! Exit codes: 0 on success, 1 on a runtime or broker error, 2 on a usage error. Every error is
-//! one line on stderr starting `lepus: error: `; a panic, which would be a bug, is reported the
-//! same way by a hook, without its message or a backtrace.
+//! Exit codes: 0 on success, 1 on a runtime or broker error, 2 on a usage error, 130 or 143
+//! when `publish` is stopped by SIGINT or SIGTERM. Every error is one line on stderr starting
+//! `lepus: error: `; a panic, which would be a bug, is reported the same way by a hook, without
+//! its message or a backtrace.
 
 mod cli;
 mod commands;
@@ -26,6 +28,7 @@ mod error;
 mod output;
 mod perf;
 mod properties;
+mod signal;
 mod table;
 
 use std::io::Write;
@@ -62,7 +65,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            report(&e.one_line());
+            let _ = writeln!(std::io::stderr().lock(), "lepus: {}", e.line());
             ExitCode::from(e.exit_code())
         }
     }
@@ -150,8 +153,8 @@ mod tests {
         let m = clap_message(&["publish", "--routing-key", "k", "--nope"]);
         assert!(m.starts_with("unexpected argument '--nope' found"), "{m}");
         assert!(!m.contains('\n'));
-        let m = clap_message(&["publish"]);
-        assert!(m.contains("--routing-key"), "{m}");
+        let m = clap_message(&["consume"]);
+        assert!(m.contains("--queue"), "{m}");
         let m = clap_message(&["publish", "--routing-key", "k", "--count", "x"]);
         assert!(m.contains("invalid value 'x' for '--count <N>'"), "{m}");
         let m = clap_message(&["publish", "--routing-key", "k", "--property", "bad=1"]);

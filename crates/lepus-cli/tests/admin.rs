@@ -300,3 +300,77 @@ fn purge_prints_count_and_missing_queue_is_404() {
         )
     );
 }
+
+#[test]
+fn passive_declares_accept_and_ignore_the_other_flags() {
+    // A plain queue, checked with flags it was not declared with: RabbitMQ ignores them.
+    let q = TempQueue::new("passive-flags");
+    q.publish(&["a"]);
+    lepus()
+        .args([
+            "declare",
+            "queue",
+            q.name(),
+            "--durable",
+            "--exclusive",
+            "--auto-delete",
+        ])
+        .args(["--arg", "x-max-length=1", "--passive"])
+        .assert()
+        .success()
+        .stdout(format!("{}\t1\t0\n", q.name()));
+    let missing = unique("no-queue");
+    let line = fails(
+        lepus().args(["declare", "queue", &missing, "--durable", "--passive"]),
+        1,
+    );
+    assert!(line.contains("404 NOT_FOUND"), "{line}");
+
+    let x = TempExchange::new("passive-flags", "fanout");
+    lepus()
+        .args([
+            "declare",
+            "exchange",
+            &x.0,
+            "--type",
+            "direct",
+            "--durable",
+            "--internal",
+        ])
+        .args([
+            "--args-json",
+            r#"{"alternate-exchange": "elsewhere"}"#,
+            "--passive",
+        ])
+        .assert()
+        .success()
+        .stdout("");
+    let line = fails(
+        lepus().args([
+            "declare",
+            "exchange",
+            &missing,
+            "--type",
+            "topic",
+            "--passive",
+        ]),
+        1,
+    );
+    assert!(line.contains("404 NOT_FOUND"), "{line}");
+}
+
+#[test]
+fn purge_takes_the_queue_with_queue_too() {
+    let q = TempQueue::new("purge-option");
+    q.publish(&["a", "b", "c"]);
+    lepus()
+        .args(["purge", "--queue", q.name(), "--rpc-timeout", "120"])
+        .assert()
+        .success()
+        .stdout("3\n");
+    assert_eq!(q.depth(), 0);
+    let line = fails(lepus().args(["purge", q.name(), "--queue", q.name()]), 2);
+    assert!(line.contains("--queue"), "{line}");
+    let line = fails(lepus().args(["purge"]), 2);
+    assert!(line.contains("NAME") || line.contains("--queue"), "{line}");
+}

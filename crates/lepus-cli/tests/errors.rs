@@ -82,6 +82,26 @@ fn an_invalid_url_is_a_usage_error() {
 }
 
 #[test]
+fn an_invalid_amqp_url_says_it_came_from_the_variable() {
+    let line = fails(
+        bare().env("AMQP_URL", "http://nope").args(["purge", "q"]),
+        2,
+    );
+    assert!(
+        line.starts_with("lepus: error: invalid URL in $AMQP_URL: "),
+        "{line}"
+    );
+    // From --url, the message does not blame the variable.
+    let line = fails(
+        bare()
+            .env("AMQP_URL", "amqp://fine")
+            .args(["--url", "http://nope", "purge", "q"]),
+        2,
+    );
+    assert!(line.starts_with("lepus: error: invalid URL: "), "{line}");
+}
+
+#[test]
 fn unreachable_host_exits_1_with_one_line() {
     let line = fails(bare().args(["--url", UNREACHABLE, "purge", "q"]), 1);
     assert!(line.contains("cannot connect to 127.0.0.1:1"), "{line}");

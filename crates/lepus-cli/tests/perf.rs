@@ -158,7 +158,20 @@ fn perf_text_summary_and_live_rates() {
     );
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains("publish rate"), "{stdout}");
-    assert!(stdout.contains("latency"), "{stdout}");
+    // Latencies in readable units: `latency: p50 2.33 ms, p95 ..., p99 870 µs, max 1.20 s`.
+    let latency = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("latency: "))
+        .unwrap_or_else(|| panic!("no latency line: {stdout}"));
+    let figures: Vec<&str> = latency.split(", ").collect();
+    assert_eq!(figures.len(), 4, "{latency}");
+    for (figure, name) in figures.iter().zip(["p50", "p95", "p99", "max"]) {
+        let mut parts = figure.split(' ');
+        assert_eq!(parts.next(), Some(name), "{latency}");
+        let number = parts.next().unwrap_or_else(|| panic!("{latency}"));
+        assert!(number.parse::<f64>().is_ok(), "{latency}");
+        assert!(matches!(parts.next(), Some("µs" | "ms" | "s")), "{latency}");
+    }
     let stderr = String::from_utf8(out.stderr).unwrap();
     assert!(
         stderr.lines().count() >= 2,

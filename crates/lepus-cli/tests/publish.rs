@@ -14,7 +14,7 @@ use std::io::Write;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use serde_json::json;
-use support::{bodies, fails, lepus, unique, TempQueue};
+use support::{bodies, fails, lepus, unique, TempExchange, TempQueue};
 
 #[test]
 fn publish_sets_no_property_unless_asked() {
@@ -171,6 +171,88 @@ fn text_body_keeps_its_trailing_newline() {
         .assert()
         .success();
     assert_eq!(bodies(&q.drain()), ["hello\n"]);
+}
+
+#[test]
+fn stdin_from_a_pipe_gets_no_terminal_hint() {
+    let q = TempQueue::new("stdin-pipe");
+    for extra in [&[][..], &["--lines"]] {
+        lepus()
+            .args(["publish", "--routing-key", q.name()])
+            .args(extra)
+            .write_stdin("x\n")
+            .assert()
+            .success()
+            .stderr("");
+    }
+    assert_eq!(bodies(&q.drain()), ["x\n", "x"]);
+}
+
+/// On a terminal (a pseudo-terminal from util-linux's `script`), publish says once, on
+/// stderr, that it reads the body from stdin; with `--body` it says nothing.
+#[cfg(target_os = "linux")]
+#[test]
+fn stdin_on_a_terminal_gets_one_hint_line() {
+    use std::time::Duration;
+
+    use support::{lepus_path, url, Running};
+
+    const HINT: &str = "lepus: reading the message body from standard input (end with Ctrl-D)";
+    const LINES_HINT: &str =
+        "lepus: reading messages from standard input, one per line (end with Ctrl-D)";
+    let limit = Duration::from_secs(15);
+    let q = TempQueue::new("stdin-tty");
+    // `script -c` runs the command on a new pseudo-terminal and copies its output (stdout and
+    // stderr, with the echo of the input) to its own stdout.
+    let on_terminal = |extra: &str| {
+        let command = format!(
+            "'{}' --url '{}' publish --routing-key '{}' {extra}",
+            lepus_path().display(),
+            url(),
+            q.name()
+        );
+        let mut script = std::process::Command::new("script");
+        script
+            .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+            .env("SHELL", "/bin/sh")
+            .env_remove("AMQP_URL");
+        Running::spawn(script)
+    };
+    for (extra, hint) in [("", HINT), ("--lines", LINES_HINT)] {
+        let mut lepus = on_terminal(extra);
+        lepus.wait_for_stdout(limit, |out| out.contains(hint));
+        // A line, then Ctrl-D at the start of the next: end of input.
+        lepus.stdin().write_all(b"typed\n").unwrap();
+        lepus.stdin().flush().unwrap();
+        lepus.wait_for_stdout(limit, |out| out.contains("typed"));
+        lepus.stdin().write_all(b"\x04").unwrap();
+        lepus.stdin().flush().unwrap();
+        let done = lepus.finish(limit);
+        assert!(done.status.success(), "{extra}: {}", done.stdout);
+        assert_eq!(done.stdout.matches("lepus: ").count(), 1, "{}", done.stdout);
+    }
+    let done = on_terminal("--body given").finish(limit);
+    assert!(done.status.success(), "{}", done.stdout);
+    assert!(!done.stdout.contains("lepus: "), "{}", done.stdout);
+    assert_eq!(bodies(&q.drain()), ["typed\n", "typed", "given"]);
+}
+
+#[test]
+fn routing_key_defaults_to_empty_for_fanout_exchanges() {
+    let x = TempExchange::new("no-key", "fanout");
+    let q = TempQueue::new("no-key");
+    lepus()
+        .args(["bind", "queue", q.name(), "--exchange", &x.0])
+        .assert()
+        .success();
+    lepus()
+        .args(["publish", "--exchange", &x.0, "--body", "fanned"])
+        .assert()
+        .success()
+        .stderr("");
+    let got = q.drain();
+    assert_eq!(bodies(&got), ["fanned"]);
+    assert_eq!(got[0]["routing_key"], "");
 }
 
 #[test]

@@ -33,6 +33,7 @@ use crate::commands::finish;
 use crate::connect::Target;
 use crate::error::{CliError, OnChannel};
 use crate::output::Printer;
+use crate::signal::Stop;
 
 /// What happens to each message once printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,12 +52,12 @@ enum Settle {
 
 /// Why the consume loop stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
+enum Why {
     /// `--count` messages arrived, or the requeue window is full.
     Done,
     /// No message for `--idle-timeout`.
     Idle,
-    /// Ctrl-C.
+    /// Ctrl-C (SIGINT) or SIGTERM.
     Interrupted,
 }
 
@@ -130,40 +131,56 @@ impl Window {
 }
 
 /// Consumes from `--queue`, printing each message, until `--count` messages, `--idle-timeout`
-/// without one, or Ctrl-C; then cancels the consumer, settles what is left and exits 0.
+/// without one, or SIGINT (Ctrl-C) or SIGTERM; then cancels the consumer, settles what is left
+/// and exits 0.
 ///
 /// # Errors
 ///
 /// Connection errors; 404 when the queue is missing; the broker cancelling the consumer (queue
 /// deleted) or closing the channel; a failed write to stdout (unsettled messages then go back
 /// to the queue when the connection closes).
-pub(crate) async fn run(args: ConsumeArgs, target: &Target) -> Result<(), CliError> {
+pub(crate) async fn run(
+    args: ConsumeArgs,
+    target: &Target,
+    mut stop: Stop,
+) -> Result<(), CliError> {
     let mut window = Window::new(&args);
-    let (conn, ch) = target.channel("consume").await?;
-    if window.prefetch > 0 {
-        ch.basic_qos(window.prefetch, BasicQosOptions::default())
-            .await
-            .on(ch.id())?;
-    }
+    let prefetch = window.prefetch;
     let options = BasicConsumeOptions {
         no_ack: window.settle == Settle::None,
         ..BasicConsumeOptions::default()
     };
-    let mut consumer = ch
-        .basic_consume(&args.queue, "", options)
-        .await
-        .on(ch.id())?;
+    let setup = async {
+        let (conn, ch) = target.channel("consume").await?;
+        if prefetch > 0 {
+            ch.basic_qos(prefetch, BasicQosOptions::default())
+                .await
+                .on(ch.id())?;
+        }
+        let consumer = ch
+            .basic_consume(&args.queue, "", options)
+            .await
+            .on(ch.id())?;
+        Ok::<_, CliError>((conn, ch, consumer))
+    };
+    // Connecting can take long: a signal then stops lepus before anything was consumed (the
+    // broker requeues whatever it had sent once the dropped connection is gone).
+    let (conn, ch, mut consumer) = tokio::select! {
+        biased;
+        _ = stop.wait() => return Ok(()),
+        setup = setup => setup?,
+    };
     let mut printer = Printer::new(args.output);
     let idle = args.idle_timeout.map(Duration::from_secs_f64);
 
-    let stop = receive(&ch, &mut consumer, &mut window, &mut printer, idle).await?;
-    tracing::debug!(?stop, received = window.received, "stopping the consumer");
+    let why = receive(&ch, &mut consumer, &mut window, &mut printer, idle, stop).await?;
+    tracing::debug!(?why, received = window.received, "stopping the consumer");
 
     // Cancel first: only once cancel-ok is in may the deferred messages be settled (an ack
     // while the consumer is active makes room for one more delivery).
     let tag = consumer.tag().to_string_lossy().into_owned();
     ch.basic_cancel(&tag).await.on(ch.id())?;
-    // Deliveries that arrived before cancel-ok (after an idle timeout or Ctrl-C) are printed
+    // Deliveries that arrived before cancel-ok (after an idle timeout or a signal) are printed
     // and settled like the others; with --count none can be here.
     while let Some(next) = consumer.recv().await {
         let delivery = next.on(ch.id())?;
@@ -185,16 +202,15 @@ pub(crate) async fn run(args: ConsumeArgs, target: &Target) -> Result<(), CliErr
     finish(conn).await
 }
 
-/// Receives and prints until the window is done, the idle timeout passes or Ctrl-C.
+/// Receives and prints until the window is done, the idle timeout passes or a signal comes.
 async fn receive(
     ch: &Channel,
     consumer: &mut Consumer,
     window: &mut Window,
     printer: &mut Printer,
     idle: Option<Duration>,
-) -> Result<Stop, CliError> {
-    let interrupted = tokio::signal::ctrl_c();
-    tokio::pin!(interrupted);
+    mut stop: Stop,
+) -> Result<Why, CliError> {
     while !window.is_done() {
         let next = async {
             match idle {
@@ -203,11 +219,12 @@ async fn receive(
             }
         };
         let next = tokio::select! {
+            biased;
+            _ = stop.wait() => return Ok(Why::Interrupted),
             next = next => next,
-            _ = &mut interrupted => return Ok(Stop::Interrupted),
         };
         let delivery = match next {
-            None => return Ok(Stop::Idle),
+            None => return Ok(Why::Idle),
             Some(Some(delivery)) => delivery.on(ch.id())?,
             Some(None) => {
                 return Err(CliError::failed(format!(
@@ -218,7 +235,7 @@ async fn receive(
         };
         handle(ch, &delivery, window, printer)?;
     }
-    Ok(Stop::Done)
+    Ok(Why::Done)
 }
 
 /// Prints one delivery and settles it now or defers it.

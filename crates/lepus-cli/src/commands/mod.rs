@@ -13,23 +13,25 @@ use lepus::Connection;
 use crate::cli::Command;
 use crate::connect::Target;
 use crate::error::CliError;
+use crate::signal::Stop;
 
-/// Runs `command` against `target`.
+/// Runs `command` against `target`. `consume`, `publish` and `perf` first take over SIGINT and
+/// SIGTERM (see [`crate::signal`]); the other commands keep the default: a signal ends them.
 ///
 /// # Errors
 ///
 /// Whatever the command reports; see each module.
 pub(crate) async fn run(command: Command, target: &Target) -> Result<(), CliError> {
     match command {
-        Command::Publish(args) => publish::run(args, target).await,
-        Command::Consume(args) => consume::run(args, target).await,
+        Command::Publish(args) => publish::run(args, target, Stop::listen()?).await,
+        Command::Consume(args) => consume::run(args, target, Stop::listen()?).await,
         Command::Get(args) => get::run(args, target).await,
         Command::Declare(args) => declare::run(args, target).await,
         Command::Bind(args) => bind::run(args, target, bind::Op::Bind).await,
         Command::Unbind(args) => bind::run(args, target, bind::Op::Unbind).await,
         Command::Delete(args) => delete::run(args, target).await,
         Command::Purge(args) => purge::run(args, target).await,
-        Command::Perf(args) => crate::perf::run(args, target).await,
+        Command::Perf(args) => crate::perf::run(args, target, Stop::listen()?).await,
     }
 }
 

@@ -7,15 +7,21 @@
 //! exiting, the channel is always put in confirm mode. The broker confirms messages in order,
 //! so once the confirm of the last message arrives, every message before it was routed (or
 //! returned, which comes first) and the channel is known to be open; if the broker closed the
-//! channel instead, the pending confirms fail with its reason (reply code and text). Without
-//! `--confirm` only the latest confirm is kept, and nacks are not counted.
+//! channel instead, the pending confirm (or the next publish) fails with its reason (reply code
+//! and text). Without `--confirm` only the latest confirm is kept, and nacks are not counted.
 //!
-//! Two library behaviours make this the way to do it (see the notes in the README): a publish
-//! (or any call) on a channel the broker has closed fails with "channel N is closed", without
-//! the broker's reason, and `Channel::close` returns `Ok` even when the broker closed the
-//! channel with an error, so "close and check the outcome" cannot tell.
+//! Closing the channel would report a refusal too (`Channel::close` returns the broker's
+//! reason), but only the confirms say that the broker has processed every message, and they
+//! give `publish` something to wait for when a signal stops it.
+//!
+//! # Stopping on a signal
+//!
+//! On SIGINT or SIGTERM, `publish` stops reading its input and publishing, waits (at most
+//! [`CLOSE_TIMEOUT`], closing included) for the confirms of what it sent, and reports how many
+//! messages were published and confirmed in a [`CliError::Stopped`] (exit code 130 or 143).
 
 use std::collections::VecDeque;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use lepus::bytes::Bytes;
@@ -24,11 +30,13 @@ use lepus::{
     ShortStr,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::time::Instant;
 
 use crate::cli::PublishArgs;
 use crate::commands::finish;
-use crate::connect::Target;
+use crate::connect::{Target, CLOSE_TIMEOUT};
 use crate::error::{self, CliError, OnChannel};
+use crate::signal::{Signal, Stop};
 
 /// Most unconfirmed messages with `--confirm`; the oldest is awaited when there are more.
 const CONFIRM_WINDOW: usize = 1000;
@@ -48,13 +56,32 @@ enum Bodies {
 ///
 /// A file or stdin that cannot be read; connection errors; the broker closing the channel
 /// (missing exchange: 404); with `--mandatory`, any message returned (`312 NO_ROUTE`); with
-/// `--confirm`, any message nacked.
-pub(crate) async fn run(args: PublishArgs, target: &Target) -> Result<(), CliError> {
+/// `--confirm`, any message nacked; [`CliError::Stopped`] after SIGINT or SIGTERM.
+pub(crate) async fn run(
+    args: PublishArgs,
+    target: &Target,
+    mut stop: Stop,
+) -> Result<(), CliError> {
     let props = properties(&args);
-    let mut bodies = bodies(&args).await?;
-    let (conn, ch) = target.channel("publish").await?;
-    let mut returns = ch.returns().on(ch.id())?;
-    ch.confirm_select().await.on(ch.id())?;
+    if let Some(hint) = stdin_hint(&args, std::io::stdin().is_terminal()) {
+        let _ = writeln!(std::io::stderr().lock(), "lepus: {hint}");
+    }
+    let setup = async {
+        let bodies = bodies(&args).await?;
+        let (conn, ch) = target.channel("publish").await?;
+        let returns = ch.returns().on(ch.id())?;
+        ch.confirm_select().await.on(ch.id())?;
+        Ok::<_, CliError>((bodies, conn, ch, returns))
+    };
+    // Reading stdin or connecting can take long: a signal stops them, before anything is sent.
+    let (mut bodies, conn, ch, mut returns) = tokio::select! {
+        biased;
+        signal = stop.wait() => {
+            let summary = "0 messages published, 0 confirmed".to_string();
+            return Err(CliError::Stopped { signal, summary });
+        }
+        setup = setup => setup?,
+    };
 
     let mut publisher = Publisher {
         ch: &ch,
@@ -66,44 +93,62 @@ pub(crate) async fn run(args: PublishArgs, target: &Target) -> Result<(), CliErr
         props: &props,
         count: args.count,
         wait_for_each: args.confirm,
+        stop: stop.clone(),
         pending: VecDeque::new(),
         published: 0,
+        acked: 0,
         nacked: 0,
     };
-    match &mut bodies {
+    let stopped_by = match &mut bodies {
         Bodies::Ready(list) => {
+            let mut stopped_by = None;
             for body in list.iter() {
-                publisher.publish(body).await?;
+                stopped_by = publisher.publish(body).await?;
+                if stopped_by.is_some() {
+                    break;
+                }
             }
+            stopped_by
         }
         Bodies::StdinLines(reader) => {
             let mut line = Vec::new();
             loop {
                 line.clear();
-                let n = reader
-                    .read_until(b'\n', &mut line)
-                    .await
-                    .map_err(|e| CliError::failed(format!("reading stdin: {e}")))?;
+                let n = tokio::select! {
+                    biased;
+                    signal = stop.wait() => break Some(signal),
+                    n = reader.read_until(b'\n', &mut line) => {
+                        n.map_err(|e| CliError::failed(format!("reading stdin: {e}")))?
+                    }
+                };
                 if n == 0 {
-                    break;
+                    break None;
                 }
                 if line.last() == Some(&b'\n') {
                     line.pop();
                 }
-                publisher.publish(&Bytes::copy_from_slice(&line)).await?;
+                if let Some(signal) = publisher.publish(&Bytes::copy_from_slice(&line)).await? {
+                    break Some(signal);
+                }
             }
         }
+    };
+    if let Some(signal) = stopped_by {
+        let deadline = Instant::now() + CLOSE_TIMEOUT;
+        let mut summary = publisher.drain_until(deadline).await?;
+        let returned = count_returns(&mut returns).0;
+        if returned > 0 {
+            summary.push_str(&format!(", {returned} returned"));
+        }
+        // Within what is left of the same deadline; past it, exiting drops the connection.
+        let _ = tokio::time::timeout_at(deadline, conn.close()).await;
+        return Err(CliError::Stopped { signal, summary });
     }
     publisher.drain().await?;
     let (published, nacked) = (publisher.published, publisher.nacked);
 
     // Returns precede the confirm of the message they belong to, so all are in by now.
-    let mut returned = 0u64;
-    let mut first_return = None;
-    while let Ok(r) = returns.try_recv() {
-        returned += 1;
-        first_return.get_or_insert(r);
-    }
+    let (returned, first_return) = count_returns(&mut returns);
     tracing::debug!(published, nacked, returned, "publish done");
     let mut problems = Vec::new();
     if let Some(r) = &first_return {
@@ -123,6 +168,33 @@ pub(crate) async fn run(args: PublishArgs, target: &Target) -> Result<(), CliErr
     finish(conn).await
 }
 
+/// The line printed on stderr before reading the body from a terminal, where lepus would
+/// otherwise seem to hang; `None` when the body does not come from stdin or stdin is not a
+/// terminal.
+fn stdin_hint(args: &PublishArgs, stdin_is_terminal: bool) -> Option<&'static str> {
+    if args.body.is_some() || args.file.is_some() || !stdin_is_terminal {
+        return None;
+    }
+    Some(if args.lines {
+        "reading messages from standard input, one per line (end with Ctrl-D)"
+    } else {
+        "reading the message body from standard input (end with Ctrl-D)"
+    })
+}
+
+/// The messages returned so far, and the first of them.
+fn count_returns(
+    returns: &mut tokio::sync::mpsc::UnboundedReceiver<ReturnedMessage>,
+) -> (u64, Option<ReturnedMessage>) {
+    let mut returned = 0u64;
+    let mut first = None;
+    while let Ok(r) = returns.try_recv() {
+        returned += 1;
+        first.get_or_insert(r);
+    }
+    (returned, first)
+}
+
 /// Publishes and keeps track of confirms.
 struct Publisher<'a> {
     ch: &'a Channel,
@@ -134,71 +206,138 @@ struct Publisher<'a> {
     count: u64,
     /// `--confirm`: await every confirm and count nacks; otherwise only the latest is kept.
     wait_for_each: bool,
+    /// Checked before each publish and while waiting.
+    stop: Stop,
     pending: VecDeque<PublisherConfirm>,
     published: u64,
+    /// Acks counted: all of them with `--confirm`, else at most the latest.
+    acked: u64,
+    /// Nacks counted: all of them with `--confirm`, else at most the latest.
     nacked: u64,
 }
 
 impl Publisher<'_> {
-    /// Publishes `body` `count` times.
-    async fn publish(&mut self, body: &Bytes) -> Result<(), CliError> {
+    /// Publishes `body` `count` times; returns the signal that stopped it early, if one did.
+    async fn publish(&mut self, body: &Bytes) -> Result<Option<Signal>, CliError> {
         for _ in 0..self.count {
-            let published = self
-                .ch
-                .basic_publish(
+            if let Some(signal) = self.stop.signal() {
+                return Ok(Some(signal));
+            }
+            // A publish waits while the broker blocks publishers (a memory alarm, say); a
+            // signal must still stop it. Dropping the publish while it waits sends nothing.
+            let published = tokio::select! {
+                biased;
+                signal = self.stop.wait() => return Ok(Some(signal)),
+                published = self.ch.basic_publish(
                     self.exchange,
                     self.routing_key,
                     self.options,
                     self.props,
                     body.clone(),
-                )
-                .await;
-            let confirm = match published {
-                Ok(confirm) => confirm,
-                // The broker closed the channel: a pending confirm knows why.
-                Err(e) => {
-                    return Err(self
-                        .closed_reason()
-                        .await
-                        .unwrap_or_else(|| fail(self.ch, e)))
-                }
+                ) => published,
             };
+            // On a channel the broker has closed, the error carries its reason.
+            let confirm = published.map_err(|e| fail(self.ch, e))?;
             self.published += 1;
             if !self.wait_for_each {
                 self.pending.clear();
             }
             self.pending.push_back(confirm);
-            if self.pending.len() > CONFIRM_WINDOW {
-                if let Some(oldest) = self.pending.pop_front() {
-                    self.settle(oldest).await?;
-                }
+            while self.pending.len() > CONFIRM_WINDOW {
+                let Some(oldest) = self.pending.front_mut() else {
+                    break;
+                };
+                let confirmed = tokio::select! {
+                    biased;
+                    // The oldest stays pending, for the wait after the signal.
+                    signal = self.stop.wait() => return Ok(Some(signal)),
+                    confirmed = oldest => confirmed,
+                };
+                self.pending.pop_front();
+                self.count(confirmed)?;
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Waits for every kept confirm.
     async fn drain(&mut self) -> Result<(), CliError> {
         while let Some(confirm) = self.pending.pop_front() {
-            self.settle(confirm).await?;
+            let confirmed = confirm.await;
+            self.count(confirmed)?;
         }
         Ok(())
     }
 
-    async fn settle(&mut self, confirm: PublisherConfirm) -> Result<(), CliError> {
-        match confirm.await {
-            Ok(Confirmation::Nack(_)) => self.nacked += 1,
-            Ok(_) => {}
-            Err(e) => return Err(fail(self.ch, e)),
+    /// After a signal: waits until `deadline` for the confirms of everything published, and
+    /// says how many messages were published and confirmed (acked or nacked).
+    ///
+    /// # Errors
+    ///
+    /// When the broker closed the channel (a refused publish) or the connection failed.
+    async fn drain_until(&mut self, deadline: Instant) -> Result<String, CliError> {
+        let published = self.published;
+        let within = CLOSE_TIMEOUT.as_secs();
+        if self.wait_for_each {
+            while let Some(oldest) = self.pending.front_mut() {
+                let Ok(confirmed) = tokio::time::timeout_at(deadline, oldest).await else {
+                    break;
+                };
+                self.pending.pop_front();
+                self.count(confirmed)?;
+            }
+            let confirmed = self.acked + self.nacked;
+            let mut summary = format!("{} published, {confirmed} confirmed", messages(published));
+            if self.nacked > 0 {
+                summary.push_str(&format!(" ({} of them nacked)", self.nacked));
+            }
+            if confirmed < published {
+                summary.push_str(&format!(
+                    ", no confirm for the other {} within {within} s",
+                    published - confirmed
+                ));
+            }
+            return Ok(summary);
         }
-        Ok(())
-    }
-
-    /// The broker's reason for closing the channel, from the newest pending confirm.
-    async fn closed_reason(&mut self) -> Option<CliError> {
-        let newest = self.pending.pop_back()?;
+        // Only the latest confirm was kept: ask the channel about all of them.
         self.pending.clear();
-        newest.await.err().map(|e| fail(self.ch, e))
+        let left = deadline.saturating_duration_since(Instant::now());
+        Ok(match self.ch.wait_for_confirms(left).await {
+            Ok(all_acked) => format!(
+                "{} published, {published} confirmed{}",
+                messages(published),
+                if all_acked {
+                    ""
+                } else {
+                    " (some of them nacked)"
+                }
+            ),
+            Err(lepus::Error::Timeout { .. }) => format!(
+                "{} published, not all confirmed within {within} s",
+                messages(published)
+            ),
+            Err(e) => return Err(fail(self.ch, e)),
+        })
+    }
+
+    /// Counts one confirm, or fails with the broker's reason for closing the channel.
+    fn count(&mut self, confirmed: lepus::Result<Confirmation>) -> Result<(), CliError> {
+        match confirmed.map_err(|e| fail(self.ch, e))? {
+            Confirmation::Nack(_) => self.nacked += 1,
+            Confirmation::Ack(_) => self.acked += 1,
+            // Not expected: the channel is in confirm mode.
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// `1 message`, `2 messages`.
+fn messages(n: u64) -> String {
+    if n == 1 {
+        "1 message".to_string()
+    } else {
+        format!("{n} messages")
     }
 }
 
@@ -317,16 +456,40 @@ mod tests {
     }
 
     fn props(args: &[&str]) -> BasicProperties {
-        let cli = Cli::try_parse_from(
-            ["lepus", "publish", "--routing-key", "k"]
-                .into_iter()
-                .chain(args.iter().copied()),
-        )
-        .unwrap();
+        properties(&publish_args(args))
+    }
+
+    fn publish_args(args: &[&str]) -> PublishArgs {
+        let cli = Cli::try_parse_from(["lepus", "publish"].into_iter().chain(args.iter().copied()))
+            .unwrap();
         let Command::Publish(p) = cli.command else {
             panic!("not publish")
         };
-        properties(&p)
+        p
+    }
+
+    #[test]
+    fn stdin_hint_only_when_reading_a_terminal() {
+        let hint = |args: &[&str], terminal| stdin_hint(&publish_args(args), terminal);
+        assert_eq!(
+            hint(&[], true),
+            Some("reading the message body from standard input (end with Ctrl-D)")
+        );
+        assert_eq!(
+            hint(&["--lines"], true),
+            Some("reading messages from standard input, one per line (end with Ctrl-D)")
+        );
+        assert_eq!(hint(&[], false), None);
+        assert_eq!(hint(&["--lines"], false), None);
+        assert_eq!(hint(&["--body", "x"], true), None);
+        assert_eq!(hint(&["--file", "f", "--lines"], true), None);
+    }
+
+    #[test]
+    fn message_counts_read_well() {
+        assert_eq!(messages(0), "0 messages");
+        assert_eq!(messages(1), "1 message");
+        assert_eq!(messages(2), "2 messages");
     }
 
     #[test]

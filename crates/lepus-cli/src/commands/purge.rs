@@ -13,7 +13,7 @@ use crate::output::print_line;
 /// Connection errors; 404 when the queue is missing.
 pub(crate) async fn run(args: PurgeArgs, target: &Target) -> Result<(), CliError> {
     let (conn, ch) = target.channel("purge").await?;
-    let count = ch.queue_purge(&args.name).await.on(ch.id())?;
+    let count = ch.queue_purge(args.queue()).await.on(ch.id())?;
     print_line(&count.to_string())?;
     finish(conn).await
 }

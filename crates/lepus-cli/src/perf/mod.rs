@@ -14,10 +14,11 @@
 //!
 //! The run: consumers start first (so the queue does not build up while they connect), then the
 //! clock starts and producers publish until `--count` (split between them) or `--time` is
-//! reached, or Ctrl-C. Consumers then drain what was published. With `--consumers 0` the run
-//! ends when every message is confirmed (`--confirm`) or, without confirms, in the queue (the
-//! control connection polls its depth). With `--producers 0` consumers drain `--count` messages,
-//! or as many as the queue held at the start.
+//! reached. Consumers then drain what was published. With `--consumers 0` the run ends when
+//! every message is confirmed (`--confirm`) or, without confirms, in the queue (the control
+//! connection polls its depth). With `--producers 0` consumers drain `--count` messages, or as
+//! many as the queue held at the start. SIGINT (Ctrl-C) or SIGTERM ends the run at once, and
+//! the summary covers what was done until then.
 
 mod consumer;
 mod producer;
@@ -37,6 +38,7 @@ use crate::cli::PerfArgs;
 use crate::commands::finish;
 use crate::connect::Target;
 use crate::error::{CliError, OnChannel};
+use crate::signal::Stop;
 
 /// The smallest body: the marker and the send timestamp.
 pub(crate) const MIN_SIZE: u32 = 12;
@@ -75,7 +77,7 @@ struct Shared {
     publish_end_ns: AtomicU64,
     /// Nanoseconds from `start` to the latest consumed message.
     last_consume_ns: AtomicU64,
-    /// Set when producers must stop (time is up, or Ctrl-C).
+    /// Set when producers must stop (time is up, or a signal).
     stop_publishing: AtomicBool,
 }
 
@@ -118,11 +120,11 @@ impl Shared {
 ///
 /// Usage errors for impossible settings; connection errors; a producer or consumer failing;
 /// consumers making no progress for 15 s while draining.
-pub(crate) async fn run(args: PerfArgs, target: &Target) -> Result<(), CliError> {
+pub(crate) async fn run(args: PerfArgs, target: &Target, stop: Stop) -> Result<(), CliError> {
     validate(&args)?;
     let control = target.connect("perf control").await?;
     let (queue, fresh) = prepare_queue(&control, args.queue.as_deref()).await?;
-    let result = measure(&args, target, &control, &queue).await;
+    let result = measure(&args, target, &control, &queue, stop).await;
     if fresh {
         let deleted = delete_queue(&control, &queue).await;
         if result.is_ok() {
@@ -211,6 +213,7 @@ async fn measure(
     target: &Target,
     control: &Connection,
     queue: &str,
+    mut stop: Stop,
 ) -> Result<report::Summary, CliError> {
     let poll = open(control).await?;
     let initial_depth = depth(&poll, queue).await?;
@@ -274,16 +277,21 @@ async fn measure(
     let _ = phase.send(Phase::Go);
     let reporter = report::spawn_live(Arc::clone(&shared), args.consumers > 0, args.producers > 0);
 
-    let outcome = drive(
-        args,
-        &poll,
-        queue,
-        initial_depth,
-        &shared,
-        &mut producers,
-        &mut consumers,
-    )
-    .await;
+    // A signal ends the run wherever it is (joining tasks, sleeping or polling the queue depth
+    // can all be dropped safely); the summary reports what was done until then.
+    let outcome = tokio::select! {
+        biased;
+        _ = stop.wait() => Ok(()),
+        outcome = drive(
+            args,
+            &poll,
+            queue,
+            initial_depth,
+            &shared,
+            &mut producers,
+            &mut consumers,
+        ) => outcome,
+    };
     shared.stop_publishing.store(true, Ordering::Relaxed);
     let _ = phase.send(Phase::Stop);
     reporter.abort();
@@ -316,8 +324,8 @@ async fn measure(
     ))
 }
 
-/// Waits for the end of the run: producers done (count, time or Ctrl-C), then every message
-/// consumed, or in the queue/confirmed without consumers.
+/// Waits for the end of the run: producers done (count or time), then every message consumed,
+/// or in the queue/confirmed without consumers.
 async fn drive(
     args: &PerfArgs,
     poll: &lepus::Channel,
@@ -330,8 +338,6 @@ async fn drive(
     let deadline = args
         .time
         .map(|secs| tokio::time::Instant::now() + Duration::from_secs_f64(secs));
-    let interrupted = tokio::signal::ctrl_c();
-    tokio::pin!(interrupted);
 
     // Publishing.
     while !producers.is_empty() {
@@ -350,7 +356,6 @@ async fn drive(
             () = time_up, if !shared.stop_publishing.load(Ordering::Relaxed) => {
                 shared.stop_publishing.store(true, Ordering::Relaxed);
             }
-            _ = &mut interrupted => return Ok(()),
             Some(joined) = consumers.join_next() => {
                 // A consumer only ends early on error.
                 flatten(joined)?;
@@ -403,7 +408,6 @@ async fn drive(
         };
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
-            _ = &mut interrupted => return Ok(()),
             Some(joined) = consumers.join_next() => {
                 flatten(joined)?;
             }

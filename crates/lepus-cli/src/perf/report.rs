@@ -131,11 +131,11 @@ impl Summary {
             return print_line(&text);
         }
         let l = &self.latency_us;
-        let us = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+        let us = |v: Option<u64>| v.map_or_else(|| "-".to_string(), readable_latency);
         print_line(&format!(
             "published {}, confirmed {}, consumed {} in {:.3} s\n\
              publish rate {:.1} msg/s, consume rate {:.1} msg/s\n\
-             latency (µs): p50 {}, p95 {}, p99 {}, max {}",
+             latency: p50 {}, p95 {}, p99 {}, max {}",
             self.published,
             self.confirmed,
             self.consumed,
@@ -148,6 +148,38 @@ impl Summary {
             us(l.max),
         ))
     }
+}
+
+/// A latency in microseconds as a person reads it: `870 µs`, `2.33 ms`, `12.5 ms`, `2.33 s`;
+/// three significant digits (the histogram's precision), and whole seconds from 1000 s.
+fn readable_latency(us: u64) -> String {
+    if us < 1000 {
+        return format!("{us} µs");
+    }
+    // For each unit, try 2, 1 and 0 decimals: the first that rounds to under 1000 units.
+    for (unit, per_unit) in [("ms", 1_000u64), ("s", 1_000_000)] {
+        for (decimals, step) in [(2usize, per_unit / 100), (1, per_unit / 10), (0, per_unit)] {
+            let n = us.saturating_add(step / 2) / step;
+            if n < 1000 {
+                return with_decimals(n, decimals, unit);
+            }
+        }
+    }
+    format!("{} s", us.saturating_add(500_000) / 1_000_000)
+}
+
+/// `n` with its last `decimals` digits after a point, then the unit: (233, 2, "s") is `2.33 s`.
+fn with_decimals(n: u64, decimals: usize, unit: &str) -> String {
+    if decimals == 0 {
+        return format!("{n} {unit}");
+    }
+    let scale = 10u64.pow(decimals as u32);
+    format!(
+        "{}.{:0width$} {unit}",
+        n / scale,
+        n % scale,
+        width = decimals
+    )
 }
 
 /// Messages per second over `ns` nanoseconds (0 when nothing happened).
@@ -187,6 +219,34 @@ mod tests {
             serde_json::to_string(&summary).unwrap(),
             r#"{"published":10,"confirmed":10,"consumed":10,"elapsed_s":1.5,"publish_rate":6.7,"consume_rate":6.7,"latency_us":{"p50":100,"p95":200,"p99":300,"max":400}}"#
         );
+    }
+
+    #[test]
+    fn latencies_read_in_units() {
+        for (us, text) in [
+            (0, "0 µs"),
+            (1, "1 µs"),
+            (870, "870 µs"),
+            (999, "999 µs"),
+            (1000, "1.00 ms"),
+            (2334, "2.33 ms"),
+            (2335, "2.34 ms"),
+            (9994, "9.99 ms"),
+            (9995, "10.0 ms"),
+            (12_345, "12.3 ms"),
+            (99_950, "100 ms"),
+            (870_000, "870 ms"),
+            (999_499, "999 ms"),
+            (999_500, "1.00 s"),
+            (2_330_000, "2.33 s"),
+            (45_600_000, "45.6 s"),
+            (999_499_999, "999 s"),
+            (999_500_000, "1000 s"),
+            (3_600_000_000, "3600 s"),
+            (u64::MAX / 2, "9223372036855 s"),
+        ] {
+            assert_eq!(readable_latency(us), text, "{us} µs");
+        }
     }
 
     #[test]

@@ -7,8 +7,14 @@
     clippy::indexing_slicing
 )]
 
+pub(crate) mod fake_broker;
+
+use std::io::Read;
+use std::process::{Child, ChildStdin, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use assert_cmd::Command;
 
@@ -26,6 +32,11 @@ pub(crate) fn lepus() -> Command {
     let mut cmd = bare();
     cmd.arg("--url").arg(url());
     cmd
+}
+
+/// The path of the `lepus` binary under test.
+pub(crate) fn lepus_path() -> std::path::PathBuf {
+    assert_cmd::cargo::cargo_bin("lepus")
 }
 
 /// `lepus` without `--url`, `$AMQP_URL` cleared.
@@ -207,4 +218,166 @@ pub(crate) fn fails(cmd: &mut Command, code: i32) -> String {
         String::from_utf8_lossy(&out.stdout)
     );
     one_error_line(&out.stderr)
+}
+
+/// A `lepus` process running in the background, its output collected as it comes, killed when
+/// dropped: for tests that act while it runs (send a signal, write more input).
+pub(crate) struct Running {
+    child: Child,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+/// How a [`Running`] process ended.
+pub(crate) struct Finished {
+    pub(crate) status: ExitStatus,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+impl Running {
+    /// Starts `lepus --url <test broker> <args>` with stdin, stdout and stderr piped.
+    pub(crate) fn start(args: &[&str]) -> Self {
+        Self::start_with_url(&url(), args)
+    }
+
+    /// Starts `lepus --url <url> <args>` with stdin, stdout and stderr piped.
+    pub(crate) fn start_with_url(url: &str, args: &[&str]) -> Self {
+        let mut cmd = std::process::Command::new(lepus_path());
+        cmd.env_remove("AMQP_URL").arg("--url").arg(url).args(args);
+        Self::spawn(cmd)
+    }
+
+    /// Starts any command with stdin, stdout and stderr piped.
+    pub(crate) fn spawn(mut cmd: std::process::Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let readers = vec![
+            collect(child.stdout.take().unwrap(), Arc::clone(&stdout)),
+            collect(child.stderr.take().unwrap(), Arc::clone(&stderr)),
+        ];
+        Self {
+            child,
+            stdout,
+            stderr,
+            readers,
+        }
+    }
+
+    /// The process's stdin (dropping the `Running` closes it).
+    pub(crate) fn stdin(&mut self) -> &mut ChildStdin {
+        self.child.stdin.as_mut().unwrap()
+    }
+
+    /// Closes stdin.
+    pub(crate) fn close_stdin(&mut self) {
+        drop(self.child.stdin.take());
+    }
+
+    /// Waits until stdout satisfies `done` (at most `limit`); returns it.
+    pub(crate) fn wait_for_stdout(&self, limit: Duration, done: impl Fn(&str) -> bool) -> String {
+        wait_for(&self.stdout, limit, done, "stdout")
+    }
+
+    /// Waits until stderr satisfies `done` (at most `limit`); returns it.
+    pub(crate) fn wait_for_stderr(&self, limit: Duration, done: impl Fn(&str) -> bool) -> String {
+        wait_for(&self.stderr, limit, done, "stderr")
+    }
+
+    /// Sends a signal (`TERM`, `INT`) with `kill`.
+    pub(crate) fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -s {name} failed");
+    }
+
+    /// Waits for the process to exit; kills it and fails the test when it takes longer than
+    /// `limit`.
+    pub(crate) fn finish(mut self, limit: Duration) -> Finished {
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > limit {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "lepus still running after {limit:?}; killed. stdout: {:?} stderr: {:?}",
+                    text(&self.stdout),
+                    text(&self.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        for reader in self.readers.drain(..) {
+            reader.join().unwrap();
+        }
+        Finished {
+            status,
+            stdout: text(&self.stdout),
+            stderr: text(&self.stderr),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect(mut from: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = from.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            into.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    })
+}
+
+fn text(buf: &Mutex<Vec<u8>>) -> String {
+    String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
+}
+
+fn wait_for(
+    buf: &Mutex<Vec<u8>>,
+    limit: Duration,
+    done: impl Fn(&str) -> bool,
+    what: &str,
+) -> String {
+    let started = Instant::now();
+    loop {
+        let now = text(buf);
+        if done(&now) {
+            return now;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{what} not as expected after {limit:?}: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Polls `check` until it holds, for at most `limit`.
+pub(crate) fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < limit, "not after {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -39,15 +39,18 @@ pub enum Event {
         consumer_tag: ShortStr,
     },
     /// The broker closed a channel (a soft error such as 404 after publishing to a missing
-    /// exchange). Its consumers' callbacks have been dropped; calls on it fail with
-    /// [`Error::ChannelNotOpen`](crate::Error::ChannelNotOpen). Reported also when the error
-    /// of a request closed it (the request has already returned that error); not reported for
-    /// a channel closed by [`Channel::close`](super::Channel::close) or with its connection.
+    /// exchange). Its consumers' callbacks have been dropped; later calls on it, including
+    /// [`Channel::close`](super::Channel::close), fail with
+    /// [`Error::ChannelClosed`](crate::Error::ChannelClosed) carrying the broker's reason.
+    /// Reported also when the error of a request closed it (the request has already returned
+    /// that error); not reported for a channel closed by
+    /// [`Channel::close`](super::Channel::close) or with its connection.
     ChannelClosed {
         /// The closed channel.
         channel: u16,
-        /// The broker's reason. `None` when the channel had no consumer to report it: the
-        /// async layer hands the reason only to pending requests and consumers.
+        /// The broker's reason. `None` when the channel had no consumer to report it; a later
+        /// call on the channel (such as [`Channel::close`](super::Channel::close)) still
+        /// returns the reason.
         reason: Option<Close>,
     },
     /// The broker stopped reading publishes (`connection.blocked`), with its reason, such as
