@@ -60,7 +60,10 @@ fn consume_count(script: &Script, count: usize) {
     let expected: Vec<String> = (1..=count).map(|i| format!("m{i}")).collect();
     assert_eq!(bodies, expected, "--count {count}");
     // Reading the flood behind cancel-ok and close-ok takes well under a second.
-    assert!(took < Duration::from_secs(3), "--count {count}: took {took:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "--count {count}: took {took:?}"
+    );
     assert_eq!(broker.count("basic.cancel"), 1, "--count {count}");
     assert_eq!(broker.count("connection.close"), 1, "--count {count}");
 }

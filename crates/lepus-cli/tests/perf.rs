@@ -137,6 +137,18 @@ fn perf_producers_0_drains_an_existing_queue() {
 }
 
 #[test]
+fn perf_many_producers_flat_out_for_a_time_deliver_everything_they_published() {
+    // Each producer stops with its write buffer full; closing writes it out, so every
+    // message published reaches the consumers and the run ends.
+    let started = std::time::Instant::now();
+    let v = perf(&["--producers", "10", "--consumers", "10", "--time", "2"]);
+    let published = v["published"].as_u64().unwrap();
+    assert!(published > 1000, "{v}");
+    assert_eq!(v["consumed"].as_u64().unwrap(), published, "{v}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}
+
+#[test]
 fn perf_time_and_rate() {
     let v = perf(&["--time", "1.5", "--rate", "200"]);
     let published = v["published"].as_u64().unwrap();

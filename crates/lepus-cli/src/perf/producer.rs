@@ -12,7 +12,7 @@ use super::{Phase, Shared, Stamper};
 use crate::connect::Target;
 use crate::error::{CliError, OnChannel};
 
-/// Published messages are added to the shared counter in batches of this many.
+/// The shared counter of published messages is brought up to date every this many publishes.
 const COUNT_BATCH: u64 = 64;
 /// Longest sleep of a rate-limited producer before it checks whether to stop.
 const MAX_PACING_SLEEP: Duration = Duration::from_millis(100);
@@ -35,8 +35,12 @@ pub(super) struct Settings {
 }
 
 /// Connects, reports `ready`, and from [`Phase::Go`] publishes until its share is done or
-/// `stop_publishing` is set; then waits for the outstanding confirms and records when it
-/// finished.
+/// `stop_publishing` is set; then waits for the outstanding confirms, closes (which writes
+/// what is still buffered), and records when it finished.
+///
+/// A message counts as published once it was written to the socket
+/// ([`lepus::ConnectionStats::messages_written`]), not when it was handed to the client's
+/// buffer: the live "sent" rate is what left for the broker.
 ///
 /// # Errors
 ///
@@ -82,6 +86,14 @@ async fn publish(
     let mut stamper = Stamper::new(s.size);
     let mut sent = 0u64;
     let mut uncounted = 0u64;
+    let mut counted = 0u64;
+    let mut count_written = || {
+        let written = conn.stats().messages_written;
+        shared
+            .published
+            .fetch_add(written.saturating_sub(counted), Ordering::Relaxed);
+        counted = counted.max(written);
+    };
     loop {
         if shared.stop_publishing.load(Ordering::Relaxed) || s.share.is_some_and(|n| sent >= n) {
             break;
@@ -113,7 +125,7 @@ async fn publish(
         sent += 1;
         uncounted += 1;
         if uncounted == COUNT_BATCH {
-            shared.published.fetch_add(uncounted, Ordering::Relaxed);
+            count_written();
             uncounted = 0;
         }
         if window > 0 {
@@ -128,15 +140,16 @@ async fn publish(
         // keep this worker thread to itself.
         tokio::task::consume_budget().await;
     }
-    shared.published.fetch_add(uncounted, Ordering::Relaxed);
     while let Some(confirm) = pending.pop_front() {
         settle(confirm, shared, ch.id()).await?;
     }
+    // The close writes whatever is still buffered; only then is everything published.
+    let closed = conn.close().await;
+    count_written();
     shared
         .publish_end_ns
         .fetch_max(shared.now_ns(), Ordering::Relaxed);
-    let _ = conn.close().await;
-    Ok(())
+    closed.map_err(|e| CliError::failed(format!("closing: {e}")))
 }
 
 async fn settle(confirm: PublisherConfirm, shared: &Shared, channel: u16) -> Result<(), CliError> {
