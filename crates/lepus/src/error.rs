@@ -50,7 +50,7 @@ pub enum Error {
     #[error("tls: {0}")]
     Tls(String),
     /// A step did not finish in time.
-    #[error("timed out after {after:?} waiting for {what}")]
+    #[error("timed out after {} waiting for {what}", HumanDuration(*after))]
     Timeout {
         /// What was being waited for, such as `queue.declare-ok` or `TCP connect`.
         what: &'static str,
@@ -71,8 +71,13 @@ pub enum Error {
     /// The channel was closed by this client, or its handle outlived it.
     #[error("channel {0} is closed")]
     ChannelNotOpen(u16),
-    /// The broker cancelled the consumer (its queue was deleted, or it timed out).
-    #[error("consumer {0} was cancelled by the broker")]
+    /// The broker cancelled the consumer: its queue was deleted, the queue's node went down,
+    /// or (on brokers that cancel rather than close the channel) a delivery's ack was overdue.
+    /// The broker's `basic.cancel` gives no reason, so the message lists these.
+    #[error(
+        "consumer {0} was cancelled by the broker: the queue was deleted, its node went down, \
+         or an ack timed out"
+    )]
     ConsumerCancelled(ShortStr),
     /// An argument was rejected before anything was sent, such as a name over 255 bytes.
     #[error("invalid argument: {0}")]
@@ -138,3 +143,24 @@ impl From<ConnectionError> for Error {
 
 /// `Result` with the client's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A duration for people: `250 ms`, `5 s`, `1.5 s` (not `Duration`'s `Debug` form).
+struct HumanDuration(std::time::Duration);
+
+impl std::fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let millis = self.0.as_millis();
+        if millis == 0 && !self.0.is_zero() {
+            return write!(f, "{} µs", self.0.as_micros());
+        }
+        if millis < 1000 {
+            return write!(f, "{millis} ms");
+        }
+        let (secs, frac) = (millis / 1000, millis % 1000);
+        if frac == 0 {
+            return write!(f, "{secs} s");
+        }
+        let frac = format!("{frac:03}");
+        write!(f, "{secs}.{} s", frac.trim_end_matches('0'))
+    }
+}
