@@ -102,7 +102,6 @@ impl Config {
             .with("product", "lepus")
             .with("version", env!("CARGO_PKG_VERSION"))
             .with("platform", "Rust")
-            .with("information", "https://crates.io/crates/lepus")
             .with("capabilities", FieldValue::Table(capabilities))
     }
 }

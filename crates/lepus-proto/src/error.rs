@@ -30,6 +30,9 @@ impl Close {
 
 impl fmt::Display for Close {
     /// `404 NOT_FOUND - no queue 'x' in vhost '/' (queue.declare)`.
+    ///
+    /// A refused `connection.open` of the empty vhost (`amqp://host/` in a URI) adds a hint,
+    /// since the vhost meant is almost always `/`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // RabbitMQ's text already starts with the code name ("NOT_FOUND - no queue ...").
         let text = self.text.as_str();
@@ -41,7 +44,22 @@ impl fmt::Display for Close {
         if let Some(method) = self.method_name() {
             write!(f, " ({method})")?;
         }
+        if self.refuses_empty_vhost() {
+            f.write_str("; the default vhost is \"/\", written %2f")?;
+        }
         Ok(())
+    }
+}
+
+impl Close {
+    /// Whether this is RabbitMQ refusing to open the empty vhost: `530 NOT_ALLOWED` to
+    /// `connection.open`, with the text `vhost ~s not found` (rabbit_reader) around an empty
+    /// name.
+    fn refuses_empty_vhost(&self) -> bool {
+        const CONNECTION_OPEN: (u16, u16) = (10, 40);
+        self.code == ReplyCode::NOT_ALLOWED
+            && (self.class_id, self.method_id) == CONNECTION_OPEN
+            && self.text.ends_with("vhost  not found")
     }
 }
 
@@ -178,4 +196,92 @@ pub enum ChannelError {
     /// The operation needs a mode the channel is not in (for example, confirms).
     #[error("{0}")]
     InvalidState(&'static str),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(code: ReplyCode, text: &str, class_id: u16, method_id: u16) -> Close {
+        Close {
+            code,
+            text: text.to_owned(),
+            class_id,
+            method_id,
+        }
+    }
+
+    /// Every message is one line with the reply code as a number and a name, never a `Debug`
+    /// form such as `Some(` or `ReplyCode(`.
+    #[test]
+    fn messages_show_reply_codes_plainly() {
+        let refused = close(
+            ReplyCode::ACCESS_REFUSED,
+            "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN",
+            0,
+            0,
+        );
+        let not_found = close(
+            ReplyCode::NOT_FOUND,
+            "NOT_FOUND - no queue 'q' in vhost '/'",
+            50,
+            10,
+        );
+        let cases = [
+            (
+                ConnectionError::ServerClosed(refused.clone()).to_string(),
+                "connection closed by server: 403 ACCESS_REFUSED - Login was refused using \
+                 authentication mechanism PLAIN",
+            ),
+            (
+                ChannelError::ServerClosed(not_found.clone()).to_string(),
+                "channel closed by server: 404 NOT_FOUND - no queue 'q' in vhost '/' \
+                 (queue.declare)",
+            ),
+            (
+                ConnectionError::LocallyClosed(close(ReplyCode(599), "", 0, 0)).to_string(),
+                "connection closed by client: 599",
+            ),
+            (
+                close(ReplyCode::INTERNAL_ERROR, "boom", 0, 0).to_string(),
+                "541 INTERNAL_ERROR - boom",
+            ),
+            (
+                ConnectionError::Protocol(DecodeError::BadFrameEnd { found: 1 }).to_string(),
+                "protocol violation by the server: bad frame end octet 0x01 (expected 0xce)",
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(text, expected);
+            assert!(
+                !text.contains("Some(") && !text.contains("ReplyCode("),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn refusing_the_empty_vhost_hints_at_the_default() {
+        let empty = close(
+            ReplyCode::NOT_ALLOWED,
+            "NOT_ALLOWED - vhost  not found",
+            10,
+            40,
+        );
+        assert_eq!(
+            empty.to_string(),
+            "530 NOT_ALLOWED - vhost  not found (connection.open); \
+             the default vhost is \"/\", written %2f"
+        );
+        let named = close(
+            ReplyCode::NOT_ALLOWED,
+            "NOT_ALLOWED - vhost nope not found",
+            10,
+            40,
+        );
+        assert_eq!(
+            named.to_string(),
+            "530 NOT_ALLOWED - vhost nope not found (connection.open)"
+        );
+    }
 }

@@ -1,5 +1,7 @@
 //! Decode and encode errors.
 
+use std::fmt;
+
 use crate::reply_code::ReplyCode;
 
 /// What went wrong while decoding bytes received from a peer.
@@ -12,7 +14,7 @@ use crate::reply_code::ReplyCode;
 #[non_exhaustive]
 pub enum DecodeError {
     /// The 8 bytes at the start of the stream are not an AMQP protocol header.
-    #[error("bad protocol header {found:02x?}")]
+    #[error("bad protocol header {}", Hex(found))]
     BadProtocolHeader {
         /// The bytes received.
         found: [u8; 8],
@@ -141,6 +143,14 @@ pub enum EncodeError {
         /// The string's length in bytes.
         len: usize,
     },
+    /// A message property, or the name of a header, is longer than 255 bytes.
+    #[error("{property} of {len} bytes exceeds 255 bytes")]
+    PropertyTooLong {
+        /// The property, such as `content-type`, or `header name`.
+        property: &'static str,
+        /// The value's length in bytes.
+        len: usize,
+    },
     /// A method or header frame would be larger than the negotiated frame_max.
     #[error("{context} frame of {size} bytes exceeds frame_max {max}")]
     FrameTooLarge {
@@ -151,4 +161,73 @@ pub enum EncodeError {
         /// The negotiated maximum.
         max: u32,
     },
+}
+
+/// Bytes as hex pairs, such as `41 4d 51 50` (for error messages, which show no `Debug` forms).
+struct Hex<'a>(&'a [u8]);
+
+impl fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, b) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { " " };
+            write!(f, "{sep}{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every message is one lowercase line with no `Debug` form in it.
+    #[test]
+    fn messages_read_as_one_plain_line() {
+        let cases = [
+            (
+                DecodeError::BadProtocolHeader {
+                    found: *b"HTTP/1.1",
+                },
+                "bad protocol header 48 54 54 50 2f 31 2e 31",
+            ),
+            (
+                DecodeError::FrameTooLarge {
+                    size: 200_000,
+                    max: 131_072,
+                },
+                "frame of 200000 bytes exceeds frame_max 131072",
+            ),
+            (
+                DecodeError::BadFrameEnd { found: 0 },
+                "bad frame end octet 0x00 (expected 0xce)",
+            ),
+            (
+                DecodeError::UnknownFieldType {
+                    tag: b'Z',
+                    context: "field table",
+                }
+                .in_method("queue.declare"),
+                "in queue.declare: unknown field type tag 0x5a in field table",
+            ),
+        ];
+        for (err, text) in cases {
+            assert_eq!(err.to_string(), text);
+        }
+        let encode = [
+            (
+                EncodeError::ShortStrTooLong { len: 256 },
+                "short string of 256 bytes exceeds 255 bytes",
+            ),
+            (
+                EncodeError::PropertyTooLong {
+                    property: "content-type",
+                    len: 300,
+                },
+                "content-type of 300 bytes exceeds 255 bytes",
+            ),
+        ];
+        for (err, text) in encode {
+            assert_eq!(err.to_string(), text);
+        }
+    }
 }

@@ -17,8 +17,42 @@
 //!
 //! The decoder also reads `L`, which py-amqp writes for integers beyond 32 bits and RabbitMQ
 //! passes through, as a signed 64-bit integer; the encoder always writes `l` for `i64`.
+//!
+//! # Converting Rust values
+//!
+//! [`FieldValue`] converts with `From` from the types in the table, and from the ones that map
+//! onto a tag without loss:
+//!
+//! | Rust | tag |
+//! |---|---|
+//! | `&str`, `String`, `&String`, `Cow<str>`, [`ShortStr`], [`LongStr`] | `S` long string |
+//! | `Vec<u8>`, `&[u8]`, [`Bytes`] | `x` byte array |
+//! | `Vec<FieldValue>` | `A` array |
+//! | `()` | `V` void |
+//!
+//! `u64` and `usize` convert with `TryFrom` into `l`, failing above `i64::MAX`: the tags
+//! RabbitMQ reads have no unsigned 64-bit integer, and RabbitMQ's `l` is signed, so a larger
+//! value would arrive negative. A plain `From<u64>` would have to pick between that silent
+//! wrap and `T` (a timestamp), which is a different thing; write
+//! [`FieldValue::Timestamp`] for a timestamp.
+//!
+//! ```
+//! # use lepus_wire as lepus;
+//! use lepus::{FieldTable, FieldValue};
+//!
+//! let user = String::from("alice");
+//! let retries: u64 = 3;
+//! let mut headers = FieldTable::new().with("user", user.as_str()).with("raw", vec![0u8, 1]);
+//! headers.try_insert("retries", FieldValue::try_from(retries)?)?;
+//! assert_eq!(headers.get("user").and_then(FieldValue::as_str), Some("alice"));
+//! assert_eq!(headers.get("retries"), Some(&FieldValue::I64(3)));
+//! assert!(FieldValue::try_from(u64::MAX).is_err());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
+use std::borrow::Cow;
 use std::fmt;
+use std::num::TryFromIntError;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -266,7 +300,8 @@ fn decode_array(r: &mut Reader<'_>, depth: usize) -> Result<Vec<FieldValue>, Dec
 /// # Examples
 ///
 /// ```
-/// use lepus_wire::{FieldTable, FieldValue};
+/// # use lepus_wire as lepus;
+/// use lepus::{FieldTable, FieldValue};
 ///
 /// let args = FieldTable::new()
 ///     .with("x-message-ttl", 60_000)
@@ -474,14 +509,71 @@ macro_rules! from_value {
 from_value! {
     bool => Bool, i8 => I8, u8 => U8, i16 => I16, u16 => U16, i32 => I32, u32 => U32,
     i64 => I64, f32 => F32, f64 => F64, Decimal => Decimal, LongStr => LongStr,
-    &'static str => LongStr, String => LongStr, Bytes => Bytes, FieldTable => Table,
+    String => LongStr, Bytes => Bytes, Vec<u8> => Bytes, FieldTable => Table,
     Vec<FieldValue> => Array,
+}
+
+impl From<&str> for FieldValue {
+    /// A long string (`S`), copied; [`LongStr::from_static`] avoids the copy for a literal.
+    fn from(s: &str) -> Self {
+        Self::LongStr(LongStr::from_bytes(Bytes::copy_from_slice(s.as_bytes())))
+    }
+}
+
+impl From<&String> for FieldValue {
+    /// A long string (`S`), copied.
+    fn from(s: &String) -> Self {
+        Self::from(s.as_str())
+    }
+}
+
+impl From<Cow<'_, str>> for FieldValue {
+    /// A long string (`S`).
+    fn from(s: Cow<'_, str>) -> Self {
+        match s {
+            Cow::Borrowed(s) => Self::from(s),
+            Cow::Owned(s) => Self::from(s),
+        }
+    }
+}
+
+impl From<&[u8]> for FieldValue {
+    /// A byte array (`x`), copied.
+    fn from(b: &[u8]) -> Self {
+        Self::Bytes(Bytes::copy_from_slice(b))
+    }
 }
 
 impl From<ShortStr> for FieldValue {
     /// A short string goes into a table as a long string: RabbitMQ reads no short strings there.
     fn from(s: ShortStr) -> Self {
         Self::LongStr(LongStr::from_bytes(s.to_bytes()))
+    }
+}
+
+impl From<&ShortStr> for FieldValue {
+    /// A long string (`S`) sharing the short string's bytes.
+    fn from(s: &ShortStr) -> Self {
+        Self::from(s.clone())
+    }
+}
+
+impl TryFrom<u64> for FieldValue {
+    type Error = TryFromIntError;
+
+    /// A signed 64-bit integer (`l`), or an error above `i64::MAX`: RabbitMQ reads no unsigned
+    /// 64-bit tag (see the [module docs](self#converting-rust-values)).
+    fn try_from(v: u64) -> Result<Self, TryFromIntError> {
+        i64::try_from(v).map(Self::I64)
+    }
+}
+
+impl TryFrom<usize> for FieldValue {
+    type Error = TryFromIntError;
+
+    /// A signed 64-bit integer (`l`), or an error above `i64::MAX`.
+    fn try_from(v: usize) -> Result<Self, TryFromIntError> {
+        i64::try_from(v).map(Self::I64)
     }
 }
 
@@ -558,6 +650,119 @@ mod tests {
             .with("r", ());
         assert_eq!(decode(&bytes).unwrap(), expected);
         assert_eq!(encode(&expected), bytes);
+    }
+
+    /// The tag octet a value is encoded with, after checking that it decodes back unchanged.
+    fn encoded_tag(value: FieldValue) -> u8 {
+        let table = FieldTable::new().with("k", value);
+        let bytes = encode(&table);
+        assert_eq!(decode(&bytes).unwrap(), table);
+        // 4 bytes of table length, then the key: one length octet and `k`.
+        bytes[6]
+    }
+
+    #[test]
+    fn borrowed_text_converts_to_a_long_string() {
+        // Text that lives only as long as this function: no 'static needed.
+        let dynamic = format!("user-{}", 42);
+        let borrowed: &str = &dynamic;
+        let cases: [(FieldValue, &str); 6] = [
+            (borrowed.into(), "user-42"),
+            ((&dynamic).into(), "user-42"),
+            (dynamic.clone().into(), "user-42"),
+            (Cow::Borrowed(borrowed).into(), "user-42"),
+            (Cow::<str>::Owned(dynamic.clone()).into(), "user-42"),
+            ((&ShortStr::from_static("tag")).into(), "tag"),
+        ];
+        for (value, text) in cases {
+            assert_eq!(value.as_str(), Some(text));
+            assert_eq!(encoded_tag(value), b'S');
+        }
+        let table = FieldTable::new().with("user", borrowed);
+        assert_eq!(
+            table.get("user").and_then(FieldValue::as_str),
+            Some("user-42")
+        );
+    }
+
+    #[test]
+    fn bytes_convert_to_a_byte_array() {
+        let raw = vec![0u8, 0xff, 7];
+        let cases: [FieldValue; 3] = [
+            raw.clone().into(),
+            raw.as_slice().into(),
+            Bytes::from(raw.clone()).into(),
+        ];
+        for value in cases {
+            assert_eq!(value.as_bytes(), Some(&raw[..]));
+            assert_eq!(encoded_tag(value), b'x');
+        }
+    }
+
+    #[test]
+    fn unsigned_64_bit_converts_only_when_it_fits_a_signed_one() {
+        assert_eq!(FieldValue::try_from(0u64), Ok(FieldValue::I64(0)));
+        let max = u64::try_from(i64::MAX).unwrap();
+        assert_eq!(FieldValue::try_from(max), Ok(FieldValue::I64(i64::MAX)));
+        assert!(FieldValue::try_from(max + 1).is_err());
+        assert!(FieldValue::try_from(u64::MAX).is_err());
+        assert_eq!(FieldValue::try_from(7usize), Ok(FieldValue::I64(7)));
+        assert_eq!(encoded_tag(FieldValue::try_from(max).unwrap()), b'l');
+    }
+
+    #[test]
+    fn small_values_keep_their_own_tags() {
+        let cases: [(FieldValue, u8); 12] = [
+            (true.into(), b't'),
+            ((-1i8).into(), b'b'),
+            (1u8.into(), b'B'),
+            ((-1i16).into(), b's'),
+            (1u16.into(), b'u'),
+            ((-1i32).into(), b'I'),
+            (1u32.into(), b'i'),
+            ((-1i64).into(), b'l'),
+            (1.5f32.into(), b'f'),
+            (1.5f64.into(), b'd'),
+            (vec![FieldValue::Void].into(), b'A'),
+            (().into(), b'V'),
+        ];
+        for (value, tag) in cases {
+            assert_eq!(encoded_tag(value), tag);
+        }
+    }
+
+    mod conversions {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            #[test]
+            fn any_text_is_a_long_string(text in ".{0,64}") {
+                let value = FieldValue::from(text.as_str());
+                prop_assert_eq!(value.as_str(), Some(text.as_str()));
+                prop_assert_eq!(encoded_tag(value), b'S');
+            }
+
+            #[test]
+            fn any_bytes_are_a_byte_array(raw in proptest::collection::vec(any::<u8>(), 0..64)) {
+                let value = FieldValue::from(raw.as_slice());
+                prop_assert_eq!(value.as_bytes(), Some(&raw[..]));
+                prop_assert_eq!(encoded_tag(value), b'x');
+            }
+
+            #[test]
+            fn any_u64_is_a_signed_long_or_an_error(v in any::<u64>()) {
+                match FieldValue::try_from(v) {
+                    Ok(value) => {
+                        prop_assert!(i64::try_from(v).is_ok());
+                        prop_assert_eq!(value.as_i64().map(|n| n as u64), Some(v));
+                        prop_assert_eq!(encoded_tag(value), b'l');
+                    }
+                    Err(_) => prop_assert!(i64::try_from(v).is_err()),
+                }
+            }
+        }
     }
 
     #[test]

@@ -23,6 +23,11 @@
 //!   recursion ([`MAX_NESTING`]); every failure is a [`DecodeError`] that knows the reply code
 //!   to close the connection with.
 //!
+//! A crate that depends on `lepus` reaches this one as `lepus::lepus_wire`, and finds the types
+//! it needs day to day ([`FieldTable`], [`BasicProperties`], [`ShortStr`], ...) at the root of
+//! `lepus`. The examples on those types are written as such a crate writes them
+//! (`use lepus::FieldTable;`); with this crate alone, read `lepus_wire` for `lepus`.
+//!
 //! # Examples
 //!
 //! Encode a publish (method frame, content header, body) and decode it back:
@@ -75,6 +80,6 @@ pub use error::{DecodeError, EncodeError};
 pub use field_table::{FieldTable, FieldValue, MAX_NESTING};
 pub use frame::{Frame, FRAME_END, FRAME_MIN_SIZE, PROTOCOL_HEADER};
 pub use method::{Method, MethodArgs};
-pub use properties::{BasicProperties, ContentHeader};
+pub use properties::{BasicProperties, BasicPropertiesBuilder, ContentHeader, DeliveryMode};
 pub use reply_code::ReplyCode;
-pub use types::{Decimal, LongStr, ShortStr};
+pub use types::{AsShortStr, Decimal, LongStr, ShortStr};

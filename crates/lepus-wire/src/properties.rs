@@ -2,12 +2,14 @@
 //!
 //! See AMQP 0-9-1 §4.2.6.1 (content header) and the basic class's property list.
 
+use std::time::Duration;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::codec::Reader;
-use crate::error::DecodeError;
-use crate::field_table::FieldTable;
-use crate::types::ShortStr;
+use crate::error::{DecodeError, EncodeError};
+use crate::field_table::{FieldTable, FieldValue};
+use crate::types::{AsShortStr, ShortStr};
 
 /// The class id of `basic`, the only class that carries content.
 pub const BASIC_CLASS_ID: u16 = 60;
@@ -35,19 +37,39 @@ const UNDEFINED: u16 = 1 << 1;
 /// The 14 properties of a basic message, each optional, in the spec's flag order.
 ///
 /// Only the properties that are `Some` are sent: the encoder builds the flag word from them.
+/// [`BasicProperties::builder`] takes ordinary strings and typed values and checks them once,
+/// in [`build`](BasicPropertiesBuilder::build); the fields can also be set directly.
 ///
 /// # Examples
 ///
 /// ```
-/// use lepus_wire::{BasicProperties, FieldTable, ShortStr};
+/// # use lepus_wire as lepus;
+/// use std::time::Duration;
+/// use lepus::{BasicProperties, DeliveryMode};
 ///
-/// let props = BasicProperties {
+/// let request_id = format!("req-{}", 7);
+/// let props = BasicProperties::builder()
+///     .content_type("application/json")
+///     .delivery_mode(DeliveryMode::Persistent)
+///     .correlation_id(&request_id)
+///     .expiration(Duration::from_secs(60))
+///     .header("attempt", 1)
+///     .build()?;
+/// assert!(props.is_persistent());
+/// assert_eq!(props.expiration.as_ref().and_then(|e| e.as_str()), Some("60000"));
+///
+/// // Or field by field:
+/// use lepus::{FieldTable, ShortStr};
+/// let same = BasicProperties {
 ///     content_type: Some(ShortStr::from_static("application/json")),
-///     delivery_mode: Some(2), // persistent
+///     delivery_mode: Some(DeliveryMode::Persistent.into()),
+///     correlation_id: Some(ShortStr::try_from(request_id.as_str())?),
+///     expiration: Some(ShortStr::from_static("60000")),
 ///     headers: Some(FieldTable::new().with("attempt", 1)),
 ///     ..Default::default()
 /// };
-/// assert_eq!(props.delivery_mode, Some(2));
+/// assert_eq!(props, same);
+/// # Ok::<(), lepus::EncodeError>(())
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BasicProperties {
@@ -81,7 +103,36 @@ pub struct BasicProperties {
     pub cluster_id: Option<ShortStr>,
 }
 
+/// Whether a message is written to disk (`delivery-mode`).
+///
+/// A persistent message in a durable queue survives a broker restart; a transient one may be
+/// kept in memory only. Quorum queues and streams store every message, whatever its mode. See
+/// <https://www.rabbitmq.com/docs/persistence-conf>.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeliveryMode {
+    /// 1: the broker may keep the message in memory only.
+    Transient = 1,
+    /// 2: the broker writes the message to disk (in a durable queue).
+    Persistent = 2,
+}
+
+impl From<DeliveryMode> for u8 {
+    fn from(mode: DeliveryMode) -> u8 {
+        mode as u8
+    }
+}
+
 impl BasicProperties {
+    /// A builder that takes ordinary strings and typed values; see [`BasicPropertiesBuilder`].
+    pub fn builder() -> BasicPropertiesBuilder {
+        BasicPropertiesBuilder::default()
+    }
+
+    /// Whether `delivery_mode` is 2, persistent.
+    pub fn is_persistent(&self) -> bool {
+        self.delivery_mode == Some(DeliveryMode::Persistent.into())
+    }
+
     /// The property flag word for the properties that are set.
     pub fn flags(&self) -> u16 {
         let bit = |set: bool, flag: u16| if set { flag } else { 0 };
@@ -185,6 +236,153 @@ impl BasicProperties {
     }
 }
 
+/// Builds [`BasicProperties`] from ordinary strings and typed values.
+///
+/// Each setter takes anything [`AsShortStr`] (a `&str`, a `&String`, a [`ShortStr`] from a
+/// received message) where the property is a short string. A value over 255 bytes does not
+/// panic: the builder remembers the first such mistake and [`build`](Self::build) returns it,
+/// naming the property. Setting a property twice keeps the last value.
+///
+/// # Examples
+///
+/// ```
+/// # use lepus_wire as lepus;
+/// use lepus::{BasicProperties, EncodeError};
+///
+/// let err = BasicProperties::builder().content_type(&"x".repeat(300)).build().unwrap_err();
+/// assert_eq!(err, EncodeError::PropertyTooLong { property: "content-type", len: 300 });
+/// assert_eq!(err.to_string(), "content-type of 300 bytes exceeds 255 bytes");
+/// ```
+#[derive(Debug, Clone, Default)]
+#[must_use = "a builder does nothing until build() is called"]
+pub struct BasicPropertiesBuilder {
+    properties: BasicProperties,
+    error: Option<EncodeError>,
+}
+
+impl BasicPropertiesBuilder {
+    /// MIME content type, such as `application/json`.
+    pub fn content_type(mut self, value: impl AsShortStr) -> Self {
+        self.properties.content_type = self.short("content-type", &value);
+        self
+    }
+
+    /// MIME content encoding, such as `gzip`.
+    pub fn content_encoding(mut self, value: impl AsShortStr) -> Self {
+        self.properties.content_encoding = self.short("content-encoding", &value);
+        self
+    }
+
+    /// Replaces the application headers with `headers`.
+    pub fn headers(mut self, headers: FieldTable) -> Self {
+        self.properties.headers = Some(headers);
+        self
+    }
+
+    /// Adds or replaces one application header. The value converts as
+    /// [`FieldValue`]'s `From` impls say: text becomes a long string, integers keep their
+    /// width.
+    pub fn header(mut self, name: impl AsShortStr, value: impl Into<FieldValue>) -> Self {
+        let Some(name) = self.short("header name", &name) else {
+            return self;
+        };
+        self.properties
+            .headers
+            .get_or_insert_with(FieldTable::new)
+            .insert(name, value);
+        self
+    }
+
+    /// Transient or persistent.
+    pub fn delivery_mode(mut self, mode: DeliveryMode) -> Self {
+        self.properties.delivery_mode = Some(mode.into());
+        self
+    }
+
+    /// Message priority; RabbitMQ honours 0 up to the queue's `x-max-priority` (at most 255),
+    /// treating a higher value as that maximum.
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.properties.priority = Some(priority);
+        self
+    }
+
+    /// Application correlation identifier, used to match RPC replies to requests.
+    pub fn correlation_id(mut self, value: impl AsShortStr) -> Self {
+        self.properties.correlation_id = self.short("correlation-id", &value);
+        self
+    }
+
+    /// Queue to reply to, used for RPC (`amq.rabbitmq.reply-to` for direct reply-to).
+    pub fn reply_to(mut self, value: impl AsShortStr) -> Self {
+        self.properties.reply_to = self.short("reply-to", &value);
+        self
+    }
+
+    /// Per-message TTL: the broker discards (or dead-letters) the message when it has waited
+    /// this long in a queue. Sent as whole milliseconds, RabbitMQ's format; see
+    /// <https://www.rabbitmq.com/docs/ttl#per-message-ttl-in-publishers>.
+    pub fn expiration(mut self, ttl: Duration) -> Self {
+        let millis = ttl.as_millis().to_string();
+        self.properties.expiration = self.short("expiration", &millis.as_str());
+        self
+    }
+
+    /// Application message identifier.
+    pub fn message_id(mut self, value: impl AsShortStr) -> Self {
+        self.properties.message_id = self.short("message-id", &value);
+        self
+    }
+
+    /// Message timestamp, in seconds since the Unix epoch.
+    pub fn timestamp(mut self, seconds: u64) -> Self {
+        self.properties.timestamp = Some(seconds);
+        self
+    }
+
+    /// Message type name (the spec's `type`).
+    pub fn kind(mut self, value: impl AsShortStr) -> Self {
+        self.properties.kind = self.short("type", &value);
+        self
+    }
+
+    /// Creating user id; RabbitMQ refuses a message whose user id is not the connection's user.
+    pub fn user_id(mut self, value: impl AsShortStr) -> Self {
+        self.properties.user_id = self.short("user-id", &value);
+        self
+    }
+
+    /// Creating application id.
+    pub fn app_id(mut self, value: impl AsShortStr) -> Self {
+        self.properties.app_id = self.short("app-id", &value);
+        self
+    }
+
+    /// The properties.
+    ///
+    /// # Errors
+    ///
+    /// [`EncodeError::PropertyTooLong`] for the first value set that was over 255 bytes.
+    pub fn build(self) -> Result<BasicProperties, EncodeError> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(self.properties),
+        }
+    }
+
+    /// Converts a short-string value, remembering the first failure.
+    fn short(&mut self, property: &'static str, value: &impl AsShortStr) -> Option<ShortStr> {
+        match value.to_short_str() {
+            Ok(s) => Some(s),
+            Err(_) => {
+                let len = value.as_short_bytes().len();
+                self.error
+                    .get_or_insert(EncodeError::PropertyTooLong { property, len });
+                None
+            }
+        }
+    }
+}
+
 /// The payload of a content header frame: which class the content belongs to, the body's total
 /// size, and the message properties.
 ///
@@ -274,6 +472,99 @@ mod tests {
         let mut out = BytesMut::new();
         expected.encode(&mut out);
         assert_eq!(out.to_vec(), bytes);
+    }
+
+    #[test]
+    fn builder_sets_each_property() {
+        let owned = String::from("reply.queue");
+        let props = BasicProperties::builder()
+            .content_type("application/json")
+            .content_encoding(&String::from("gzip"))
+            .header("attempt", 2)
+            .header(&owned, "x")
+            .delivery_mode(DeliveryMode::Transient)
+            .priority(5)
+            .correlation_id(ShortStr::from_static("c-1"))
+            .reply_to(&owned)
+            .expiration(Duration::from_millis(1500))
+            .message_id("m-1")
+            .timestamp(1_700_000_000)
+            .kind("order.created")
+            .user_id("guest")
+            .app_id("tests")
+            .build()
+            .unwrap();
+        let s = ShortStr::from_static;
+        let expected = BasicProperties {
+            content_type: Some(s("application/json")),
+            content_encoding: Some(s("gzip")),
+            headers: Some(
+                FieldTable::new()
+                    .with("attempt", 2)
+                    .with("reply.queue", "x"),
+            ),
+            delivery_mode: Some(1),
+            priority: Some(5),
+            correlation_id: Some(s("c-1")),
+            reply_to: Some(s("reply.queue")),
+            expiration: Some(s("1500")),
+            message_id: Some(s("m-1")),
+            timestamp: Some(1_700_000_000),
+            kind: Some(s("order.created")),
+            user_id: Some(s("guest")),
+            app_id: Some(s("tests")),
+            cluster_id: None,
+        };
+        assert_eq!(props, expected);
+        assert!(!props.is_persistent());
+        assert_eq!(
+            BasicProperties::builder().build().unwrap(),
+            BasicProperties::default()
+        );
+    }
+
+    #[test]
+    fn builder_reports_the_first_value_too_long() {
+        let long = "x".repeat(256);
+        let err = BasicProperties::builder()
+            .content_type("text/plain")
+            .reply_to(&long)
+            .app_id(&long.repeat(2))
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            err,
+            EncodeError::PropertyTooLong {
+                property: "reply-to",
+                len: 256
+            }
+        );
+        let err = BasicProperties::builder()
+            .header(long.as_str(), 1)
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "header name of 256 bytes exceeds 255 bytes"
+        );
+        // 255 bytes is a valid short string.
+        let props = BasicProperties::builder()
+            .message_id(&long[..255])
+            .build()
+            .unwrap();
+        assert_eq!(props.message_id.map(|m| m.len()), Some(255));
+    }
+
+    #[test]
+    fn delivery_mode_values() {
+        assert_eq!(u8::from(DeliveryMode::Transient), 1);
+        assert_eq!(u8::from(DeliveryMode::Persistent), 2);
+        let props = BasicProperties::builder()
+            .delivery_mode(DeliveryMode::Persistent)
+            .build()
+            .unwrap();
+        assert_eq!(props.delivery_mode, Some(2));
+        assert!(props.is_persistent());
     }
 
     #[test]

@@ -11,7 +11,8 @@ use std::fmt;
 /// # Examples
 ///
 /// ```
-/// use lepus_wire::ReplyCode;
+/// # use lepus_wire as lepus;
+/// use lepus::ReplyCode;
 ///
 /// let code = ReplyCode(404);
 /// assert_eq!(code, ReplyCode::NOT_FOUND);

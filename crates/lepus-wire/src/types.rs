@@ -15,14 +15,21 @@ use crate::error::{DecodeError, EncodeError};
 /// through as given, so a `ShortStr` holds bytes and [`as_str`](Self::as_str) says whether they
 /// are UTF-8. Decoding shares the received frame's memory instead of copying.
 ///
+/// Methods that take a name accept a `ShortStr` directly, as they accept `&str` and `String`
+/// (see [`AsShortStr`]): a consumer tag or a delivery's routing key goes back to the broker
+/// without a conversion.
+///
 /// # Examples
 ///
 /// ```
-/// use lepus_wire::ShortStr;
+/// # use lepus_wire as lepus;
+/// use lepus::ShortStr;
 ///
-/// let key = ShortStr::try_from("orders.created").unwrap();
+/// let key = ShortStr::try_from("orders.created")?;
 /// assert_eq!(key.as_str(), Some("orders.created"));
+/// assert_eq!(key, "orders.created");
 /// assert!(ShortStr::try_from("x".repeat(256)).is_err());
+/// # Ok::<(), lepus::EncodeError>(())
 /// ```
 #[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ShortStr(Bytes);
@@ -128,6 +135,89 @@ impl TryFrom<Bytes> for ShortStr {
 
     fn try_from(b: Bytes) -> Result<Self, EncodeError> {
         Self::from_bytes(b)
+    }
+}
+
+/// A value that can be sent as an AMQP short string: the names, tags and keys that methods take.
+///
+/// Implemented for text (`&str`, `&String`, `Cow<str>`), for [`ShortStr`], and for references
+/// to them, so the same method accepts a literal, a `String` the application built (passed as
+/// `&name`, as to a `&str` parameter), and a `ShortStr` the broker sent, such as a consumer tag
+/// or a delivery's routing key:
+///
+/// ```
+/// # use lepus_wire as lepus;
+/// use lepus::{AsShortStr, ShortStr};
+///
+/// fn queue_name(name: impl AsShortStr) -> Result<ShortStr, lepus::EncodeError> {
+///     name.to_short_str()
+/// }
+///
+/// let tag = ShortStr::from_static("amq.ctag-1");
+/// assert_eq!(queue_name("jobs")?, "jobs");
+/// assert_eq!(queue_name(&String::from("jobs"))?, "jobs");
+/// assert_eq!(queue_name(&tag)?, "amq.ctag-1");
+/// assert!(queue_name(&"x".repeat(256)).is_err());
+/// # Ok::<(), lepus::EncodeError>(())
+/// ```
+///
+/// The length is checked when the value is converted, not by the trait: [`to_short_str`]
+/// fails on more than 255 bytes.
+///
+/// [`to_short_str`]: AsShortStr::to_short_str
+pub trait AsShortStr {
+    /// The octets to send, which may be more than 255 (the conversion checks).
+    fn as_short_bytes(&self) -> &[u8];
+
+    /// The value as a [`ShortStr`], copied unless it already is one.
+    ///
+    /// # Errors
+    ///
+    /// [`EncodeError::ShortStrTooLong`] for more than 255 bytes.
+    fn to_short_str(&self) -> Result<ShortStr, EncodeError> {
+        ShortStr::from_bytes(Bytes::copy_from_slice(self.as_short_bytes()))
+    }
+}
+
+impl AsShortStr for str {
+    fn as_short_bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+// For `&String`, not `String`: an owned `String` is passed as `&name`, as to a `&str`
+// parameter. Were `String` itself accepted, every `f(&format!(..))` would draw clippy's
+// `needless_borrows_for_generic_args`, and code written for the `&str` signatures would too.
+impl AsShortStr for &String {
+    fn as_short_bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl AsShortStr for Cow<'_, str> {
+    fn as_short_bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl AsShortStr for ShortStr {
+    fn as_short_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Shares the bytes: no copy.
+    fn to_short_str(&self) -> Result<ShortStr, EncodeError> {
+        Ok(self.clone())
+    }
+}
+
+impl<T: AsShortStr + ?Sized> AsShortStr for &T {
+    fn as_short_bytes(&self) -> &[u8] {
+        (**self).as_short_bytes()
+    }
+
+    fn to_short_str(&self) -> Result<ShortStr, EncodeError> {
+        (**self).to_short_str()
     }
 }
 
@@ -315,6 +405,29 @@ mod tests {
             ShortStr::try_from("a".repeat(256)),
             Err(EncodeError::ShortStrTooLong { len: 256 })
         );
+    }
+
+    #[test]
+    fn as_short_str_accepts_text_and_short_strings() {
+        fn convert(v: impl AsShortStr) -> Result<ShortStr, EncodeError> {
+            v.to_short_str()
+        }
+        let tag = ShortStr::from_static("amq.ctag-1");
+        let owned = String::from("jobs");
+        assert_eq!(convert("jobs").unwrap(), "jobs");
+        assert_eq!(convert(&owned).unwrap(), "jobs");
+        assert_eq!(convert(Cow::Borrowed("jobs")).unwrap(), "jobs");
+        let nested: &&str = &"jobs";
+        assert_eq!(convert(nested).unwrap(), "jobs");
+        assert_eq!(convert(&tag).unwrap(), tag);
+        // A ShortStr passes through without a copy.
+        let passed = convert(tag.clone()).unwrap();
+        assert_eq!(passed.as_bytes().as_ptr(), tag.as_bytes().as_ptr());
+        assert_eq!(
+            convert(&"x".repeat(256)),
+            Err(EncodeError::ShortStrTooLong { len: 256 })
+        );
+        assert!(convert(&"x".repeat(255)).is_ok());
     }
 
     #[test]

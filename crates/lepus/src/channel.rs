@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use lepus_proto::Reply;
 use lepus_wire::method::{basic, channel, confirm, exchange, queue, tx};
-use lepus_wire::{BasicProperties, FieldTable, Method, ReplyCode, ShortStr};
+use lepus_wire::{AsShortStr, BasicProperties, FieldTable, Method, ReplyCode, ShortStr};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::confirm::{PublisherConfirm, ReturnedMessage};
@@ -32,6 +32,29 @@ pub struct GetMessage {
 /// Methods are sent in call order. Requests that wait for a reply time out after the
 /// connection's `rpc_timeout`.
 ///
+/// Names (queues, exchanges, routing keys, consumer tags) are anything [`AsShortStr`]: a
+/// `&str`, a `&String`, or a [`ShortStr`] lepus handed out, such as a [`Consumer::tag`] or a
+/// [`Delivery`]'s routing key, which goes back to the broker as it is:
+///
+/// ```no_run
+/// # async fn demo(ch: &lepus::Channel) -> Result<(), lepus::Error> {
+/// use lepus::{BasicConsumeOptions, BasicPublishOptions, BindOptions, QueueDeclareOptions};
+///
+/// let q = ch.queue_declare("", QueueDeclareOptions::default()).await?;
+/// ch.queue_bind(&q.name, "amq.topic", "orders.#", BindOptions::default()).await?;
+/// let mut consumer = ch.basic_consume(&q.name, "", BasicConsumeOptions::default()).await?;
+/// if let Some(delivery) = consumer.recv().await {
+///     let d = delivery?;
+///     // Forward it unchanged, to where it was published.
+///     let options = BasicPublishOptions::default();
+///     ch.basic_publish(&d.exchange, &d.routing_key, options, &d.properties, d.body.clone())
+///         .await?;
+///     d.ack()?;
+/// }
+/// ch.basic_cancel(consumer.tag()).await?;
+/// # Ok(()) }
+/// ```
+///
 /// # Cancel safety
 ///
 /// Dropping the future of a request after it started does not take the request back: it was
@@ -44,13 +67,20 @@ pub struct Channel {
     _guard: HandleGuard,
 }
 
-fn short(name: &str) -> Result<ShortStr> {
-    ShortStr::try_from(name).map_err(|e| {
+fn short(name: impl AsShortStr) -> Result<ShortStr> {
+    name.to_short_str().map_err(|e| {
+        let text = String::from_utf8_lossy(name.as_short_bytes());
         Error::InvalidArgument(format!(
             "'{}…': {e}",
-            name.chars().take(16).collect::<String>()
+            text.chars().take(16).collect::<String>()
         ))
     })
+}
+
+/// A name as text, for the publish path, which encodes names without building a `ShortStr`.
+fn text<'a>(name: &'a impl AsShortStr, what: &str) -> Result<&'a str> {
+    std::str::from_utf8(name.as_short_bytes())
+        .map_err(|_| Error::InvalidArgument(format!("the {what} is not UTF-8")))
 }
 
 impl Channel {
@@ -194,7 +224,7 @@ impl Channel {
     /// settings, and the usual connection errors.
     pub async fn exchange_declare(
         &self,
-        name: &str,
+        name: impl AsShortStr,
         kind: ExchangeKind,
         options: ExchangeDeclareOptions,
     ) -> Result<()> {
@@ -219,7 +249,7 @@ impl Channel {
     ///
     /// [`Error::ChannelClosed`] with 404 NOT_FOUND when it does not exist (the channel closes,
     /// the connection stays).
-    pub async fn exchange_declare_passive(&self, name: &str) -> Result<()> {
+    pub async fn exchange_declare_passive(&self, name: impl AsShortStr) -> Result<()> {
         let method = exchange::Declare {
             exchange: short(name)?,
             passive: true,
@@ -235,7 +265,11 @@ impl Channel {
     /// # Errors
     ///
     /// 406 with `if_unused` when it has bindings; connection errors.
-    pub async fn exchange_delete(&self, name: &str, options: ExchangeDeleteOptions) -> Result<()> {
+    pub async fn exchange_delete(
+        &self,
+        name: impl AsShortStr,
+        options: ExchangeDeleteOptions,
+    ) -> Result<()> {
         let method = exchange::Delete {
             exchange: short(name)?,
             if_unused: options.if_unused,
@@ -253,9 +287,9 @@ impl Channel {
     /// 404 when either exchange is missing; connection errors.
     pub async fn exchange_bind(
         &self,
-        destination: &str,
-        source: &str,
-        routing_key: &str,
+        destination: impl AsShortStr,
+        source: impl AsShortStr,
+        routing_key: impl AsShortStr,
         options: BindOptions,
     ) -> Result<()> {
         let method = exchange::Bind {
@@ -275,9 +309,9 @@ impl Channel {
     /// Connection errors; 404 when an exchange is missing.
     pub async fn exchange_unbind(
         &self,
-        destination: &str,
-        source: &str,
-        routing_key: &str,
+        destination: impl AsShortStr,
+        source: impl AsShortStr,
+        routing_key: impl AsShortStr,
         options: BindOptions,
     ) -> Result<()> {
         let method = exchange::Unbind {
@@ -323,7 +357,7 @@ impl Channel {
     /// ```
     pub async fn queue_declare(
         &self,
-        name: &str,
+        name: impl AsShortStr,
         options: QueueDeclareOptions,
     ) -> Result<QueueDeclared> {
         let method = queue::Declare {
@@ -335,7 +369,7 @@ impl Channel {
             nowait: options.nowait,
             arguments: options.arguments,
         };
-        self.declare(method, name).await
+        self.declare(method).await
     }
 
     /// Checks that a queue exists and returns its counts, without creating it.
@@ -344,16 +378,17 @@ impl Channel {
     ///
     /// [`Error::ChannelClosed`] with 404 NOT_FOUND when it does not exist (the channel closes,
     /// the connection stays).
-    pub async fn queue_declare_passive(&self, name: &str) -> Result<QueueDeclared> {
+    pub async fn queue_declare_passive(&self, name: impl AsShortStr) -> Result<QueueDeclared> {
         let method = queue::Declare {
             queue: short(name)?,
             passive: true,
             ..Default::default()
         };
-        self.declare(method, name).await
+        self.declare(method).await
     }
 
-    async fn declare(&self, method: queue::Declare, name: &str) -> Result<QueueDeclared> {
+    async fn declare(&self, method: queue::Declare) -> Result<QueueDeclared> {
+        let requested = method.queue.clone();
         match self.rpc(method.into(), "queue.declare-ok").await? {
             Some(Reply::Method(Method::QueueDeclareOk(ok))) => Ok(QueueDeclared {
                 name: ok.queue.to_string_lossy().into_owned(),
@@ -361,7 +396,7 @@ impl Channel {
                 consumer_count: ok.consumer_count,
             }),
             _ => Ok(QueueDeclared {
-                name: name.to_string(),
+                name: requested.to_string_lossy().into_owned(),
                 message_count: 0,
                 consumer_count: 0,
             }),
@@ -375,9 +410,9 @@ impl Channel {
     /// 404 when the queue or exchange is missing; connection errors.
     pub async fn queue_bind(
         &self,
-        queue: &str,
-        exchange: &str,
-        routing_key: &str,
+        queue: impl AsShortStr,
+        exchange: impl AsShortStr,
+        routing_key: impl AsShortStr,
         options: BindOptions,
     ) -> Result<()> {
         let method = queue::Bind {
@@ -397,9 +432,9 @@ impl Channel {
     /// Connection errors; 404 when the queue or exchange is missing.
     pub async fn queue_unbind(
         &self,
-        queue: &str,
-        exchange: &str,
-        routing_key: &str,
+        queue: impl AsShortStr,
+        exchange: impl AsShortStr,
+        routing_key: impl AsShortStr,
         arguments: FieldTable,
     ) -> Result<()> {
         let method = queue::Unbind {
@@ -416,7 +451,7 @@ impl Channel {
     /// # Errors
     ///
     /// 404 when the queue is missing; connection errors.
-    pub async fn queue_purge(&self, name: &str) -> Result<u32> {
+    pub async fn queue_purge(&self, name: impl AsShortStr) -> Result<u32> {
         let method = queue::Purge {
             queue: short(name)?,
             nowait: false,
@@ -432,7 +467,11 @@ impl Channel {
     /// # Errors
     ///
     /// 406 with `if_unused`/`if_empty` when the condition fails; connection errors.
-    pub async fn queue_delete(&self, name: &str, options: QueueDeleteOptions) -> Result<u32> {
+    pub async fn queue_delete(
+        &self,
+        name: impl AsShortStr,
+        options: QueueDeleteOptions,
+    ) -> Result<u32> {
         let method = queue::Delete {
             queue: short(name)?,
             if_unused: options.if_unused,
@@ -499,8 +538,8 @@ impl Channel {
     /// ```
     pub async fn basic_consume(
         &self,
-        queue: &str,
-        consumer_tag: &str,
+        queue: impl AsShortStr,
+        consumer_tag: impl AsShortStr,
         options: BasicConsumeOptions,
     ) -> Result<Consumer> {
         let method = basic::Consume {
@@ -540,7 +579,7 @@ impl Channel {
     /// # Errors
     ///
     /// Connection errors.
-    pub async fn basic_cancel(&self, consumer_tag: &str) -> Result<()> {
+    pub async fn basic_cancel(&self, consumer_tag: impl AsShortStr) -> Result<()> {
         let consumer_tag = short(consumer_tag)?;
         self.stop_consumers(Some(&consumer_tag));
         let method = basic::Cancel {
@@ -574,7 +613,11 @@ impl Channel {
     /// # Errors
     ///
     /// 404 when the queue is missing; connection errors.
-    pub async fn basic_get(&self, queue: &str, no_ack: bool) -> Result<Option<GetMessage>> {
+    pub async fn basic_get(
+        &self,
+        queue: impl AsShortStr,
+        no_ack: bool,
+    ) -> Result<Option<GetMessage>> {
         let method = basic::Get {
             queue: short(queue)?,
             no_ack,
@@ -615,8 +658,8 @@ impl Channel {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidArgument`] for a name over 255 bytes or properties too large for a
-    /// frame; [`Error::Timeout`] when blocked longer than the blocked-publish timeout;
+    /// [`Error::InvalidArgument`] for a name over 255 bytes or not UTF-8 (only a [`ShortStr`]
+    /// can hold other bytes), or properties too large for a frame; [`Error::Timeout`] when blocked longer than the blocked-publish timeout;
     /// connection and channel errors.
     ///
     /// # Examples
@@ -643,12 +686,14 @@ impl Channel {
     /// [`Confirmation::NotRequested`]: crate::Confirmation::NotRequested
     pub async fn basic_publish(
         &self,
-        exchange: &str,
-        routing_key: &str,
+        exchange: impl AsShortStr,
+        routing_key: impl AsShortStr,
         options: BasicPublishOptions,
         properties: &BasicProperties,
         body: impl Into<Bytes>,
     ) -> Result<PublisherConfirm> {
+        let exchange = text(&exchange, "exchange name")?;
+        let routing_key = text(&routing_key, "routing key")?;
         let mut body = Some(body.into());
         let deadline = self
             .shared

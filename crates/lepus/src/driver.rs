@@ -29,7 +29,7 @@ use tokio::sync::{broadcast, oneshot, watch, Notify};
 use crate::config::ConnectionOptions;
 use crate::confirm::{ConfirmQueue, ReturnedMessage};
 use crate::consumer::{ConsumerQueue, Delivery};
-use crate::error::{Error, Result};
+use crate::error::{Error, HumanDuration, Result};
 
 /// Frames decoded per acquisition of the state lock.
 const FRAMES_PER_LOCK: usize = 48;
@@ -584,12 +584,16 @@ async fn finish_close(shared: &Arc<Shared>, started: Instant) -> Result<()> {
             inner.lost = Some(Error::Unsent {
                 messages,
                 bytes,
-                reason: format!("the broker took no bytes for {limit:?} while closing"),
+                reason: format!(
+                    "the broker took no bytes for {} while closing",
+                    HumanDuration(limit)
+                ),
             });
         }
-        inner
-            .proto
-            .handle_transport_closed(format!("close made no progress for {limit:?}"));
+        inner.proto.handle_transport_closed(format!(
+            "close made no progress for {}",
+            HumanDuration(limit)
+        ));
         dispatch(shared, &mut inner);
     }
     if let Some(lost) = &inner.lost {

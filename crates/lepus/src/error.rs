@@ -60,7 +60,7 @@ pub enum Error {
     #[error("tls: {0}")]
     Tls(String),
     /// A step did not finish in time.
-    #[error("timed out after {after:?} waiting for {what}")]
+    #[error("timed out after {} waiting for {what}", HumanDuration(*after))]
     Timeout {
         /// What was being waited for, such as `queue.declare-ok` or `TCP connect`.
         what: &'static str,
@@ -81,8 +81,13 @@ pub enum Error {
     /// The channel was closed by this client, or its handle outlived it.
     #[error("channel {0} is closed")]
     ChannelNotOpen(u16),
-    /// The broker cancelled the consumer (its queue was deleted, or it timed out).
-    #[error("consumer {0} was cancelled by the broker")]
+    /// The broker cancelled the consumer: its queue was deleted, the queue's node went down,
+    /// or (on brokers that cancel rather than close the channel) a delivery's ack was overdue.
+    /// The broker's `basic.cancel` gives no reason, so the message lists these.
+    #[error(
+        "consumer {0} was cancelled by the broker: the queue was deleted, its node went down, \
+         or an ack timed out"
+    )]
     ConsumerCancelled(ShortStr),
     /// The connection ended before everything published on it was written to the socket: those
     /// messages never reached the broker. [`Connection::close`](crate::Connection::close)
@@ -167,3 +172,24 @@ impl From<ConnectionError> for Error {
 
 /// `Result` with the client's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A duration for people: `250 ms`, `5 s`, `1.5 s` (not `Duration`'s `Debug` form).
+pub(crate) struct HumanDuration(pub(crate) std::time::Duration);
+
+impl std::fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let millis = self.0.as_millis();
+        if millis == 0 && !self.0.is_zero() {
+            return write!(f, "{} µs", self.0.as_micros());
+        }
+        if millis < 1000 {
+            return write!(f, "{millis} ms");
+        }
+        let (secs, frac) = (millis / 1000, millis % 1000);
+        if frac == 0 {
+            return write!(f, "{secs} s");
+        }
+        let frac = format!("{frac:03}");
+        write!(f, "{secs}.{} s", frac.trim_end_matches('0'))
+    }
+}

@@ -80,9 +80,13 @@ pub use consumer::{Consumer, Delivery};
 pub use driver::{ConnectionEvent, ConnectionStats};
 pub use error::{Error, Result};
 pub use lepus_proto::{Close, ConnectionError, Heartbeat, Negotiated, Sasl};
-pub use lepus_wire::{BasicProperties, FieldTable, FieldValue, LongStr, ReplyCode, ShortStr};
+pub use lepus_wire::{
+    AsShortStr, BasicProperties, BasicPropertiesBuilder, DeliveryMode, EncodeError, FieldTable,
+    FieldValue, LongStr, ReplyCode, ShortStr,
+};
 pub use options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BindOptions, ExchangeDeclareOptions,
-    ExchangeDeleteOptions, ExchangeKind, QueueDeclareOptions, QueueDeclared, QueueDeleteOptions,
+    ExchangeDeleteOptions, ExchangeKind, ParseExchangeKindError, QueueDeclareOptions,
+    QueueDeclared, QueueDeleteOptions,
 };
 pub use {bytes, lepus_proto, lepus_wire};

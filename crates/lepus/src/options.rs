@@ -5,7 +5,10 @@
 //! booleans. `passive` declares are separate methods (`queue_declare_passive`), because they
 //! change what the call means.
 
-use lepus_wire::FieldTable;
+use std::fmt;
+use std::str::FromStr;
+
+use lepus_wire::{FieldTable, ShortStr};
 
 /// Options for [`Channel::exchange_declare`](crate::Channel::exchange_declare).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -126,7 +129,24 @@ pub struct QueueDeclared {
 }
 
 /// The kind of an exchange.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Parses from and prints as the type name the broker uses (`direct`, `topic`, ...); any other
+/// name is a plugin's type, [`ExchangeKind::Custom`].
+///
+/// # Examples
+///
+/// ```
+/// use lepus::ExchangeKind;
+///
+/// let kind: ExchangeKind = "topic".parse()?;
+/// assert_eq!(kind, ExchangeKind::Topic);
+/// assert_eq!(kind.to_string(), "topic");
+/// let plugin: ExchangeKind = "x-consistent-hash".parse()?;
+/// assert_eq!(plugin, ExchangeKind::Custom("x-consistent-hash".into()));
+/// assert!("".parse::<ExchangeKind>().is_err());
+/// # Ok::<(), lepus::ParseExchangeKindError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ExchangeKind {
     /// Routes on an exact routing-key match.
@@ -151,5 +171,85 @@ impl ExchangeKind {
             Self::Headers => "headers",
             Self::Custom(s) => s,
         }
+    }
+}
+
+impl fmt::Display for ExchangeKind {
+    /// The type name sent to the broker, as [`as_str`](Self::as_str).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ExchangeKind {
+    type Err = ParseExchangeKindError;
+
+    /// The built-in types by their exact (lowercase) names; any other non-empty name of at most
+    /// 255 bytes is [`Custom`](Self::Custom).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "direct" => Self::Direct,
+            "fanout" => Self::Fanout,
+            "topic" => Self::Topic,
+            "headers" => Self::Headers,
+            "" => return Err(ParseExchangeKindError::Empty),
+            s if s.len() > ShortStr::MAX_LEN => {
+                return Err(ParseExchangeKindError::TooLong { len: s.len() })
+            }
+            s => Self::Custom(s.to_owned()),
+        })
+    }
+}
+
+/// Why a string is not an exchange type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParseExchangeKindError {
+    /// The name is empty.
+    #[error("exchange type is empty (expected direct, fanout, topic, headers or a plugin's type)")]
+    Empty,
+    /// The name is longer than a short string allows.
+    #[error("exchange type of {len} bytes exceeds 255 bytes")]
+    TooLong {
+        /// The name's length in bytes.
+        len: usize,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exchange_kind_parses_and_prints_broker_names() {
+        let kinds = [
+            ExchangeKind::Direct,
+            ExchangeKind::Fanout,
+            ExchangeKind::Topic,
+            ExchangeKind::Headers,
+            ExchangeKind::Custom("x-delayed-message".into()),
+        ];
+        for kind in kinds {
+            let text = kind.to_string();
+            assert_eq!(text, kind.as_str());
+            assert_eq!(text.parse::<ExchangeKind>(), Ok(kind));
+        }
+        // Names are case-sensitive on the broker, so `Topic` is some plugin's type, not topic.
+        assert_eq!(
+            "Topic".parse::<ExchangeKind>(),
+            Ok(ExchangeKind::Custom("Topic".into()))
+        );
+        assert_eq!(
+            "".parse::<ExchangeKind>(),
+            Err(ParseExchangeKindError::Empty)
+        );
+        let long = "x".repeat(256);
+        let err = long.parse::<ExchangeKind>().unwrap_err();
+        assert_eq!(err, ParseExchangeKindError::TooLong { len: 256 });
+        assert_eq!(
+            err.to_string(),
+            "exchange type of 256 bytes exceeds 255 bytes"
+        );
+        assert!("x".repeat(255).parse::<ExchangeKind>().is_ok());
     }
 }

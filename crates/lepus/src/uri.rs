@@ -23,6 +23,32 @@ const REDACTED: &str = "<redacted>";
 ///
 /// Missing parts are filled with RabbitMQ's defaults: host `localhost`, the scheme's port,
 /// user and password `guest`, vhost `/`.
+///
+/// # The vhost
+///
+/// The path names the vhost, percent-encoded, so the default vhost `/` is written `%2f`:
+///
+/// | URI | vhost |
+/// |---|---|
+/// | `amqp://host` | `/` (no path: the default) |
+/// | `amqp://host/%2f` | `/` |
+/// | `amqp://host//` | `/`, for compatibility with kombu and Celery, which write it so |
+/// | `amqp://host/orders` | `orders` |
+/// | `amqp://host/` | the empty vhost, as the RabbitMQ URI spec says |
+///
+/// `amqp://host//` breaks the RabbitMQ URI spec (a `/` in the vhost must be `%2f`), but kombu
+/// users write it everywhere and mean `/`, so lepus accepts it; no other unencoded `/` is.
+/// The empty vhost rarely exists: when the broker refuses it, the connection error says that
+/// the default vhost is `/`, written `%2f`.
+///
+/// ```
+/// use lepus::uri::AmqpUri;
+///
+/// assert_eq!(AmqpUri::parse("amqp://host/%2f")?.vhost, "/");
+/// assert_eq!(AmqpUri::parse("amqp://host//")?.vhost, "/");
+/// assert_eq!(AmqpUri::parse("amqp://host/")?.vhost, "");
+/// # Ok::<(), lepus::uri::UriError>(())
+/// ```
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct AmqpUri {
     /// `amqp` or `amqps`.
@@ -35,7 +61,8 @@ pub struct AmqpUri {
     pub username: String,
     /// Password for authentication; masked when printed.
     pub password: Password,
-    /// Virtual host; `""` is a legitimate (if unusual) vhost distinct from `/`.
+    /// Virtual host; `""` is a legitimate (if unusual) vhost distinct from `/` (see
+    /// [the table above](Self#the-vhost)).
     pub vhost: String,
     /// Query parameters.
     pub query: UriQuery,
@@ -106,19 +133,19 @@ pub struct Password(String);
 #[non_exhaustive]
 pub enum UriError {
     /// The scheme is well-formed but is neither `amqp` nor `amqps`.
-    #[error("unsupported uri scheme {0:?} (expected amqp or amqps)")]
+    #[error("unsupported uri scheme {} (expected amqp or amqps)", Quoted(.0))]
     UnsupportedScheme(String),
     /// The string does not start with `scheme://`.
     #[error("missing uri scheme (expected amqp:// or amqps://)")]
     MissingScheme,
     /// The port is not a number from 1 to 65535.
-    #[error("invalid port {0:?} (expected a number from 1 to 65535)")]
+    #[error("invalid port {} (expected a number from 1 to 65535)", Quoted(.0))]
     InvalidPort(String),
     /// The host is malformed (bad IPv6 literal, forbidden characters).
-    #[error("invalid host {0:?}")]
+    #[error("invalid host {}", Quoted(.0))]
     InvalidHost(String),
     /// The path holds an unencoded `/`, i.e. more than one segment.
-    #[error("invalid vhost {0:?} (a `/` inside the vhost must be encoded as %2f)")]
+    #[error("invalid vhost {} (a `/` inside the vhost must be encoded as %2f)", Quoted(.0))]
     InvalidVhost(String),
     /// A `%` escape is malformed or decodes to invalid UTF-8.
     #[error("invalid percent-encoding in {part}")]
@@ -127,10 +154,14 @@ pub enum UriError {
         part: &'static str,
     },
     /// A query parameter that lepus does not know; rejected so typos are not silently ignored.
-    #[error("unknown query parameter {0:?}")]
+    #[error("unknown query parameter {}", Quoted(.0))]
     UnknownQueryParameter(String),
     /// A known query parameter with a value of the wrong form.
-    #[error("invalid value {value:?} for query parameter {key:?} (expected {expected})")]
+    #[error(
+        "invalid value {} for query parameter {} (expected {expected})",
+        Quoted(value),
+        Quoted(key)
+    )]
     InvalidQueryValue {
         /// The parameter name.
         key: String,
@@ -388,6 +419,10 @@ fn parse_vhost(path: &str, hide: bool) -> Result<String, UriError> {
     let Some(segment) = path.strip_prefix('/') else {
         return Ok("/".to_owned());
     };
+    // kombu (and so Celery) writes the default vhost as `amqp://host//`; the spec wants `%2f`.
+    if segment == "/" {
+        return Ok("/".to_owned());
+    }
     if segment.contains('/') {
         return Err(UriError::InvalidVhost(shown(segment, hide)));
     }
@@ -468,6 +503,16 @@ fn shown(text: &str, hide: bool) -> String {
     if hide { REDACTED } else { text }.to_owned()
 }
 
+/// A value in an error message: in double quotes, with control characters, quotes and
+/// backslashes escaped so that the message stays on one line.
+struct Quoted<'a>(&'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{}\"", self.0.escape_debug())
+    }
+}
+
 /// Parses plain decimal digits; unlike `str::parse` alone, rejects a leading `+`.
 fn number<T: FromStr>(s: &str) -> Option<T> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
@@ -538,6 +583,46 @@ mod tests {
             ("amqp://host/%2F", "guest|guest|host|5672|/"),
             ("amqp://[::1]", "guest|guest|::1|5672|/"),
         ]);
+    }
+
+    #[test]
+    fn kombu_double_slash_is_the_default_vhost() {
+        check(&[
+            ("amqp://host//", "guest|guest|host|5672|/"),
+            ("amqp://u:p@host:5673//", "u|p|host|5673|/"),
+            ("amqp://u:p@host//?heartbeat=5", "u|p|host|5672|/"),
+            ("amqp:////", "guest|guest|localhost|5672|/"),
+        ]);
+        assert_eq!(parse("amqp://host//?heartbeat=5").query.heartbeat, Some(5));
+        // Only the bare `//`: any other unencoded `/` is still an error with the %2f hint.
+        assert_eq!(
+            err("amqp://host//x").to_string(),
+            "invalid vhost \"/x\" (a `/` inside the vhost must be encoded as %2f)"
+        );
+    }
+
+    #[test]
+    fn error_texts_quote_and_escape_values() {
+        let cases = [
+            (
+                "http://h",
+                "unsupported uri scheme \"http\" (expected amqp or amqps)",
+            ),
+            (
+                "amqp://u@h:99999",
+                "invalid port \"99999\" (expected a number from 1 to 65535)",
+            ),
+            ("amqp://a%0Ab%22", "invalid host \"a\\nb\\\"\""),
+            ("amqp://h?nope=1", "unknown query parameter \"nope\""),
+            (
+                "amqp://h?heartbeat=x",
+                "invalid value \"x\" for query parameter \"heartbeat\" \
+                 (expected a number from 0 to 65535)",
+            ),
+        ];
+        for (uri, text) in cases {
+            assert_eq!(err(uri).to_string(), text, "{uri}");
+        }
     }
 
     #[test]
@@ -644,7 +729,8 @@ mod tests {
             ("amqp://a%0Ab", InvalidHost("a\nb".into())),
             ("amqp://a]b", InvalidHost("a]b".into())),
             ("amqp://host/a/b", InvalidVhost("a/b".into())),
-            ("amqp://host//", InvalidVhost("/".into())),
+            ("amqp://host///", InvalidVhost("//".into())),
+            ("amqp://host//x", InvalidVhost("/x".into())),
             ("amqp://us%zz@h", bad("username")),
             ("amqp://u:p%4@h", bad("password")),
             ("amqp://h%ff", bad("host")),

@@ -135,12 +135,9 @@ async fn promptly<T>(what: &str, call: impl std::future::Future<Output = T>) -> 
 async fn cancelling_a_consumer_whose_buffer_is_full_reads_cancel_ok() {
     let (_fake, settled, conn, ch, mut consumer) = flooded().await;
     let tag = consumer.tag().clone();
-    promptly(
-        "basic_cancel",
-        ch.basic_cancel(tag.as_str().unwrap_or_default()),
-    )
-    .await
-    .unwrap();
+    promptly("basic_cancel", ch.basic_cancel(&tag))
+        .await
+        .unwrap();
     // The stream yields what it had buffered, then ends.
     let mut received = 0;
     while let Some(delivery) = consumer.recv().await {

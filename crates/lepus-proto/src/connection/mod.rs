@@ -47,6 +47,20 @@ enum State {
     Closed,
 }
 
+impl State {
+    /// Where the connection is, for error messages: `while waiting for connection.tune`.
+    fn describe(self) -> &'static str {
+        match self {
+            Self::AwaitStart => "while waiting for connection.start",
+            Self::AwaitTune => "while waiting for connection.secure or connection.tune",
+            Self::AwaitOpenOk => "while waiting for connection.open-ok",
+            Self::Open => "on an open connection",
+            Self::Closing => "while waiting for connection.close-ok",
+            Self::Closed => "after the connection closed",
+        }
+    }
+}
+
 /// One AMQP 0-9-1 client connection, without I/O.
 ///
 /// The caller owns the socket and the clock. The methods come in four kinds, as in quinn-proto:
@@ -693,9 +707,11 @@ impl Connection {
                     reply: Reply::Method(ok.into()),
                 });
             }
-            (state, method) => {
-                self.unexpected(format!("{} on channel 0 in state {state:?}", method.name()))
-            }
+            (state, method) => self.unexpected(format!(
+                "{} on channel 0 {}",
+                method.name(),
+                state.describe()
+            )),
         }
     }
 

@@ -947,6 +947,16 @@ fn connection_method_out_of_state_is_unexpected_frame() {
 }
 
 #[test]
+fn unexpected_connection_method_is_described_in_words() {
+    let mut b = Broker::handshake();
+    b.send_method(0, connection::OpenOk);
+    assert_eq!(
+        b.closed().to_string(),
+        "unexpected frame from the server: connection.open-ok on channel 0 on an open connection"
+    );
+}
+
+#[test]
 fn method_on_never_opened_channel_is_channel_error() {
     let mut b = Broker::handshake();
     b.send_method(7, basic::QosOk);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use lepus_wire::{BasicProperties, FieldTable};
+use lepus_wire::{AsShortStr, BasicProperties, FieldTable};
 
 use super::connection::Inner;
 use super::consumer::Consumer;
@@ -133,7 +133,7 @@ impl Channel {
     #[track_caller]
     pub fn exchange_declare(
         &self,
-        name: &str,
+        name: impl AsShortStr,
         kind: ExchangeKind,
         options: ExchangeDeclareOptions,
     ) -> Result<()> {
@@ -148,7 +148,7 @@ impl Channel {
     ///
     /// As [`crate::Channel::exchange_declare_passive`]: 404 closes the channel.
     #[track_caller]
-    pub fn exchange_declare_passive(&self, name: &str) -> Result<()> {
+    pub fn exchange_declare_passive(&self, name: impl AsShortStr) -> Result<()> {
         self.conn
             .io
             .block_on(self.inner.exchange_declare_passive(name))
@@ -160,7 +160,11 @@ impl Channel {
     ///
     /// As [`crate::Channel::exchange_delete`].
     #[track_caller]
-    pub fn exchange_delete(&self, name: &str, options: ExchangeDeleteOptions) -> Result<()> {
+    pub fn exchange_delete(
+        &self,
+        name: impl AsShortStr,
+        options: ExchangeDeleteOptions,
+    ) -> Result<()> {
         self.conn
             .io
             .block_on(self.inner.exchange_delete(name, options))
@@ -174,9 +178,9 @@ impl Channel {
     #[track_caller]
     pub fn exchange_bind(
         &self,
-        destination: &str,
-        source: &str,
-        routing_key: &str,
+        destination: impl AsShortStr,
+        source: impl AsShortStr,
+        routing_key: impl AsShortStr,
         options: BindOptions,
     ) -> Result<()> {
         self.conn.io.block_on(
@@ -193,9 +197,9 @@ impl Channel {
     #[track_caller]
     pub fn exchange_unbind(
         &self,
-        destination: &str,
-        source: &str,
-        routing_key: &str,
+        destination: impl AsShortStr,
+        source: impl AsShortStr,
+        routing_key: impl AsShortStr,
         options: BindOptions,
     ) -> Result<()> {
         self.conn.io.block_on(
@@ -225,7 +229,11 @@ impl Channel {
     /// # Ok(()) }
     /// ```
     #[track_caller]
-    pub fn queue_declare(&self, name: &str, options: QueueDeclareOptions) -> Result<QueueDeclared> {
+    pub fn queue_declare(
+        &self,
+        name: impl AsShortStr,
+        options: QueueDeclareOptions,
+    ) -> Result<QueueDeclared> {
         self.conn
             .io
             .block_on(self.inner.queue_declare(name, options))
@@ -237,7 +245,7 @@ impl Channel {
     ///
     /// As [`crate::Channel::queue_declare_passive`]: 404 closes the channel.
     #[track_caller]
-    pub fn queue_declare_passive(&self, name: &str) -> Result<QueueDeclared> {
+    pub fn queue_declare_passive(&self, name: impl AsShortStr) -> Result<QueueDeclared> {
         self.conn
             .io
             .block_on(self.inner.queue_declare_passive(name))
@@ -251,9 +259,9 @@ impl Channel {
     #[track_caller]
     pub fn queue_bind(
         &self,
-        queue: &str,
-        exchange: &str,
-        routing_key: &str,
+        queue: impl AsShortStr,
+        exchange: impl AsShortStr,
+        routing_key: impl AsShortStr,
         options: BindOptions,
     ) -> Result<()> {
         self.conn
@@ -269,9 +277,9 @@ impl Channel {
     #[track_caller]
     pub fn queue_unbind(
         &self,
-        queue: &str,
-        exchange: &str,
-        routing_key: &str,
+        queue: impl AsShortStr,
+        exchange: impl AsShortStr,
+        routing_key: impl AsShortStr,
         arguments: FieldTable,
     ) -> Result<()> {
         self.conn.io.block_on(
@@ -286,7 +294,7 @@ impl Channel {
     ///
     /// As [`crate::Channel::queue_purge`].
     #[track_caller]
-    pub fn queue_purge(&self, name: &str) -> Result<u32> {
+    pub fn queue_purge(&self, name: impl AsShortStr) -> Result<u32> {
         self.conn.io.block_on(self.inner.queue_purge(name))
     }
 
@@ -296,7 +304,7 @@ impl Channel {
     ///
     /// As [`crate::Channel::queue_delete`].
     #[track_caller]
-    pub fn queue_delete(&self, name: &str, options: QueueDeleteOptions) -> Result<u32> {
+    pub fn queue_delete(&self, name: impl AsShortStr, options: QueueDeleteOptions) -> Result<u32> {
         self.conn
             .io
             .block_on(self.inner.queue_delete(name, options))
@@ -359,8 +367,8 @@ impl Channel {
     #[track_caller]
     pub fn basic_consume<F>(
         &self,
-        queue: &str,
-        consumer_tag: &str,
+        queue: impl AsShortStr,
+        consumer_tag: impl AsShortStr,
         options: BasicConsumeOptions,
         callback: F,
     ) -> Result<String>
@@ -372,7 +380,8 @@ impl Channel {
             self.conn
                 .io
                 .block_on(self.inner.basic_consume(queue, consumer_tag, options))?;
-        // Broker-generated tags are ASCII and ours came in as `&str`, so nothing is lost.
+        // Broker-generated tags are ASCII and an application's are text in practice; the
+        // dispatcher keeps and compares them as text (`basic_cancel` converts the same way).
         let tag = stream.tag().to_string_lossy().into_owned();
         self.conn
             .dispatch
@@ -407,8 +416,8 @@ impl Channel {
     #[track_caller]
     pub fn basic_consume_iter(
         &self,
-        queue: &str,
-        consumer_tag: &str,
+        queue: impl AsShortStr,
+        consumer_tag: impl AsShortStr,
         options: BasicConsumeOptions,
     ) -> Result<Consumer> {
         let no_ack = options.no_ack;
@@ -431,11 +440,12 @@ impl Channel {
     ///
     /// As [`crate::Channel::basic_cancel`].
     #[track_caller]
-    pub fn basic_cancel(&self, consumer_tag: &str) -> Result<()> {
+    pub fn basic_cancel(&self, consumer_tag: impl AsShortStr) -> Result<()> {
         self.conn
             .io
-            .block_on(self.inner.basic_cancel(consumer_tag))?;
-        self.conn.dispatch.cancel(self.state.key, consumer_tag);
+            .block_on(self.inner.basic_cancel(&consumer_tag))?;
+        let tag = String::from_utf8_lossy(consumer_tag.as_short_bytes());
+        self.conn.dispatch.cancel(self.state.key, &tag);
         Ok(())
     }
 
@@ -445,7 +455,7 @@ impl Channel {
     ///
     /// As [`crate::Channel::basic_get`].
     #[track_caller]
-    pub fn basic_get(&self, queue: &str, no_ack: bool) -> Result<Option<GetMessage>> {
+    pub fn basic_get(&self, queue: impl AsShortStr, no_ack: bool) -> Result<Option<GetMessage>> {
         self.conn.io.block_on(self.inner.basic_get(queue, no_ack))
     }
 
@@ -484,8 +494,8 @@ impl Channel {
     #[track_caller]
     pub fn basic_publish(
         &self,
-        exchange: &str,
-        routing_key: &str,
+        exchange: impl AsShortStr,
+        routing_key: impl AsShortStr,
         options: BasicPublishOptions,
         properties: &BasicProperties,
         body: impl Into<Bytes>,
@@ -532,8 +542,8 @@ impl Channel {
     #[track_caller]
     pub fn basic_publish_confirm(
         &self,
-        exchange: &str,
-        routing_key: &str,
+        exchange: impl AsShortStr,
+        routing_key: impl AsShortStr,
         options: BasicPublishOptions,
         properties: &BasicProperties,
         body: impl Into<Bytes>,
