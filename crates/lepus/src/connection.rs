@@ -103,9 +103,16 @@ impl Connection {
             Ok(Ok(Err(e))) => Err(e),
             Ok(Err(_)) => Err(conn.shared.lock().closed_error()),
             Err(_) => {
+                // A server that accepts and stays silent is likely not an AMQP broker (an HTTP
+                // server waits for a request line that never comes): say so.
+                let silent = conn.shared.lock().stats.bytes_read == 0;
                 conn.abort("AMQP handshake timed out");
                 Err(Error::Timeout {
-                    what: "AMQP handshake",
+                    what: if silent {
+                        "connection.start (the server sent nothing: is it an AMQP 0-9-1 broker?)"
+                    } else {
+                        "AMQP handshake"
+                    },
                     after: handshake_timeout,
                 })
             }
