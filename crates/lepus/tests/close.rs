@@ -78,22 +78,24 @@ async fn publish_until_full(ch: &lepus::Channel, queue: &str) -> u64 {
 
 #[tokio::test]
 async fn close_flushes_a_backlog_that_drains_longer_than_the_close_timeout() {
-    // The link to the broker takes about 4 MB/s, so the backlog left at close (the write
-    // buffer plus the kernel's socket buffers) needs far longer than the 200 ms close timeout,
-    // but it never stops draining.
+    // The link to the broker takes about 2 MB/s, so the backlog left at close (the 1 MiB
+    // write buffer plus the kernel's socket buffers) needs far longer than the 200 ms close
+    // timeout, but it never stops draining.
     let up = Pace {
         chunk: 16 * 1024,
-        gap: Duration::from_millis(4),
+        gap: Duration::from_millis(8),
     };
     let proxy = Proxy::start_with(broker_addr(), Some(up), None).await;
     let (admin, admin_ch, queue) = shared_queue("close-drain").await;
     let timeout = Duration::from_millis(200);
     let conn = through(&proxy, |o| {
-        o.heartbeat(Heartbeat::Disabled).close_timeout(timeout);
+        o.heartbeat(Heartbeat::Disabled)
+            .close_timeout(timeout)
+            .write_buffer_high_water(1024 * 1024);
     })
     .await;
     let ch = conn.open_channel().await.unwrap();
-    let n = 60_000;
+    let n = 30_000;
     publish_n(&ch, &queue, n).await;
     let backlog = conn.stats().messages_published - conn.stats().messages_written;
     let started = Instant::now();
