@@ -63,6 +63,13 @@ impl Target {
         })
     }
 
+    /// The same target with another close timeout.
+    pub(crate) fn with_close_timeout(&self, timeout: Duration) -> Self {
+        let mut target = self.clone();
+        target.options.close_timeout(timeout);
+        target
+    }
+
     /// Opens a connection named `lepus <what>` (shown in the management UI).
     ///
     /// # Errors

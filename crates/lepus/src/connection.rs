@@ -164,7 +164,11 @@ impl Connection {
     ///   when the close gave up (no bytes taken for the close timeout) or the connection had
     ///   already failed with publishes queued. Messages not counted there were written.
     /// - [`Error::Timeout`] for `connection.close-ok` when everything was written but the
-    ///   broker did not answer the close within the close timeout.
+    ///   broker did not answer the close within the close timeout. A broker under load may
+    ///   still be working through megabytes it took into its socket buffers; RabbitMQ drops
+    ///   what it has not read when the client closes the socket, so lepus leaves the socket
+    ///   open in the background until the broker answers (at most a minute, or the close
+    ///   timeout if longer). Raise the close timeout to wait for it here.
     ///
     /// # Cancel safety
     ///

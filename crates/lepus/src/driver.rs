@@ -35,6 +35,10 @@ use crate::error::{Error, HumanDuration, Result};
 const FRAMES_PER_LOCK: usize = 48;
 /// Size of each socket read.
 const READ_CHUNK: usize = 64 * 1024;
+/// How long a connection whose close-ok is overdue stays open after everything was written, so
+/// that a broker still working through its own buffers reads the rest: RabbitMQ drops what it
+/// has not read when the client closes the socket. At least the close timeout.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(60);
 /// Most buffers handed to one vectored write.
 const MAX_IOVECS: usize = 64;
 /// A read at least this large already carries enough to amortise its wake-up: no nap after it.
@@ -247,6 +251,10 @@ pub(crate) struct Inner {
     last_write: Option<Instant>,
     /// Set when the connection ended with publishes unwritten: what [`close`] reports.
     lost: Option<Error>,
+    /// A close gave up waiting for close-ok after everything was written: keep the socket
+    /// open (no FIN) and let the reader drain it until the broker closes it (see
+    /// [`linger_until_closed`]).
+    linger: bool,
 }
 
 /// The locked state. Dropping it releases the lock first, then wakes
@@ -340,6 +348,7 @@ impl Shared {
                 unwritten: VecDeque::new(),
                 last_write: None,
                 lost: None,
+                linger: false,
             }),
             writer_wake: Notify::new(),
             reader_wake: Notify::new(),
@@ -590,6 +599,9 @@ async fn finish_close(shared: &Arc<Shared>, started: Instant) -> Result<()> {
                 ),
             });
         }
+        // Everything was written but close-ok is late: the broker may still be working
+        // through its buffers, and closing the socket now would make it drop the rest.
+        inner.linger = bytes == 0;
         inner.proto.handle_transport_closed(format!(
             "close made no progress for {}",
             HumanDuration(limit)
@@ -939,8 +951,11 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 }
             }
         }
-        let _ = self.io.flush().await;
-        let _ = self.io.shutdown().await;
+        // A lingering connection stays open for the reader (see `linger_until_closed`).
+        if !shared.lock().linger {
+            let _ = self.io.flush().await;
+            let _ = self.io.shutdown().await;
+        }
     }
 }
 
@@ -1020,6 +1035,7 @@ struct Linger {
     /// Where each publish not yet written ends (see [`Inner::unwritten`]).
     unwritten: VecDeque<u64>,
     timeout: std::time::Duration,
+    frame_max: u32,
     host: String,
 }
 
@@ -1038,6 +1054,7 @@ impl Linger {
             written: inner.stats.bytes_written,
             unwritten: inner.unwritten.clone(),
             timeout: options.close_timeout,
+            frame_max: inner.proto.negotiated().frame_max,
             host: options.host.clone(),
         })
     }
@@ -1058,6 +1075,7 @@ impl Linger {
             mut written,
             mut unwritten,
             timeout,
+            frame_max,
             host,
         } = self;
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -1066,7 +1084,7 @@ impl Linger {
             .build();
         let closed = runtime.is_ok_and(|runtime| {
             runtime.block_on(async {
-                let Ok(stream) = tokio::net::TcpStream::from_std(socket.into()) else {
+                let Ok(mut stream) = tokio::net::TcpStream::from_std(socket.into()) else {
                     return false;
                 };
                 while !chunks.is_empty() {
@@ -1080,7 +1098,7 @@ impl Linger {
                     }
                 }
                 // The broker answers connection.close with close-ok and then closes its side.
-                tokio::time::timeout(timeout, read_to_end(&stream))
+                tokio::time::timeout(LINGER.max(timeout), until_close_ok(&mut stream, frame_max))
                     .await
                     .is_ok()
             })
@@ -1120,21 +1138,6 @@ async fn write_some(
     }
 }
 
-/// Reads and discards until the peer closes the connection (or it fails).
-async fn read_to_end(stream: &tokio::net::TcpStream) {
-    let mut scratch = [0u8; 4096];
-    loop {
-        if stream.readable().await.is_err() {
-            return;
-        }
-        match stream.try_read(&mut scratch) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-    }
-}
-
 /// Writes the front of `chunks` with `write` until it would block or fails; returns how many
 /// bytes went out.
 fn write_now(
@@ -1170,6 +1173,42 @@ fn poll_write_now<W: AsyncWrite + Unpin>(
 
 /// Runs the reader (and the heartbeat timer) until the connection ends.
 pub(crate) async fn reader<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut io: R) {
+    read(&shared, &mut io).await;
+    let (linger, frame_max) = {
+        let inner = shared.lock();
+        (inner.linger, inner.proto.negotiated().frame_max)
+    };
+    if linger {
+        let limit = LINGER.max(shared.options.close_timeout);
+        let _ = tokio::time::timeout(limit, until_close_ok(&mut io, frame_max)).await;
+    }
+}
+
+/// Reads and discards until the broker answers the close (close-ok, or a close of its own)
+/// or ends the connection. A connection whose close gave up waiting stays open this long, so
+/// that the broker reads everything that was written.
+async fn until_close_ok<R: AsyncRead + Unpin>(io: &mut R, frame_max: u32) {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    loop {
+        loop {
+            match lepus_wire::Frame::decode(&mut buf, frame_max.max(lepus_wire::FRAME_MIN_SIZE)) {
+                Ok(Some(lepus_wire::Frame::Method {
+                    channel: 0,
+                    method: Method::ConnectionCloseOk(_) | Method::ConnectionClose(_),
+                })) => return,
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+        if !matches!(io.read_buf(&mut buf).await, Ok(n) if n > 0) {
+            return;
+        }
+    }
+}
+
+/// The reader's loop, until the connection ends.
+async fn read<R: AsyncRead + Unpin>(shared: &Arc<Shared>, io: &mut R) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut wake: Vec<Waker> = Vec::new();
     let mut shutdown = shared.shutdown.subscribe();
@@ -1207,7 +1246,7 @@ pub(crate) async fn reader<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut io: R)
             _ = shutdown.wait_for(|closed| *closed) => return,
             result = io.read_buf(&mut buf), if !paused => {
                 match result {
-                    Ok(0) => return transport_failed(&shared, "connection closed by peer".into()),
+                    Ok(0) => return transport_failed(shared, "connection closed by peer".into()),
                     Ok(n) => {
                         // Slices of a large read, so the lock is never held for long: acks and
                         // publishes from other threads get in between.
@@ -1217,8 +1256,8 @@ pub(crate) async fn reader<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut io: R)
                         loop {
                             let mut inner = shared.lock();
                             let more = inner.proto.handle_input_bounded(now, &mut buf, FRAMES_PER_LOCK);
-                            dispatch(&shared, &mut inner);
-                            inner.kick_writer(&shared);
+                            dispatch(shared, &mut inner);
+                            inner.kick_writer(shared);
                             wake.append(&mut inner.wake_later);
                             if !more {
                                 nap = inner.nap_after_read(now, coalescing, n);
@@ -1231,7 +1270,7 @@ pub(crate) async fn reader<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut io: R)
                         if let Some(tls) = crate::transport::tls_failure(&e) {
                             shared.lock().tls_failure = Some(tls);
                         }
-                        return transport_failed(&shared, format!("read failed: {e}"));
+                        return transport_failed(shared, format!("read failed: {e}"));
                     }
                 }
                 if buf.capacity() - buf.len() < READ_CHUNK / 4 {
@@ -1246,8 +1285,8 @@ pub(crate) async fn reader<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut io: R)
                     inner.proto.reset_receive_timer(now);
                 }
                 inner.proto.handle_timeout(now);
-                dispatch(&shared, &mut inner);
-                inner.kick_writer(&shared);
+                dispatch(shared, &mut inner);
+                inner.kick_writer(shared);
             }
             () = shared.reader_wake.notified(), if paused => {
                 let inner = shared.lock();
@@ -1578,6 +1617,12 @@ fn on_closed(shared: &Arc<Shared>, inner: &mut Inner, error: ConnectionError) {
     }
     let _ = shared.events.send(ConnectionEvent::Closed(err.to_string()));
     inner.error = Some(err);
+    if inner.linger {
+        // No FIN until the reader has drained the connection.
+        if let Some(tcp) = &inner.inline_tcp {
+            tcp.keep_open();
+        }
+    }
     inner.inline_tcp = None;
     shared.space.notify_waiters();
     shared.closed.notify_waiters();

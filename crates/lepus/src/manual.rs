@@ -202,6 +202,14 @@
 //! with publishes still queued (the broker closed it, the link broke) reports the same error
 //! from a later `close()`, and warns through `tracing`.
 //!
+//! Once everything is written, the close waits the close timeout for close-ok. A broker that
+//! publishers outpaced holds megabytes in its socket buffers and answers only after working
+//! through them, and RabbitMQ drops whatever it has not read when the client closes the
+//! socket (it even does so when it sees a FIN while busy). So a close that gives up on
+//! close-ok returns [`Error::Timeout`](crate::Error::Timeout) but leaves the socket open:
+//! the reader goes on reading, and only the broker's close-ok (or its closing the socket, or a
+//! minute) ends it.
+//!
 //! **Only `close().await` guarantees the flush.** Dropping every handle (connections,
 //! channels and consumers) without it queues `connection.close` behind what was published,
 //! writes what the socket takes at once from the dropping thread, and lets a background task

@@ -442,3 +442,53 @@ fn blocking_close_flushes_a_draining_backlog_and_reports_what_a_frozen_network_k
         admin.close().await.unwrap();
     });
 }
+
+#[tokio::test]
+async fn a_late_close_ok_is_waited_for_with_the_socket_still_open() {
+    use support::fake_broker::FakeBroker;
+    // A broker still busy with what it was sent answers close-ok only after 1.5 s; the close
+    // gives up after 300 ms, but must not close the socket (RabbitMQ drops what it has not
+    // read yet when the client does).
+    let (saw, seen) = tokio::sync::oneshot::channel();
+    let saw = std::sync::Mutex::new(Some(saw));
+    let fake = FakeBroker::start(move |mut peer| {
+        let saw = saw.lock().unwrap().take();
+        async move {
+            peer.handshake().await;
+            peer.expect(|m| matches!(m, lepus::lepus_wire::Method::ConnectionClose(_)))
+                .await;
+            let quiet = tokio::time::timeout(Duration::from_millis(1500), peer.recv()).await;
+            peer.send(0, lepus::lepus_wire::method::connection::CloseOk)
+                .await;
+            // The client closes once it has read close-ok.
+            let after = tokio::time::timeout(Duration::from_secs(5), peer.recv()).await;
+            if let Some(saw) = saw {
+                let _ = saw.send((quiet.is_err(), matches!(after, Ok(None))));
+            }
+        }
+    })
+    .await;
+    let mut options = fake.options();
+    options.close_timeout(Duration::from_millis(300));
+    let conn = Connection::connect_with(options).await.unwrap();
+    let started = Instant::now();
+    let err = conn.close().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Timeout {
+                what: "connection.close-ok",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(!conn.is_open());
+    let (open_while_waiting, closed_after_close_ok) = seen.await.unwrap();
+    assert!(open_while_waiting, "the socket was closed before close-ok");
+    assert!(
+        closed_after_close_ok,
+        "the socket stayed open after close-ok"
+    );
+}

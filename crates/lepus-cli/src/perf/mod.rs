@@ -46,6 +46,10 @@ pub(crate) const MIN_SIZE: u32 = 12;
 const MARKER: [u8; 4] = *b"lpf1";
 /// How long the run may go without progress while draining before it gives up.
 const STALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a producer's close may wait for close-ok once everything is written. A run that
+/// outpaces the broker leaves megabytes in the broker's socket buffers, which it works
+/// through before it answers the close: a minute at the rates of a loaded broker.
+const PRODUCER_CLOSE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often the control connection checks the queue depth with `--consumers 0`.
 const DEPTH_POLL: Duration = Duration::from_millis(1);
 
@@ -255,7 +259,7 @@ async fn measure(
         };
         producers.spawn(producer::run(
             settings,
-            target.clone(),
+            target.with_close_timeout(PRODUCER_CLOSE_TIMEOUT),
             Arc::clone(&shared),
             phase_rx.clone(),
             tx,

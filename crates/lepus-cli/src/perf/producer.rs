@@ -143,8 +143,16 @@ async fn publish(
     while let Some(confirm) = pending.pop_front() {
         settle(confirm, shared, ch.id()).await?;
     }
-    // The close writes whatever is still buffered; only then is everything published.
-    let closed = conn.close().await;
+    // The close writes whatever is still buffered; only then is everything published. The
+    // live rate follows it meanwhile.
+    let closing = conn.close();
+    tokio::pin!(closing);
+    let closed = loop {
+        tokio::select! {
+            closed = &mut closing => break closed,
+            () = tokio::time::sleep(Duration::from_millis(100)) => count_written(),
+        }
+    };
     count_written();
     shared
         .publish_end_ns
