@@ -34,7 +34,8 @@ pub(crate) struct Cli {
 /// Options every command takes.
 #[derive(Debug, Args)]
 pub(crate) struct Global {
-    /// Broker URL, amqp[s]://user:pass@host:port/vhost [default: $AMQP_URL, else
+    /// Broker URL, amqp[s]://user:pass@host:port/vhost; several brokers as URLs separated by
+    /// `;`, or with --url repeated: connecting tries each in turn [default: $AMQP_URL, else
     /// amqp://guest:guest@localhost:5672/%2f]
     #[arg(
         long,
@@ -42,7 +43,7 @@ pub(crate) struct Global {
         value_name = "URL",
         help_heading = "Global options"
     )]
-    pub(crate) url: Option<String>,
+    pub(crate) url: Vec<String>,
     /// Seconds allowed for the TCP connection and the AMQP handshake each [default: 10, or the
     /// URL's connection_timeout]
     #[arg(long, global = true, value_name = "SECS", value_parser = parse_secs,
@@ -492,11 +493,24 @@ mod tests {
     #[test]
     fn url_is_global() {
         let before = parse(&["--url", "amqp://a", "purge", "q"]).unwrap();
-        assert_eq!(before.global.url.as_deref(), Some("amqp://a"));
+        assert_eq!(before.global.url, ["amqp://a"]);
         let after = parse(&["purge", "q", "--url", "amqp://b"]).unwrap();
-        assert_eq!(after.global.url.as_deref(), Some("amqp://b"));
+        assert_eq!(after.global.url, ["amqp://b"]);
         let nested = parse(&["declare", "queue", "q", "--url", "amqp://c"]).unwrap();
-        assert_eq!(nested.global.url.as_deref(), Some("amqp://c"));
+        assert_eq!(nested.global.url, ["amqp://c"]);
+        // Repeated, each occurrence adds a broker.
+        let several = parse(&[
+            "--url",
+            "amqp://a",
+            "purge",
+            "q",
+            "--url",
+            "amqp://b;amqp://c",
+        ]);
+        assert_eq!(
+            several.unwrap().global.url,
+            ["amqp://a", "amqp://b;amqp://c"]
+        );
     }
 
     #[test]

@@ -31,15 +31,18 @@ impl Target {
     ///
     /// A usage error when the URL does not parse; it says where the URL came from.
     pub(crate) fn resolve(global: &Global, env_url: Option<String>) -> Result<Self, CliError> {
-        let (url, source) = pick_url(global.url.clone(), env_url);
+        let flag = (!global.url.is_empty()).then(|| global.url.join(";"));
+        let (url, source) = pick_url(flag, env_url);
         let invalid = |e: &dyn std::fmt::Display| {
             CliError::Usage(match source {
                 UrlSource::Env => format!("invalid URL in $AMQP_URL: {e}"),
                 UrlSource::Flag | UrlSource::Default => format!("invalid URL: {e}"),
             })
         };
-        let uri: AmqpUri = url.parse().map_err(|e| invalid(&e))?;
         let mut options = ConnectionOptions::from_uri(&url).map_err(|e| invalid(&e))?;
+        // The first broker's URL carries the settings that are not per broker.
+        let first = url.split(';').map(str::trim).find(|u| !u.is_empty());
+        let uri: AmqpUri = first.unwrap_or_default().parse().map_err(|e| invalid(&e))?;
         let timeout = match (global.connect_timeout, uri.query.connection_timeout) {
             (Some(secs), _) => Duration::from_secs_f64(secs),
             (None, Some(from_url)) => from_url,
@@ -58,8 +61,8 @@ impl Target {
             });
         }
         Ok(Self {
+            address: options.hosts().join(", "),
             options,
-            address: format!("{}:{}", uri.host, uri.port),
         })
     }
 
@@ -84,7 +87,7 @@ impl Target {
             .await
             .map_err(|e| match e {
                 // Already names the address.
-                lepus::Error::Connect { .. } => CliError::from(e),
+                lepus::Error::Connect { .. } | lepus::Error::AllHostsFailed(_) => CliError::from(e),
                 other => CliError::failed(format!("connecting to {}: {}", self.address, other)),
             })
     }
@@ -130,7 +133,7 @@ mod tests {
 
     fn global(url: Option<&str>) -> Global {
         Global {
-            url: url.map(str::to_string),
+            url: url.map(str::to_string).into_iter().collect(),
             connect_timeout: None,
             rpc_timeout: 30.0,
             heartbeat: None,

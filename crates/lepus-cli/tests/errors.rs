@@ -108,6 +108,35 @@ fn unreachable_host_exits_1_with_one_line() {
 }
 
 #[test]
+fn several_brokers_are_tried_in_turn() {
+    let q = TempQueue::new("failover");
+    // A `;` list, and --url repeated: the unreachable broker is skipped either way.
+    let list = format!("{UNREACHABLE};{}", url());
+    bare()
+        .args(["--url", &list, "purge", q.name()])
+        .assert()
+        .success();
+    bare()
+        .args(["--url", UNREACHABLE, "purge", "--url", &url(), q.name()])
+        .assert()
+        .success();
+    // When none answers, one line names every failure.
+    let line = fails(
+        bare().args(["--url", UNREACHABLE, "--url", UNREACHABLE, "purge", "q"]),
+        1,
+    );
+    assert!(
+        line.starts_with("lepus: error: no broker could be reached: "),
+        "{line}"
+    );
+    assert_eq!(
+        line.matches("cannot connect to 127.0.0.1:1").count(),
+        2,
+        "{line}"
+    );
+}
+
+#[test]
 fn bad_credentials_mention_403_access_refused() {
     require_broker();
     let good = url();

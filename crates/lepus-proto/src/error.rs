@@ -159,6 +159,34 @@ impl fmt::Display for ForeignReply<'_> {
 }
 
 impl ConnectionError {
+    /// Whether the connection was lost in a way that reconnecting can mend, rather than
+    /// refused or broken in a way that would only repeat.
+    ///
+    /// | cause | recoverable |
+    /// |---|---|
+    /// | I/O error or end of stream ([`TransportClosed`](Self::TransportClosed)) | yes |
+    /// | missed heartbeats ([`HeartbeatTimeout`](Self::HeartbeatTimeout)) | yes |
+    /// | `connection.close` 320 CONNECTION_FORCED (broker shutdown or restart, an operator's `close_connection`) | yes |
+    /// | `connection.close` 541 INTERNAL_ERROR | yes |
+    /// | `connection.close` with any other code: 402 INVALID_PATH, 403 ACCESS_REFUSED, 501–506 (frame, syntax, command, channel, unexpected frame, resource errors), 530 NOT_ALLOWED (a deleted vhost), 540 NOT_IMPLEMENTED | no |
+    /// | a close this side asked for ([`LocallyClosed`](Self::LocallyClosed)) | no |
+    /// | a protocol violation lepus detected (malformed frames, unexpected methods, an oversized message), a server that does not speak AMQP 0-9-1, no common SASL mechanism | no |
+    ///
+    /// A malformed or hostile peer never makes a connection reconnect in a loop: everything
+    /// it can cause is on the "no" side.
+    pub fn is_recoverable(&self) -> bool {
+        match self {
+            Self::TransportClosed(_) | Self::HeartbeatTimeout(_) => true,
+            Self::ServerClosed(close) => {
+                matches!(
+                    close.code,
+                    ReplyCode::CONNECTION_FORCED | ReplyCode::INTERNAL_ERROR
+                )
+            }
+            _ => false,
+        }
+    }
+
     /// The reply code the connection was (or should be) closed with, where there is one.
     pub fn reply_code(&self) -> Option<ReplyCode> {
         match self {
@@ -208,6 +236,40 @@ mod tests {
             text: text.to_owned(),
             class_id,
             method_id,
+        }
+    }
+
+    #[test]
+    fn recoverable_losses_follow_the_trigger_table() {
+        let server = |code: u16| ConnectionError::ServerClosed(close(ReplyCode(code), "x", 0, 0));
+        // Recover: the link went away, or the broker asked clients to come back later.
+        for lost in [
+            ConnectionError::TransportClosed("connection reset by peer".into()),
+            ConnectionError::HeartbeatTimeout(60),
+            server(320),
+            server(541),
+        ] {
+            assert!(lost.is_recoverable(), "{lost}");
+        }
+        // Never: refusals and errors that would only repeat.
+        for code in [402, 403, 501, 502, 503, 504, 505, 506, 530, 540, 200] {
+            assert!(!server(code).is_recoverable(), "{code}");
+        }
+        for broken in [
+            ConnectionError::LocallyClosed(close(ReplyCode::REPLY_SUCCESS, "bye", 0, 0)),
+            ConnectionError::Protocol(DecodeError::BadFrameEnd { found: 1 }),
+            ConnectionError::UnexpectedFrame("basic.deliver on channel 0".into()),
+            ConnectionError::MessageTooLarge { size: 10, max: 1 },
+            ConnectionError::NotAmqp {
+                received: bytes::Bytes::from_static(b"HTTP/1.1 400"),
+            },
+            ConnectionError::VersionMismatch { major: 1, minor: 0 },
+            ConnectionError::UnsupportedMechanism {
+                wanted: "PLAIN",
+                offered: "EXTERNAL".into(),
+            },
+        ] {
+            assert!(!broken.is_recoverable(), "{broken}");
         }
     }
 

@@ -49,6 +49,33 @@ pub struct ConnectionOptions {
     pub(crate) write_buffer_high_water: usize,
     pub(crate) write_coalescing: Duration,
     pub(crate) read_coalescing: Duration,
+    /// Brokers to try after the one above, each with its own address, vhost, credentials and
+    /// TLS settings.
+    pub(crate) more_hosts: Vec<Endpoint>,
+    pub(crate) failover: FailoverStrategy,
+}
+
+/// The per-broker part of [`ConnectionOptions`]: where, which vhost, as whom, over what.
+#[derive(Clone)]
+pub(crate) struct Endpoint {
+    host: String,
+    port: u16,
+    vhost: String,
+    sasl: Sasl,
+    tls: Option<TlsOptions>,
+}
+
+/// In which order a connection with several brokers
+/// ([`ConnectionOptions::add_host`]) tries them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailoverStrategy {
+    /// In the order given, the first one first.
+    #[default]
+    RoundRobin,
+    /// In a random order, drawn anew for each connect, so that many clients with the same
+    /// list spread over the brokers.
+    Shuffle,
 }
 
 /// TLS settings; present when the URI's scheme is `amqps` or [`ConnectionOptions::tls`] set them.
@@ -172,16 +199,48 @@ impl ConnectionOptions {
             write_buffer_high_water: 1024 * 1024,
             write_coalescing: Duration::from_millis(2),
             read_coalescing: Duration::from_millis(1),
+            more_hosts: Vec::new(),
+            failover: FailoverStrategy::RoundRobin,
         }
     }
 
     /// Settings from an AMQP URI, following RabbitMQ's URI specification:
     /// `amqp[s]://user:pass@host:port/vhost?heartbeat=10&connection_timeout=5000&...`.
     ///
+    /// Several brokers are written as kombu writes them: full URIs separated by `;`
+    /// (`amqp://u:p@h1:5672/%2f;amqp://u:p@h2:5673/%2f`), each with its own credentials,
+    /// vhost and TLS settings (see [`add_host`](Self::add_host)); the settings of the query
+    /// that are not per broker (heartbeat, timeouts, frame and channel limits) come from the
+    /// first. A `;` inside a password must then be written `%3B`.
+    ///
     /// # Errors
     ///
-    /// [`Error::Uri`] when the URI does not parse or names an unknown query parameter.
+    /// [`Error::Uri`] when a URI does not parse or names an unknown query parameter.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let options = lepus::ConnectionOptions::from_uri(
+    ///     "amqp://app:secret@rabbit-1:5672/orders;amqps://app:secret@rabbit-2:5671/orders",
+    /// )?;
+    /// assert_eq!(options.hosts(), ["rabbit-1:5672", "rabbit-2:5671"]);
+    /// # Ok::<(), lepus::Error>(())
+    /// ```
     pub fn from_uri(uri: &str) -> Result<Self> {
+        let mut parts = uri
+            .split(';')
+            .map(str::trim)
+            .filter(|part| !part.is_empty());
+        let mut options = Self::from_one_uri(parts.next().unwrap_or_default())?;
+        for part in parts {
+            let more = Self::from_one_uri(part)?;
+            options.add_host(&more);
+        }
+        Ok(options)
+    }
+
+    /// Settings from a single AMQP URI.
+    fn from_one_uri(uri: &str) -> Result<Self> {
         let uri: AmqpUri = uri.parse()?;
         let mut o = Self::new();
         o.host = uri.host;
@@ -250,9 +309,84 @@ impl ConnectionOptions {
         Ok(o)
     }
 
-    /// The host to connect to.
+    /// The host to connect to (the first, when there are several).
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// Every broker the connection may use, as `host:port`, in the order given.
+    pub fn hosts(&self) -> Vec<String> {
+        std::iter::once(format!("{}:{}", self.host, self.port))
+            .chain(
+                self.more_hosts
+                    .iter()
+                    .map(|e| format!("{}:{}", e.host, e.port)),
+            )
+            .collect()
+    }
+
+    /// Adds a broker to try when the ones before it cannot be reached: `other`'s address,
+    /// vhost, credentials and TLS settings (its other settings are not used).
+    ///
+    /// Connecting tries every broker once, in the order of the
+    /// [failover strategy](Self::failover_strategy), before it fails; the connection then
+    /// says which one it is on ([`Connection::address`](crate::Connection::address)).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use lepus::ConnectionOptions;
+    ///
+    /// let mut options = ConnectionOptions::from_uri("amqp://app:secret@rabbit-1/orders")?;
+    /// let mut second = ConnectionOptions::from_uri("amqp://app:secret@rabbit-2/orders")?;
+    /// second.address("10.0.0.2", 5673);
+    /// options.add_host(&second);
+    /// assert_eq!(options.hosts(), ["rabbit-1:5672", "10.0.0.2:5673"]);
+    /// # Ok::<(), lepus::Error>(())
+    /// ```
+    pub fn add_host(&mut self, other: &ConnectionOptions) -> &mut Self {
+        self.more_hosts.push(other.endpoint());
+        self.more_hosts.extend(other.more_hosts.iter().cloned());
+        self
+    }
+
+    /// In which order connecting tries the brokers (default: round-robin, in the order given).
+    pub fn failover_strategy(&mut self, strategy: FailoverStrategy) -> &mut Self {
+        self.failover = strategy;
+        self
+    }
+
+    /// This broker's part of the settings.
+    fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            host: self.host.clone(),
+            port: self.port,
+            vhost: self.vhost.clone(),
+            sasl: self.sasl.clone(),
+            tls: self.tls.clone(),
+        }
+    }
+
+    /// The options for connecting to each broker, in the order to try them.
+    pub(crate) fn attempts(&self) -> Vec<ConnectionOptions> {
+        let mut endpoints: Vec<Endpoint> = std::iter::once(self.endpoint())
+            .chain(self.more_hosts.iter().cloned())
+            .collect();
+        if self.failover == FailoverStrategy::Shuffle {
+            fastrand::shuffle(&mut endpoints);
+        }
+        endpoints
+            .into_iter()
+            .map(|e| {
+                let mut o = self.clone();
+                o.host = e.host;
+                o.port = e.port;
+                o.vhost = e.vhost;
+                o.sasl = e.sasl;
+                o.tls = e.tls;
+                o
+            })
+            .collect()
     }
 
     /// Sets host and port.
@@ -452,6 +586,77 @@ impl fmt::Debug for ConnectionOptions {
             .field("rpc_timeout", &self.rpc_timeout)
             .field("write_coalescing", &self.write_coalescing)
             .field("read_coalescing", &self.read_coalescing)
+            .field("more_hosts", &self.hosts().get(1..).unwrap_or_default())
+            .field("failover", &self.failover)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn several_brokers_in_one_uri_keep_their_own_settings() {
+        let o = ConnectionOptions::from_uri(
+            "amqp://a:pa@h1:5672/one?heartbeat=7 ; amqps://b:pb@h2/two;amqp://c:pc@h3:5674/%2f;",
+        )
+        .unwrap();
+        assert_eq!(o.hosts(), ["h1:5672", "h2:5671", "h3:5674"]);
+        let attempts = o.attempts();
+        let hosts: Vec<_> = attempts
+            .iter()
+            .map(|a| (a.host.as_str(), a.vhost.as_str(), a.tls.is_some()))
+            .collect();
+        assert_eq!(
+            hosts,
+            [
+                ("h1", "one", false),
+                ("h2", "two", true),
+                ("h3", "/", false)
+            ]
+        );
+        for (attempt, user) in attempts.iter().zip(["a", "b", "c"]) {
+            assert!(
+                matches!(&attempt.sasl, Sasl::Plain { username, .. } if username == user),
+                "{:?}",
+                attempt.sasl
+            );
+            // Settings that are not per broker come from the first URI.
+            assert_eq!(attempt.heartbeat, Heartbeat::Secs(7));
+        }
+        // No password shows, for any broker.
+        let debug = format!("{o:?}");
+        assert!(debug.contains("h3:5674"), "{debug}");
+        for password in ["pa", "pb", "pc"] {
+            assert!(!debug.contains(&format!("\"{password}\"")), "{debug}");
+        }
+    }
+
+    #[test]
+    fn a_bad_uri_anywhere_in_the_list_is_an_error() {
+        assert!(ConnectionOptions::from_uri("amqp://h1;http://h2").is_err());
+        assert!(ConnectionOptions::from_uri("amqp://h1;amqp://h2:notaport").is_err());
+    }
+
+    #[test]
+    fn shuffling_tries_every_broker_once_in_varying_orders() {
+        let mut o = ConnectionOptions::from_uri("amqp://h1;amqp://h2;amqp://h3;amqp://h4").unwrap();
+        assert_eq!(
+            o.attempts()
+                .iter()
+                .map(|a| a.host.clone())
+                .collect::<Vec<_>>(),
+            ["h1", "h2", "h3", "h4"]
+        );
+        o.failover_strategy(FailoverStrategy::Shuffle);
+        let mut orders = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let mut order: Vec<String> = o.attempts().into_iter().map(|a| a.host).collect();
+            orders.insert(order.clone());
+            order.sort();
+            assert_eq!(order, ["h1", "h2", "h3", "h4"]);
+        }
+        assert!(orders.len() > 5, "{orders:?}");
     }
 }

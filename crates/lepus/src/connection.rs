@@ -47,8 +47,11 @@ impl Connection {
     ///
     /// [`Error::Uri`] for a bad URI, [`Error::Connect`] when the TCP connection fails,
     /// [`Error::Tls`], [`Error::AuthenticationFailed`] for refused credentials,
-    /// [`Error::ConnectionClosed`] when the broker refuses (e.g. 530 for an unknown vhost), and
-    /// [`Error::Timeout`] when a step takes longer than its limit.
+    /// [`Error::ConnectionClosed`] when the broker refuses (e.g. 530 for an unknown vhost),
+    /// [`Error::Timeout`] when a step takes longer than its limit, and [`Error::NotAmqp`] when
+    /// the server speaks another protocol. With several brokers (a `;`-separated list, see
+    /// [`ConnectionOptions::from_uri`]) each is tried once in turn, and
+    /// [`Error::AllHostsFailed`] lists every failure when none could be reached.
     pub async fn connect(uri: &str) -> Result<Self> {
         Self::connect_with(ConnectionOptions::from_uri(uri)?).await
     }
@@ -59,6 +62,29 @@ impl Connection {
     ///
     /// As [`connect`](Self::connect).
     pub async fn connect_with(options: ConnectionOptions) -> Result<Self> {
+        let mut attempts = options.attempts().into_iter();
+        let mut failures = Vec::new();
+        let last = loop {
+            let Some(attempt) = attempts.next() else {
+                break None;
+            };
+            let addr = format!("{}:{}", attempt.host, attempt.port);
+            match Self::connect_one(attempt).await {
+                Ok(conn) => return Ok(conn),
+                // Nothing another broker could change.
+                Err(e @ (Error::Uri(_) | Error::InvalidArgument(_))) => return Err(e),
+                Err(e) if failures.is_empty() && attempts.len() == 0 => break Some(e),
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "cannot connect; trying the next broker");
+                    failures.push((addr, e));
+                }
+            }
+        };
+        Err(last.unwrap_or_else(|| Error::AllHostsFailed(failures.into())))
+    }
+
+    /// Connects to the one broker `options` name.
+    async fn connect_one(options: ConnectionOptions) -> Result<Self> {
         let (reader, writer, inline) = transport::connect(&options).await?;
         Self::start(reader, writer, inline, options).await
     }
@@ -186,6 +212,12 @@ impl Connection {
         driver::dispatch(&self.shared, &mut inner);
     }
 
+    /// The broker the connection is on, as `host:port` (with several brokers, the one it
+    /// reached).
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.shared.options.host, self.shared.options.port)
+    }
+
     /// Whether the connection is open.
     pub fn is_open(&self) -> bool {
         let inner = self.shared.lock();
@@ -262,7 +294,7 @@ impl Connection {
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
-            .field("host", &self.shared.options.host)
+            .field("address", &self.address())
             .field("open", &self.is_open())
             .finish()
     }

@@ -53,6 +53,11 @@ pub enum Error {
         /// The first bytes the server sent (at most 64).
         received: bytes::Bytes,
     },
+    /// None of the brokers of a connection with several
+    /// ([`ConnectionOptions::add_host`](crate::ConnectionOptions::add_host)) could be
+    /// reached: each one's address and error, in the order tried.
+    #[error("no broker could be reached: {}", Failures(.0))]
+    AllHostsFailed(Arc<[(String, Error)]>),
     /// Reading or writing the socket failed.
     #[error("i/o error: {0}")]
     Io(Arc<io::Error>),
@@ -131,6 +136,7 @@ impl Error {
         matches!(
             self,
             Self::ConnectionClosed(_)
+                | Self::AllHostsFailed(_)
                 | Self::NotAmqp { .. }
                 | Self::Unsent { .. }
                 | Self::Io(_)
@@ -172,6 +178,26 @@ impl From<ConnectionError> for Error {
 
 /// `Result` with the client's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Each broker's error, `; `-separated, with its address where the error does not name it.
+struct Failures<'a>(&'a [(String, Error)]);
+
+impl std::fmt::Display for Failures<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (addr, error)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            let text = error.to_string();
+            if text.contains(addr.as_str()) {
+                f.write_str(&text)?;
+            } else {
+                write!(f, "{addr}: {text}")?;
+            }
+        }
+        Ok(())
+    }
+}
 
 /// A duration for people: `250 ms`, `5 s`, `1.5 s` (not `Duration`'s `Debug` form).
 pub(crate) struct HumanDuration(pub(crate) std::time::Duration);

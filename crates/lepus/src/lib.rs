@@ -73,7 +73,7 @@ mod transport;
 pub mod uri;
 
 pub use channel::{Channel, GetMessage};
-pub use config::{ConnectionOptions, TlsOptions};
+pub use config::{ConnectionOptions, FailoverStrategy, TlsOptions};
 pub use confirm::{Confirmation, PublisherConfirm, ReturnedMessage};
 pub use connection::Connection;
 pub use consumer::{Consumer, Delivery};
