@@ -21,7 +21,7 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 echo "== cargo test"
 cargo test --workspace --locked 2>&1 | tee -a "$log"
 echo "== serial tests (broker-wide state, one at a time)"
-cargo test -p lepus --locked --test serial_broker --test blocking -- --ignored --test-threads=1 \
+cargo test -p lepus --locked --test serial_broker --test serial_recovery --test blocking -- --ignored --test-threads=1 \
   2>&1 | tee -a "$log"
 echo "== examples against the broker"
 for example in consume_acks publish_confirms error_handling; do

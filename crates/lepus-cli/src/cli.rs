@@ -35,8 +35,8 @@ pub(crate) struct Cli {
 #[derive(Debug, Args)]
 pub(crate) struct Global {
     /// Broker URL, amqp[s]://user:pass@host:port/vhost; several brokers as URLs separated by
-    /// `;`, or with --url repeated: connecting tries each in turn [default: $AMQP_URL, else
-    /// amqp://guest:guest@localhost:5672/%2f]
+    /// `;`, or with --url repeated (all before or all after the subcommand): connecting tries
+    /// each in turn [default: $AMQP_URL, else amqp://guest:guest@localhost:5672/%2f]
     #[arg(
         long,
         global = true,
@@ -502,10 +502,10 @@ mod tests {
         let several = parse(&[
             "--url",
             "amqp://a",
-            "purge",
-            "q",
             "--url",
             "amqp://b;amqp://c",
+            "purge",
+            "q",
         ]);
         assert_eq!(
             several.unwrap().global.url,

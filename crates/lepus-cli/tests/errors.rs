@@ -117,7 +117,7 @@ fn several_brokers_are_tried_in_turn() {
         .assert()
         .success();
     bare()
-        .args(["--url", UNREACHABLE, "purge", "--url", &url(), q.name()])
+        .args(["purge", "--url", UNREACHABLE, "--url", &url(), q.name()])
         .assert()
         .success();
     // When none answers, one line names every failure.

@@ -17,6 +17,7 @@ use crate::options::{
     BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BindOptions, ExchangeDeclareOptions,
     ExchangeDeleteOptions, ExchangeKind, QueueDeclareOptions, QueueDeclared, QueueDeleteOptions,
 };
+use crate::recovery::{RecordedBinding, RecordedConsumer};
 
 /// A message fetched with [`Channel::basic_get`].
 #[derive(Debug)]
@@ -65,6 +66,21 @@ pub struct Channel {
     id: u16,
     generation: u64,
     _guard: HandleGuard,
+}
+
+/// A binding as recovery records it.
+fn recorded_binding(
+    destination: &ShortStr,
+    source: &ShortStr,
+    routing_key: &ShortStr,
+    arguments: &FieldTable,
+) -> RecordedBinding {
+    RecordedBinding {
+        destination: destination.to_string_lossy().into_owned(),
+        source: source.to_string_lossy().into_owned(),
+        routing_key: routing_key.to_string_lossy().into_owned(),
+        arguments: arguments.clone(),
+    }
 }
 
 fn short(name: impl AsShortStr) -> Result<ShortStr> {
@@ -141,6 +157,10 @@ impl Channel {
     }
 
     async fn rpc(&self, method: Method, what: &'static str) -> Result<Option<Reply>> {
+        // While the connection is being recovered, requests wait for it.
+        self.shared
+            .ready(Some(self.shared.options.rpc_timeout))
+            .await?;
         match self.send_request(method, None)? {
             Some(rx) => self.await_reply(rx, what).await.map(Some),
             None => Ok(None),
@@ -159,6 +179,9 @@ impl Channel {
     /// reads our close), with its reason; a timeout when close-ok does not come within the
     /// close timeout.
     pub async fn close(&self) -> Result<()> {
+        self.shared
+            .ready(Some(self.shared.options.rpc_timeout))
+            .await?;
         let rx = {
             let mut inner = self.shared.lock();
             match inner.check(self.id, self.generation) {
@@ -176,7 +199,8 @@ impl Channel {
             inner.proto.call(self.id, close.into())?;
             // The broker's deliveries on this channel are discarded unread from now on: its
             // consumers must not keep the reader from reading close-ok.
-            if let Some(slot) = inner.channels.get(&self.id) {
+            if let Some(slot) = inner.channels.get_mut(&self.id) {
+                slot.closing = true;
                 slot.consumers.values().for_each(|queue| queue.stop());
             }
             self.shared.reader_wake.notify_one();
@@ -205,10 +229,12 @@ impl Channel {
     ///
     /// When the channel is closed or the broker refuses.
     pub async fn flow(&self, active: bool) -> Result<bool> {
-        match self
+        let reply = self
             .rpc(channel::Flow { active }.into(), "channel.flow-ok")
-            .await?
-        {
+            .await?;
+        // Restored after a recovery.
+        self.with_slot(|slot| slot.app_flow = Some(active));
+        match reply {
             Some(Reply::Method(Method::ChannelFlowOk(ok))) => Ok(ok.active),
             _ => Ok(active),
         }
@@ -228,19 +254,20 @@ impl Channel {
         kind: ExchangeKind,
         options: ExchangeDeclareOptions,
     ) -> Result<()> {
+        let name = short(name)?;
         let method = exchange::Declare {
-            exchange: short(name)?,
+            exchange: name.clone(),
             kind: short(kind.as_str())?,
             passive: false,
             durable: options.durable,
             auto_delete: options.auto_delete,
             internal: options.internal,
             nowait: options.nowait,
-            arguments: options.arguments,
+            arguments: options.arguments.clone(),
         };
-        self.rpc(method.into(), "exchange.declare-ok")
-            .await
-            .map(drop)
+        self.rpc(method.into(), "exchange.declare-ok").await?;
+        self.record(|t| t.exchange_declared(&name.to_string_lossy(), &kind, &options));
+        Ok(())
     }
 
     /// Checks that an exchange exists, without creating it.
@@ -270,14 +297,15 @@ impl Channel {
         name: impl AsShortStr,
         options: ExchangeDeleteOptions,
     ) -> Result<()> {
+        let name = short(name)?;
         let method = exchange::Delete {
-            exchange: short(name)?,
+            exchange: name.clone(),
             if_unused: options.if_unused,
             nowait: options.nowait,
         };
-        self.rpc(method.into(), "exchange.delete-ok")
-            .await
-            .map(drop)
+        self.rpc(method.into(), "exchange.delete-ok").await?;
+        self.record(|t| t.exchange_deleted(&name.to_string_lossy()));
+        Ok(())
     }
 
     /// Binds exchange `destination` to exchange `source` (a RabbitMQ extension).
@@ -299,7 +327,15 @@ impl Channel {
             nowait: options.nowait,
             arguments: options.arguments,
         };
-        self.rpc(method.into(), "exchange.bind-ok").await.map(drop)
+        let binding = recorded_binding(
+            &method.destination,
+            &method.source,
+            &method.routing_key,
+            &method.arguments,
+        );
+        self.rpc(method.into(), "exchange.bind-ok").await?;
+        self.record(|t| t.exchange_bound(binding));
+        Ok(())
     }
 
     /// Removes an exchange-to-exchange binding.
@@ -321,9 +357,15 @@ impl Channel {
             nowait: options.nowait,
             arguments: options.arguments,
         };
-        self.rpc(method.into(), "exchange.unbind-ok")
-            .await
-            .map(drop)
+        let binding = recorded_binding(
+            &method.destination,
+            &method.source,
+            &method.routing_key,
+            &method.arguments,
+        );
+        self.rpc(method.into(), "exchange.unbind-ok").await?;
+        self.record(|t| t.exchange_unbound(&binding));
+        Ok(())
     }
 
     // ---- queues ----
@@ -367,9 +409,12 @@ impl Channel {
             exclusive: options.exclusive,
             auto_delete: options.auto_delete,
             nowait: options.nowait,
-            arguments: options.arguments,
+            arguments: options.arguments.clone(),
         };
-        self.declare(method).await
+        let requested = method.queue.to_string_lossy().into_owned();
+        let declared = self.declare(method).await?;
+        self.record(|t| t.queue_declared(&requested, &declared.name, &options));
+        Ok(declared)
     }
 
     /// Checks that a queue exists and returns its counts, without creating it.
@@ -422,7 +467,15 @@ impl Channel {
             nowait: options.nowait,
             arguments: options.arguments,
         };
-        self.rpc(method.into(), "queue.bind-ok").await.map(drop)
+        let binding = recorded_binding(
+            &method.queue,
+            &method.exchange,
+            &method.routing_key,
+            &method.arguments,
+        );
+        self.rpc(method.into(), "queue.bind-ok").await?;
+        self.record(|t| t.queue_bound(binding));
+        Ok(())
     }
 
     /// Removes a binding between a queue and an exchange.
@@ -443,7 +496,15 @@ impl Channel {
             routing_key: short(routing_key)?,
             arguments,
         };
-        self.rpc(method.into(), "queue.unbind-ok").await.map(drop)
+        let binding = recorded_binding(
+            &method.queue,
+            &method.exchange,
+            &method.routing_key,
+            &method.arguments,
+        );
+        self.rpc(method.into(), "queue.unbind-ok").await?;
+        self.record(|t| t.queue_unbound(&binding));
+        Ok(())
     }
 
     /// Removes every ready message from a queue and returns how many there were.
@@ -472,13 +533,16 @@ impl Channel {
         name: impl AsShortStr,
         options: QueueDeleteOptions,
     ) -> Result<u32> {
+        let name = short(name)?;
         let method = queue::Delete {
-            queue: short(name)?,
+            queue: name.clone(),
             if_unused: options.if_unused,
             if_empty: options.if_empty,
             nowait: options.nowait,
         };
-        match self.rpc(method.into(), "queue.delete-ok").await? {
+        let reply = self.rpc(method.into(), "queue.delete-ok").await?;
+        self.record(|t| t.queue_deleted(&name.to_string_lossy()));
+        match reply {
             Some(Reply::Method(Method::QueueDeleteOk(ok))) => Ok(ok.message_count),
             _ => Ok(0),
         }
@@ -542,27 +606,41 @@ impl Channel {
         consumer_tag: impl AsShortStr,
         options: BasicConsumeOptions,
     ) -> Result<Consumer> {
+        let queue = short(queue)?;
         let method = basic::Consume {
-            queue: short(queue)?,
+            queue: queue.clone(),
             consumer_tag: short(consumer_tag)?,
             no_local: options.no_local,
             no_ack: options.no_ack,
             exclusive: options.exclusive,
             nowait: false,
-            arguments: options.arguments,
+            arguments: options.arguments.clone(),
         };
+        self.shared
+            .ready(Some(self.shared.options.rpc_timeout))
+            .await?;
         let q = ConsumerQueue::new(options.buffer, options.no_ack);
         let rx = self
             .send_request(method.into(), Some((Arc::clone(&q), options.no_ack)))?
             .ok_or(Error::InvalidState("basic.consume expects a reply"))?;
         match self.await_reply(rx, "basic.consume-ok").await? {
-            Reply::Method(Method::BasicConsumeOk(ok)) => Ok(Consumer::new(
-                q,
-                Arc::clone(&self.shared),
-                self.id,
-                self.generation,
-                ok.consumer_tag,
-            )),
+            Reply::Method(Method::BasicConsumeOk(ok)) => {
+                let consumer = RecordedConsumer {
+                    channel: self.id,
+                    tag: ok.consumer_tag.clone(),
+                    queue: queue.to_string_lossy().into_owned(),
+                    options,
+                    stream: Arc::clone(&q),
+                };
+                self.record(|t| t.consumer_started(consumer));
+                Ok(Consumer::new(
+                    q,
+                    Arc::clone(&self.shared),
+                    self.id,
+                    self.generation,
+                    ok.consumer_tag,
+                ))
+            }
             _ => Err(Error::InvalidState("unexpected reply to basic.consume")),
         }
     }
@@ -583,10 +661,30 @@ impl Channel {
         let consumer_tag = short(consumer_tag)?;
         self.stop_consumers(Some(&consumer_tag));
         let method = basic::Cancel {
-            consumer_tag,
+            consumer_tag: consumer_tag.clone(),
             nowait: false,
         };
-        self.rpc(method.into(), "basic.cancel-ok").await.map(drop)
+        self.rpc(method.into(), "basic.cancel-ok").await?;
+        let id = self.id;
+        self.record(|t| t.consumer_ended(id, &consumer_tag, true));
+        Ok(())
+    }
+
+    /// Records a change of the connection's topology, for recovery.
+    fn record(&self, change: impl FnOnce(&mut crate::recovery::Topology)) {
+        change(&mut self.shared.lock().topology);
+    }
+
+    /// Changes this channel's state, if it is still open.
+    fn with_slot(&self, change: impl FnOnce(&mut crate::driver::ChannelSlot)) {
+        let mut inner = self.shared.lock();
+        if let Some(slot) = inner
+            .channels
+            .get_mut(&self.id)
+            .filter(|slot| slot.generation == self.generation)
+        {
+            change(slot);
+        }
     }
 
     /// Marks the channel's consumer `tag` (or all of them) as ending, so that a full buffer
@@ -706,7 +804,11 @@ impl Channel {
                 inner.check(self.id, self.generation)?;
                 let high_water = self.shared.options.write_buffer_high_water;
                 let flow_paused = inner.channels.get(&self.id).is_some_and(|c| c.flow_paused);
-                if inner.proto.blocked().is_none() && !flow_paused && inner.buffered() < high_water
+                // While the connection is being recovered, publishers wait as when blocked.
+                if !inner.recovering
+                    && inner.proto.blocked().is_none()
+                    && !flow_paused
+                    && inner.buffered() < high_water
                 {
                     let body = body.take().unwrap_or_default();
                     let seq = inner.proto.publish(
@@ -722,7 +824,11 @@ impl Channel {
                         inner.wake_writer(&self.shared);
                         return Ok(PublisherConfirm::not_requested());
                     };
+                    // Numbered across recoveries: the broker's numbers restart on a new link.
+                    let mut seq = seq;
                     if let Some(slot) = inner.channels.get_mut(&self.id) {
+                        seq = seq.saturating_add(slot.confirm_offset);
+                        slot.published_seq = seq;
                         slot.confirms.push(seq);
                     }
                     inner.wake_writer_for_confirmed_publish(&self.shared, self.id);
@@ -740,10 +846,12 @@ impl Channel {
             match deadline {
                 Some((at, after)) => {
                     if tokio::time::timeout_at(at, waiting).await.is_err() {
-                        return Err(Error::Timeout {
-                            what: "the broker to unblock publishing",
-                            after,
-                        });
+                        let what = if self.shared.lock().recovering {
+                            "the connection to be recovered"
+                        } else {
+                            "the broker to unblock publishing"
+                        };
+                        return Err(Error::Timeout { what, after });
                     }
                 }
                 None => waiting.await,
@@ -809,7 +917,7 @@ impl Channel {
     ) -> Result<()> {
         self.shared.lock().queue_ack(
             &self.shared,
-            (self.id, self.generation),
+            (self.id, self.generation, None),
             method,
             delivery_tag,
             multiple,
@@ -875,8 +983,9 @@ impl Channel {
             confirm::Select { nowait: false }.into(),
             "confirm.select-ok",
         )
-        .await
-        .map(drop)
+        .await?;
+        self.with_slot(|slot| slot.confirm_mode = true);
+        Ok(())
     }
 
     /// Waits until every message published so far is confirmed, up to `timeout`. Returns
@@ -935,7 +1044,9 @@ impl Channel {
     ///
     /// Connection errors; 406 on a channel in confirm mode.
     pub async fn tx_select(&self) -> Result<()> {
-        self.rpc(tx::Select.into(), "tx.select-ok").await.map(drop)
+        self.rpc(tx::Select.into(), "tx.select-ok").await?;
+        self.with_slot(|slot| slot.tx_mode = true);
+        Ok(())
     }
 
     /// Commits the current transaction's publishes and acknowledgements.

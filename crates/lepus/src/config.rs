@@ -53,6 +53,7 @@ pub struct ConnectionOptions {
     /// TLS settings.
     pub(crate) more_hosts: Vec<Endpoint>,
     pub(crate) failover: FailoverStrategy,
+    pub(crate) recovery: crate::RecoveryPolicy,
 }
 
 /// The per-broker part of [`ConnectionOptions`]: where, which vhost, as whom, over what.
@@ -201,6 +202,7 @@ impl ConnectionOptions {
             read_coalescing: Duration::from_millis(1),
             more_hosts: Vec::new(),
             failover: FailoverStrategy::RoundRobin,
+            recovery: crate::RecoveryPolicy::new(),
         }
     }
 
@@ -347,6 +349,20 @@ impl ConnectionOptions {
     pub fn add_host(&mut self, other: &ConnectionOptions) -> &mut Self {
         self.more_hosts.push(other.endpoint());
         self.more_hosts.extend(other.more_hosts.iter().cloned());
+        self
+    }
+
+    /// How the connection recovers after losing its broker (default:
+    /// [`RecoveryPolicy::new`](crate::RecoveryPolicy::new), on).
+    pub fn recovery(&mut self, policy: crate::RecoveryPolicy) -> &mut Self {
+        self.recovery = policy;
+        self
+    }
+
+    /// No automatic recovery: a lost connection fails every handle at once with the error
+    /// that ended it, as a connection without recovery does.
+    pub fn no_recovery(&mut self) -> &mut Self {
+        self.recovery = crate::RecoveryPolicy::disabled();
         self
     }
 
@@ -588,6 +604,7 @@ impl fmt::Debug for ConnectionOptions {
             .field("read_coalescing", &self.read_coalescing)
             .field("more_hosts", &self.hosts().get(1..).unwrap_or_default())
             .field("failover", &self.failover)
+            .field("recovery", &self.recovery)
             .finish_non_exhaustive()
     }
 }

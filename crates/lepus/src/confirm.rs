@@ -41,6 +41,10 @@ pub enum Confirmation {
     Nack(Option<Box<ReturnedMessage>>),
     /// The channel is not in confirm mode: nothing to wait for.
     NotRequested,
+    /// The connection was lost before the broker confirmed the message: it may or may not
+    /// have reached the broker. Publishing it again is at-least-once (a duplicate is
+    /// possible); not publishing it again may lose it.
+    Uncertain,
 }
 
 impl Confirmation {
@@ -58,7 +62,7 @@ impl Confirmation {
     pub fn returned(&self) -> Option<&ReturnedMessage> {
         match self {
             Self::Ack(r) | Self::Nack(r) => r.as_deref(),
-            Self::NotRequested => None,
+            Self::NotRequested | Self::Uncertain => None,
         }
     }
 }
@@ -260,15 +264,24 @@ impl ConfirmQueue {
         nacked
     }
 
+    /// Settles everything still waiting as [`Confirmation::Uncertain`]: the link was lost.
+    pub(crate) fn uncertain(&mut self, wake: &mut Vec<Waker>) {
+        self.settle_all(&Ok(Confirmation::Uncertain), wake);
+    }
+
     /// Settles everything still waiting with `error` (the channel or connection ended).
     pub(crate) fn fail(&mut self, error: &Error, wake: &mut Vec<Waker>) {
+        self.settle_all(&Err(error.clone()), wake);
+    }
+
+    fn settle_all(&mut self, result: &Result<Confirmation>, wake: &mut Vec<Waker>) {
         for entry in self.entries.iter_mut() {
             if let Entry::Waiting { waker, abandoned } = entry {
                 wake.extend(waker.take());
                 *entry = if *abandoned {
                     Entry::Gone
                 } else {
-                    Entry::Settled(Err(error.clone()))
+                    Entry::Settled(result.clone())
                 };
             }
         }

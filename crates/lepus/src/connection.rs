@@ -118,8 +118,8 @@ impl Connection {
             inner.connected = Some(tx);
             inner.inline_tcp = inline;
         }
-        tokio::spawn(driver::reader(Arc::clone(&shared), reader));
-        tokio::spawn(driver::writer(Arc::clone(&shared), writer));
+        tokio::spawn(driver::reader(Arc::clone(&shared), reader, 0));
+        tokio::spawn(driver::writer(Arc::clone(&shared), writer, 0));
         let conn = Self {
             _guard: HandleGuard::new(&shared),
             shared,
@@ -151,6 +151,9 @@ impl Connection {
     ///
     /// When the connection is closed, every channel id is in use, or the broker refuses.
     pub async fn open_channel(&self) -> Result<Channel> {
+        self.shared
+            .ready(Some(self.shared.options.rpc_timeout))
+            .await?;
         let (rx, id, generation) = {
             let mut inner = self.shared.lock();
             if let Some(e) = &inner.error {
@@ -215,7 +218,22 @@ impl Connection {
     /// The broker the connection is on, as `host:port` (with several brokers, the one it
     /// reached).
     pub fn address(&self) -> String {
-        format!("{}:{}", self.shared.options.host, self.shared.options.port)
+        self.shared.lock().address.clone()
+    }
+
+    /// Waits until the connection is open: at once when it is, after the recovery when it is
+    /// being recovered.
+    ///
+    /// # Errors
+    ///
+    /// The error that ended the connection, when it is closed or recovery gave up.
+    pub async fn wait_open(&self) -> Result<()> {
+        self.shared.ready(None).await
+    }
+
+    /// Whether the connection lost its link and is being recovered.
+    pub fn is_recovering(&self) -> bool {
+        self.shared.lock().recovering
     }
 
     /// Whether the connection is open.
@@ -268,6 +286,9 @@ impl Connection {
     ///
     /// When the connection is closed, the reason is over 255 bytes, or the broker refuses.
     pub async fn update_secret(&self, secret: impl Into<LongStr>, reason: &str) -> Result<()> {
+        self.shared
+            .ready(Some(self.shared.options.rpc_timeout))
+            .await?;
         let rx = {
             let mut inner = self.shared.lock();
             if let Some(e) = &inner.error {

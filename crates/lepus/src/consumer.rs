@@ -47,6 +47,8 @@ pub(crate) struct Acker {
     channel: u16,
     generation: u64,
     no_ack: bool,
+    /// The link it came over (see `Inner::epoch`).
+    epoch: u64,
 }
 
 impl std::fmt::Debug for Acker {
@@ -81,6 +83,7 @@ impl Delivery {
                 channel,
                 generation,
                 no_ack,
+                epoch: shared.epoch(),
             },
         }
     }
@@ -106,6 +109,7 @@ impl Delivery {
                 channel,
                 generation,
                 no_ack,
+                epoch: shared.epoch(),
             },
         }
     }
@@ -214,7 +218,7 @@ impl Acker {
         }
         self.shared.lock().queue_ack(
             &self.shared,
-            (self.channel, self.generation),
+            (self.channel, self.generation, Some(self.epoch)),
             method,
             delivery_tag,
             multiple,
@@ -285,6 +289,12 @@ impl ConsumerQueue {
         let mut s = self.lock();
         s.deliveries.push_back(delivery);
         (s.deliveries.len() >= self.capacity, s.waker.take())
+    }
+
+    /// Drops the deliveries still buffered: their link was lost, and the broker requeues
+    /// them.
+    pub(crate) fn drop_buffered(&self) {
+        self.lock().deliveries.clear();
     }
 
     pub(crate) fn is_full(&self) -> bool {
@@ -367,8 +377,12 @@ impl Stream for Consumer {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        if let Some(d) = this.local.pop_front() {
-            return Poll::Ready(Some(Ok(d)));
+        // Deliveries of a link lost since are dropped: the broker delivers them again.
+        let epoch = this.shared.epoch();
+        while let Some(d) = this.local.pop_front() {
+            if d.acker.epoch == epoch {
+                return Poll::Ready(Some(Ok(d)));
+            }
         }
         if this.done {
             return Poll::Ready(None);
@@ -381,7 +395,14 @@ impl Stream for Consumer {
             if this.shared.read_paused.load(Ordering::Acquire) {
                 this.shared.reader_wake.notify_one();
             }
-            return Poll::Ready(this.local.pop_front().map(Ok));
+            while let Some(d) = this.local.pop_front() {
+                if d.acker.epoch == epoch {
+                    return Poll::Ready(Some(Ok(d)));
+                }
+            }
+            // Only stale ones: look again (the buffer may have filled meanwhile).
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
         }
         if s.ended {
             this.done = true;
@@ -410,7 +431,10 @@ impl Drop for Consumer {
         if slot.generation != self.generation {
             return;
         }
-        let Some(queue) = slot.consumers.remove(&self.tag) else {
+        let queue = slot.consumers.remove(&self.tag);
+        // Not subscribed again by a recovery, even one under way.
+        inner.topology.consumer_ended(self.channel, &self.tag, true);
+        let Some(queue) = queue else {
             return;
         };
         queue.end(None);

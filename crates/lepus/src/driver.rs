@@ -106,18 +106,153 @@ pub struct ConnectionStats {
     /// [`messages_published`](Self::messages_published) is still waiting in lepus's write
     /// buffer.
     pub messages_written: u64,
+    /// Times the connection was lost and recovered (see
+    /// [`RecoveryPolicy`](crate::RecoveryPolicy)).
+    pub recoveries: u64,
 }
 
 /// A connection-level event, from [`Connection::events`](crate::Connection::events).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// A recovery shows as `Disconnected`, then one `Reconnecting` per attempt, then (per entity
+/// that needed it) `QueueRenamed`, `ConsumerRecovered` and `TopologyFailed`, and finally
+/// `Recovered`, or `RecoveryFailed` followed by `Closed`.
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum ConnectionEvent {
     /// The broker stopped reading publishes (`connection.blocked`), with its reason.
     Blocked(String),
     /// The broker reads publishes again.
     Unblocked,
-    /// The connection ended.
+    /// The connection ended for good.
     Closed(String),
+    /// The connection was lost, and lepus is recovering it.
+    Disconnected {
+        /// What ended the link.
+        cause: crate::Error,
+        /// Messages published without confirms that were still in lepus's write buffer:
+        /// they never reached the broker.
+        unsent_messages: u64,
+    },
+    /// A reconnection attempt starts, after a wait.
+    Reconnecting {
+        /// The broker tried, as `host:port`.
+        address: String,
+        /// 1 for the first attempt after the loss.
+        attempt: u32,
+        /// How long it waited before this attempt.
+        after: std::time::Duration,
+    },
+    /// A server-named queue was declared again and got a new name; its recorded bindings and
+    /// consumers follow it.
+    QueueRenamed {
+        /// The name it had.
+        old: String,
+        /// The name the broker gave it now.
+        new: String,
+    },
+    /// A consumer was subscribed again, with its tag and options, on its channel.
+    ConsumerRecovered {
+        /// The channel id.
+        channel: u16,
+        /// The consumer tag.
+        consumer_tag: ShortStr,
+        /// The queue.
+        queue: String,
+    },
+    /// Declaring one recorded entity again failed (the broker refused it); recovery went on
+    /// without it, and lepus forgot it.
+    TopologyFailed {
+        /// The entity, such as `queue 'jobs'`.
+        entity: String,
+        /// The broker's refusal.
+        error: crate::Error,
+    },
+    /// The connection is open again, on `address`, every channel, entity and consumer
+    /// restored (but those reported as failed).
+    Recovered {
+        /// The broker, as `host:port`.
+        address: String,
+        /// Time since the loss.
+        took: std::time::Duration,
+    },
+    /// Recovery gave up (the policy's limits, or a broker that refuses the connection); the
+    /// connection is closed.
+    RecoveryFailed {
+        /// The last attempt's error.
+        error: crate::Error,
+    },
+}
+
+impl PartialEq for ConnectionEvent {
+    /// Errors inside compare by their text: two events are equal when they say the same.
+    fn eq(&self, other: &Self) -> bool {
+        use ConnectionEvent as E;
+        match (self, other) {
+            (E::Blocked(a), E::Blocked(b)) | (E::Closed(a), E::Closed(b)) => a == b,
+            (E::Unblocked, E::Unblocked) => true,
+            (
+                E::Disconnected {
+                    cause: a,
+                    unsent_messages: m,
+                },
+                E::Disconnected {
+                    cause: b,
+                    unsent_messages: n,
+                },
+            ) => m == n && a.to_string() == b.to_string(),
+            (
+                E::Reconnecting {
+                    address: a,
+                    attempt: x,
+                    after: d,
+                },
+                E::Reconnecting {
+                    address: b,
+                    attempt: y,
+                    after: e,
+                },
+            ) => (a, x, d) == (b, y, e),
+            (E::QueueRenamed { old: a, new: b }, E::QueueRenamed { old: c, new: d }) => {
+                (a, b) == (c, d)
+            }
+            (
+                E::ConsumerRecovered {
+                    channel: a,
+                    consumer_tag: b,
+                    queue: c,
+                },
+                E::ConsumerRecovered {
+                    channel: d,
+                    consumer_tag: e,
+                    queue: f,
+                },
+            ) => (a, b, c) == (d, e, f),
+            (
+                E::TopologyFailed {
+                    entity: a,
+                    error: b,
+                },
+                E::TopologyFailed {
+                    entity: c,
+                    error: d,
+                },
+            ) => a == c && b.to_string() == d.to_string(),
+            (
+                E::Recovered {
+                    address: a,
+                    took: b,
+                },
+                E::Recovered {
+                    address: c,
+                    took: d,
+                },
+            ) => (a, b) == (c, d),
+            (E::RecoveryFailed { error: a }, E::RecoveryFailed { error: b }) => {
+                a.to_string() == b.to_string()
+            }
+            _ => false,
+        }
+    }
 }
 
 pub(crate) enum Waiter {
@@ -133,7 +268,7 @@ pub(crate) enum Waiter {
 }
 
 impl Waiter {
-    fn fail(self, e: Error) {
+    pub(crate) fn fail(self, e: Error) {
         match self {
             Self::Reply(tx) | Self::Consume { tx, .. } => {
                 let _ = tx.send(Err(e));
@@ -170,6 +305,18 @@ pub(crate) struct ChannelSlot {
     /// Deliveries and confirms (publishes settled) in the read being handled.
     pub(crate) read_deliveries: u64,
     pub(crate) read_confirms: u64,
+    /// Modes the application put the channel in, restored after a recovery.
+    pub(crate) confirm_mode: bool,
+    pub(crate) tx_mode: bool,
+    /// `channel.flow` as the application last asked it (`None`: never asked).
+    pub(crate) app_flow: Option<bool>,
+    /// Confirm numbers of the current link start after this one: a recovered channel numbers
+    /// its publishes from 1 again, while [`ChannelSlot::confirms`] goes on counting.
+    pub(crate) confirm_offset: u64,
+    /// The last number a confirmed publish got (counted across recoveries).
+    pub(crate) published_seq: u64,
+    /// The application closed the channel: it is not reopened.
+    pub(crate) closing: bool,
 }
 
 impl ChannelSlot {
@@ -253,8 +400,18 @@ pub(crate) struct Inner {
     lost: Option<Error>,
     /// A close gave up waiting for close-ok after everything was written: keep the socket
     /// open (no FIN) and let the reader drain it until the broker closes it (see
-    /// [`linger_until_closed`]).
+    /// [`until_close_ok`]).
     linger: bool,
+    /// Which link the reader and writer tasks serve; a task whose link was replaced stops.
+    pub(crate) session: u64,
+    /// The link was lost and is being recovered.
+    pub(crate) recovering: bool,
+    /// Counts links: deliveries of an earlier one cannot be settled on a later one.
+    pub(crate) epoch: u64,
+    /// What recovery declares again.
+    pub(crate) topology: crate::recovery::Topology,
+    /// The broker the current link goes to, as `host:port`.
+    pub(crate) address: String,
 }
 
 /// The locked state. Dropping it releases the lock first, then wakes
@@ -311,9 +468,28 @@ pub(crate) struct Shared {
     pub(crate) shutdown: watch::Sender<bool>,
     /// Live user handles (connections, channels, consumers); see [`HandleGuard`].
     handles: std::sync::atomic::AtomicUsize,
-    /// The runtime the driver tasks run on, for the close that follows the last handle's drop.
-    runtime: Option<tokio::runtime::Handle>,
+    /// The runtime the driver tasks run on, for the close that follows the last handle's drop
+    /// and for recovery.
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
+    /// The current link's [`Inner::session`]: tasks of an older one stop.
+    pub(crate) session: watch::Sender<u64>,
+    /// Whether the connection is open, recovering or closed, for calls waiting out a
+    /// recovery.
+    pub(crate) link: watch::Sender<Link>,
+    /// [`Inner::epoch`], readable without the lock.
+    pub(crate) epoch: std::sync::atomic::AtomicU64,
     pub(crate) options: ConnectionOptions,
+}
+
+/// The state of a connection's link to its broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Link {
+    /// Open (or opening for the first time).
+    Open,
+    /// Lost, and being recovered.
+    Recovering,
+    /// Ended for good.
+    Closed,
 }
 
 impl Shared {
@@ -349,6 +525,11 @@ impl Shared {
                 last_write: None,
                 lost: None,
                 linger: false,
+                session: 0,
+                recovering: false,
+                epoch: 0,
+                topology: crate::recovery::Topology::default(),
+                address: format!("{}:{}", options.host, options.port),
             }),
             writer_wake: Notify::new(),
             reader_wake: Notify::new(),
@@ -360,6 +541,9 @@ impl Shared {
             shutdown: watch::Sender::new(false),
             handles: std::sync::atomic::AtomicUsize::new(0),
             runtime: tokio::runtime::Handle::try_current().ok(),
+            session: watch::Sender::new(0),
+            link: watch::Sender::new(Link::Open),
+            epoch: std::sync::atomic::AtomicU64::new(0),
             options,
         })
     }
@@ -368,6 +552,38 @@ impl Shared {
     /// updated in a way that matters more than the panic itself, so poisoning is ignored.
     pub(crate) fn lock(&self) -> Locked<'_> {
         Locked(Some(self.state.lock().unwrap_or_else(|p| p.into_inner())))
+    }
+
+    /// Waits while the connection is being recovered, at most `limit` (`None`: without
+    /// limit); an error when it ended for good instead, or the limit passed.
+    pub(crate) async fn ready(&self, limit: Option<std::time::Duration>) -> Result<()> {
+        if *self.link.borrow() == Link::Open {
+            return Ok(());
+        }
+        let mut link = self.link.subscribe();
+        let settled = async {
+            let _ = link.wait_for(|l| *l != Link::Recovering).await;
+        };
+        match limit {
+            Some(after) => {
+                if tokio::time::timeout(after, settled).await.is_err() {
+                    return Err(Error::Timeout {
+                        what: "the connection to be recovered",
+                        after,
+                    });
+                }
+            }
+            None => settled.await,
+        }
+        match *self.link.borrow() {
+            Link::Open => Ok(()),
+            _ => Err(self.lock().closed_error()),
+        }
+    }
+
+    /// The current link's epoch (see [`Inner::epoch`]).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// Writes the queued output from the calling thread, when the writer task is idle and the
@@ -553,6 +769,18 @@ fn begin_close(shared: &Arc<Shared>, reason: &str) -> bool {
     if inner.error.is_some() {
         return false;
     }
+    if inner.recovering {
+        // No link to close: recovery stops, and the connection ends here.
+        inner.retire_link(shared);
+        let closed = ConnectionError::LocallyClosed(Close {
+            code: ReplyCode::REPLY_SUCCESS,
+            text: reason.to_string(),
+            class_id: 0,
+            method_id: 0,
+        });
+        terminate(shared, &mut inner, Error::ConnectionClosed(closed));
+        return false;
+    }
     inner.proto.close(ReplyCode::REPLY_SUCCESS, reason);
     dispatch(shared, &mut inner);
     inner.wake_writer(shared);
@@ -655,15 +883,26 @@ impl Inner {
     }
 
     /// Queues an ack, nack or reject of `delivery_tag` on the channel `(id, generation)`.
+    ///
+    /// `epoch` is the link the delivery came over, when known: settling a delivery of a lost
+    /// link is refused locally. A tag above the highest delivered on the channel's current
+    /// link is refused too: the broker would close the channel with 406 for it.
     pub(crate) fn queue_ack<M: lepus_wire::MethodArgs>(
         &mut self,
         shared: &Shared,
-        (channel, generation): (u16, u64),
+        (channel, generation, epoch): (u16, u64, Option<u64>),
         method: &M,
         delivery_tag: u64,
         multiple: bool,
     ) -> Result<()> {
         self.check(channel, generation)?;
+        let stale = epoch.is_some_and(|e| e != self.epoch)
+            || self.channels.get(&channel).is_some_and(|slot| {
+                delivery_tag > slot.last_delivery_tag && !(multiple && delivery_tag == 0)
+            });
+        if stale {
+            return Err(Error::StaleDelivery { delivery_tag });
+        }
         self.proto.send(channel, method)?;
         if let Some(slot) = self.channels.get_mut(&channel) {
             slot.settle(delivery_tag, multiple);
@@ -832,8 +1071,52 @@ impl Inner {
     }
 
     /// Publishes not completely written, and all bytes not written.
-    fn unsent(&self) -> (u64, u64) {
+    pub(crate) fn unsent(&self) -> (u64, u64) {
         (self.unwritten.len() as u64, self.buffered() as u64)
+    }
+
+    /// Stops the tasks of the current link and forgets its transport state; returns how many
+    /// published messages were still unwritten (they are lost with the link).
+    pub(crate) fn retire_link(&mut self, shared: &Shared) -> u64 {
+        let unsent = self.unwritten.len() as u64;
+        self.session += 1;
+        shared.session.send_replace(self.session);
+        self.unwritten.clear();
+        self.inline_tcp = None;
+        self.handoff.clear();
+        self.in_flight = 0;
+        self.acks_unsent = 0;
+        self.writer_idle = false;
+        self.writer_lazy = false;
+        self.inline_writing = false;
+        self.napping = false;
+        self.app_sent = false;
+        self.app_sent_seen = None;
+        self.last_read = None;
+        self.read_touched.clear();
+        self.linger = false;
+        self.tls_failure = None;
+        shared.read_paused.store(false, Ordering::Release);
+        shared.writer_wake.notify_one();
+        shared.reader_wake.notify_one();
+        unsent
+    }
+
+    /// Makes `proto` the connection's core for a new link to `address` (whose plain TCP
+    /// socket is `inline`, if any); returns the link's session for its tasks.
+    pub(crate) fn install_link(
+        &mut self,
+        shared: &Shared,
+        proto: lepus_proto::Connection,
+        address: String,
+        inline: Option<crate::transport::SharedTcp>,
+    ) -> u64 {
+        self.retire_link(shared);
+        self.proto = proto;
+        self.address = address;
+        self.inline_tcp = inline;
+        self.last_write = None;
+        self.session
     }
 }
 
@@ -846,12 +1129,13 @@ fn later(delay: std::time::Duration) -> tokio::time::Instant {
         .unwrap_or(now)
 }
 
-/// Runs the writer until the connection ends.
-pub(crate) async fn writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, io: W) {
+/// Runs the writer of link `session` until the connection ends or the link is replaced.
+pub(crate) async fn writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, io: W, session: u64) {
     let mut writer = Writer {
         shared,
         io,
         chunks: VecDeque::new(),
+        session,
     };
     writer.run().await;
 }
@@ -863,12 +1147,15 @@ struct Writer<W: AsyncWrite + Unpin> {
     io: W,
     /// Output taken from the core and not yet written.
     chunks: VecDeque<Bytes>,
+    /// The link this task writes to (see [`Inner::session`]).
+    session: u64,
 }
 
 impl<W: AsyncWrite + Unpin> Writer<W> {
     async fn run(&mut self) {
         let shared = Arc::clone(&self.shared);
-        let mut shutdown = shared.shutdown.subscribe();
+        let mut link = shared.session.subscribe();
+        let session = self.session;
         let delay = shared.options.write_coalescing;
         // Re-armed (pushed later) on every lazy wait; it only fires after a quiet spell.
         let mut lazy_timer = std::pin::pin!(tokio::time::sleep(delay));
@@ -877,6 +1164,15 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         loop {
             let wait = {
                 let mut inner = shared.lock();
+                if inner.session != session {
+                    if inner.error.is_some() && self.chunks.is_empty() {
+                        // The connection ended with everything written: end the stream
+                        // cleanly (TLS close_notify, FIN) below.
+                        break;
+                    }
+                    // The link was lost and replaced: its socket is no one's to write.
+                    return;
+                }
                 if inner.inline_writing {
                     // A caller is writing; it wakes us if it leaves anything behind.
                     inner.writer_idle = true;
@@ -931,11 +1227,11 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 let result = tokio::select! {
                     biased;
                     result = self.io.write_vectored(slices) => result,
-                    _ = shutdown.wait_for(|closed| *closed) => return,
+                    _ = link.wait_for(|current| *current != session) => return,
                 };
                 match result {
                     Ok(0) => {
-                        transport_failed(&shared, "socket closed while writing".into());
+                        transport_failed(&shared, session, "socket closed while writing".into());
                         return;
                     }
                     Ok(n) => {
@@ -945,7 +1241,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                         wrote(&mut shared.lock(), &shared, n, 1);
                     }
                     Err(e) => {
-                        transport_failed(&shared, format!("write failed: {e}"));
+                        transport_failed(&shared, session, format!("write failed: {e}"));
                         return;
                     }
                 }
@@ -968,7 +1264,7 @@ impl<W: AsyncWrite + Unpin> Drop for Writer<W> {
     fn drop(&mut self) {
         let shared = Arc::clone(&self.shared);
         let mut inner = shared.lock();
-        if inner.error.is_some() || inner.proto.is_closed() {
+        if inner.error.is_some() || inner.proto.is_closed() || inner.session != self.session {
             return;
         }
         inner.proto.close(
@@ -1171,9 +1467,10 @@ fn poll_write_now<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Runs the reader (and the heartbeat timer) until the connection ends.
-pub(crate) async fn reader<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut io: R) {
-    read(&shared, &mut io).await;
+/// Runs the reader (and the heartbeat timer) of link `session` until the connection ends or
+/// the link is replaced.
+pub(crate) async fn reader<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut io: R, session: u64) {
+    read(&shared, &mut io, session).await;
     let (linger, frame_max) = {
         let inner = shared.lock();
         (inner.linger, inner.proto.negotiated().frame_max)
@@ -1207,11 +1504,11 @@ async fn until_close_ok<R: AsyncRead + Unpin>(io: &mut R, frame_max: u32) {
     }
 }
 
-/// The reader's loop, until the connection ends.
-async fn read<R: AsyncRead + Unpin>(shared: &Arc<Shared>, io: &mut R) {
+/// The reader's loop, until the connection ends or the link is replaced.
+async fn read<R: AsyncRead + Unpin>(shared: &Arc<Shared>, io: &mut R, session: u64) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut wake: Vec<Waker> = Vec::new();
-    let mut shutdown = shared.shutdown.subscribe();
+    let mut link = shared.session.subscribe();
     let coalescing = shared.options.read_coalescing;
     // Set after a read when the next one waits (see `Inner::nap_after_read`).
     let mut nap = false;
@@ -1219,7 +1516,7 @@ async fn read<R: AsyncRead + Unpin>(shared: &Arc<Shared>, io: &mut R) {
         if std::mem::take(&mut nap) {
             tokio::select! {
                 biased;
-                _ = shutdown.wait_for(|closed| *closed) => return,
+                _ = link.wait_for(|current| *current != session) => return,
                 () = shared.nap_cut.notified() => {}
                 () = tokio::time::sleep_until(later(coalescing)) => {}
             }
@@ -1227,7 +1524,7 @@ async fn read<R: AsyncRead + Unpin>(shared: &Arc<Shared>, io: &mut R) {
         }
         let (deadline, paused) = {
             let inner = shared.lock();
-            if inner.proto.is_closed() {
+            if inner.proto.is_closed() || inner.session != session {
                 return;
             }
             (
@@ -1243,10 +1540,10 @@ async fn read<R: AsyncRead + Unpin>(shared: &Arc<Shared>, io: &mut R) {
         };
         tokio::select! {
             biased;
-            _ = shutdown.wait_for(|closed| *closed) => return,
+            _ = link.wait_for(|current| *current != session) => return,
             result = io.read_buf(&mut buf), if !paused => {
                 match result {
-                    Ok(0) => return transport_failed(shared, "connection closed by peer".into()),
+                    Ok(0) => return transport_failed(shared, session, "connection closed by peer".into()),
                     Ok(n) => {
                         // Slices of a large read, so the lock is never held for long: acks and
                         // publishes from other threads get in between.
@@ -1255,6 +1552,9 @@ async fn read<R: AsyncRead + Unpin>(shared: &Arc<Shared>, io: &mut R) {
                         let now = Instant::now();
                         loop {
                             let mut inner = shared.lock();
+                            if inner.session != session {
+                                return;
+                            }
                             let more = inner.proto.handle_input_bounded(now, &mut buf, FRAMES_PER_LOCK);
                             dispatch(shared, &mut inner);
                             inner.kick_writer(shared);
@@ -1270,7 +1570,7 @@ async fn read<R: AsyncRead + Unpin>(shared: &Arc<Shared>, io: &mut R) {
                         if let Some(tls) = crate::transport::tls_failure(&e) {
                             shared.lock().tls_failure = Some(tls);
                         }
-                        return transport_failed(shared, format!("read failed: {e}"));
+                        return transport_failed(shared, session, format!("read failed: {e}"));
                     }
                 }
                 if buf.capacity() - buf.len() < READ_CHUNK / 4 {
@@ -1279,6 +1579,9 @@ async fn read<R: AsyncRead + Unpin>(shared: &Arc<Shared>, io: &mut R) {
             }
             () = sleep => {
                 let mut inner = shared.lock();
+                if inner.session != session {
+                    return;
+                }
                 let now = Instant::now();
                 if shared.read_paused.load(Ordering::Acquire) {
                     // Not reading is our own choice; it says nothing about the server.
@@ -1305,8 +1608,13 @@ async fn read<R: AsyncRead + Unpin>(shared: &Arc<Shared>, io: &mut R) {
     }
 }
 
-fn transport_failed(shared: &Arc<Shared>, reason: String) {
+/// The transport of link `session` failed.
+fn transport_failed(shared: &Arc<Shared>, session: u64, reason: String) {
     let mut inner = shared.lock();
+    if inner.session != session {
+        // A link already replaced: its end changes nothing.
+        return;
+    }
     let (messages, bytes) = inner.unsent();
     if messages > 0 && inner.error.is_none() && inner.lost.is_none() {
         inner.lost = Some(Error::Unsent {
@@ -1380,6 +1688,7 @@ pub(crate) fn dispatch(shared: &Arc<Shared>, inner: &mut Inner) {
                 channel,
                 consumer_tag,
             } => {
+                inner.topology.consumer_ended(channel, &consumer_tag, false);
                 if let Some(q) = inner
                     .channels
                     .get_mut(&channel)
@@ -1420,6 +1729,9 @@ fn on_reply(inner: &mut Inner, channel: u16, reply: Reply) {
         if let Some(q) = slot.consumers.remove(&ok.consumer_tag) {
             q.end(None);
         }
+    }
+    if let Reply::GetOk { get_ok, .. } = &reply {
+        slot.last_delivery_tag = slot.last_delivery_tag.max(get_ok.delivery_tag);
     }
     let Some(waiter) = slot.waiters.pop_front() else {
         return;
@@ -1510,6 +1822,7 @@ fn on_confirm(inner: &mut Inner, channel: u16, tag: u64, multiple: bool, ack: bo
     let returned = slot.returned.pop_front().map(Box::new);
     let wake = &mut inner.wake_later;
     let before = slot.confirms.unsettled();
+    let tag = tag.saturating_add(slot.confirm_offset);
     if slot.confirms.settle(tag, multiple, ack, returned, wake) {
         slot.nacked_since_wait = true;
     }
@@ -1528,6 +1841,7 @@ fn on_channel_closed(inner: &mut Inner, channel: u16, close: Option<Close>) {
     let Some(mut slot) = inner.channels.remove(&channel) else {
         return;
     };
+    inner.topology.channel_closed(channel);
     let by_server = close.is_some();
     if let Some(close) = &close {
         tracing::debug!(channel, %close, "channel closed by the broker");
@@ -1567,6 +1881,7 @@ fn fail_slot(
 
 fn on_closed(shared: &Arc<Shared>, inner: &mut Inner, error: ConnectionError) {
     let handshaking = inner.connected.is_some();
+    let recoverable = error.is_recoverable();
     let err = match error {
         ConnectionError::ServerClosed(close)
             if handshaking && close.code == ReplyCode::ACCESS_REFUSED =>
@@ -1577,7 +1892,7 @@ fn on_closed(shared: &Arc<Shared>, inner: &mut Inner, error: ConnectionError) {
             Error::Tls(inner.tls_failure.take().unwrap_or_default())
         }
         ConnectionError::NotAmqp { received } if handshaking => Error::NotAmqp {
-            addr: format!("{}:{}", shared.options.host, shared.options.port),
+            addr: inner.address.clone(),
             received,
         },
         other => Error::ConnectionClosed(other),
@@ -1585,6 +1900,20 @@ fn on_closed(shared: &Arc<Shared>, inner: &mut Inner, error: ConnectionError) {
     if let Some(tx) = inner.connected.take() {
         let _ = tx.send(Err(err.clone()));
     }
+    if inner.recovering {
+        // An attempt to recover failed: the recovery task tries again or gives up.
+        crate::recovery::attempt_failed(shared, inner, &err);
+        return;
+    }
+    if recoverable && !handshaking && crate::recovery::may_recover(shared, inner) {
+        crate::recovery::begin(shared, inner, err);
+        return;
+    }
+    terminate(shared, inner, err);
+}
+
+/// Ends the connection for good with `err`: every waiter, consumer and confirm ends.
+pub(crate) fn terminate(shared: &Arc<Shared>, inner: &mut Inner, err: Error) {
     for (_, mut slot) in inner.channels.drain() {
         fail_slot(&mut slot, &err, true, &mut inner.wake_later);
         if let Some(tx) = slot.close_waiter.take() {
@@ -1624,6 +1953,11 @@ fn on_closed(shared: &Arc<Shared>, inner: &mut Inner, error: ConnectionError) {
         }
     }
     inner.inline_tcp = None;
+    inner.recovering = false;
+    // The link's tasks stop (a lingering reader first drains the socket).
+    inner.session += 1;
+    shared.session.send_replace(inner.session);
+    shared.link.send_replace(Link::Closed);
     shared.space.notify_waiters();
     shared.closed.notify_waiters();
     shared.shutdown.send_replace(true);

@@ -111,6 +111,23 @@ pub enum Error {
         /// Why sending stopped.
         reason: String,
     },
+    /// The link to the broker was lost while this call's request was in flight. lepus
+    /// recovers the connection (see [`RecoveryPolicy`](crate::RecoveryPolicy)), but whether
+    /// the request took effect is unknown: retry it once the call can be made again (declares,
+    /// binds and the like may simply be repeated). The cause is inside.
+    #[error("the connection was lost while the request was in flight ({0}); retry it")]
+    ConnectionLost(Arc<Error>),
+    /// A delivery received over a link that has since been lost cannot be settled on the
+    /// recovered one: its delivery tag means nothing there. The broker has requeued the
+    /// message already and delivers it again (marked redelivered). Nothing was sent.
+    #[error(
+        "delivery {delivery_tag} came over a connection that was lost since; the broker \
+         requeued it and delivers it again"
+    )]
+    StaleDelivery {
+        /// The tag of the delivery on the lost link.
+        delivery_tag: u64,
+    },
     /// An argument was rejected before anything was sent, such as a name over 255 bytes.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
@@ -129,6 +146,12 @@ impl Error {
             Self::ConnectionClosed(e) => e.reply_code(),
             _ => None,
         }
+    }
+
+    /// Whether the call may simply be made again: its request was in flight when the link was
+    /// lost ([`Error::ConnectionLost`]), and the connection is being recovered.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::ConnectionLost(_))
     }
 
     /// Whether the error ended the whole connection (as opposed to one channel or call).

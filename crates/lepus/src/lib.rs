@@ -69,6 +69,7 @@ mod driver;
 mod error;
 pub mod manual;
 mod options;
+mod recovery;
 mod transport;
 pub mod uri;
 
@@ -89,4 +90,5 @@ pub use options::{
     ExchangeDeleteOptions, ExchangeKind, ParseExchangeKindError, QueueDeclareOptions,
     QueueDeclared, QueueDeleteOptions,
 };
+pub use recovery::{RecoveryPolicy, TopologyEntity, TopologyFilter};
 pub use {bytes, lepus_proto, lepus_wire};

@@ -178,6 +178,91 @@
 //! [`BasicConsumeOptions::buffer`](crate::BasicConsumeOptions::buffer) above the prefetch
 //! limit (`basic.qos`), since a broker that respects the limit then never fills the buffer.
 //!
+//! # Recovery
+//!
+//! A connection that loses its broker reconnects and restores what it had, so that the
+//! handles the application holds ([`Connection`](crate::Connection),
+//! [`Channel`](crate::Channel), [`Consumer`](crate::Consumer)) go on working. It is on by
+//! default; [`ConnectionOptions::no_recovery`](crate::ConnectionOptions::no_recovery) turns
+//! it off, and a lost connection then fails every handle at once, as before.
+//!
+//! **When.** A loss reconnecting can mend is recovered; a refusal, or anything a broken or
+//! hostile peer can cause, is not (it would only repeat, in a loop):
+//!
+//! | the connection ended by | recovered |
+//! |---|---|
+//! | an I/O error, the broker closing the socket | yes |
+//! | missed heartbeats (two intervals of silence) | yes |
+//! | `connection.close` 320 CONNECTION_FORCED (broker shutdown or restart, `rabbitmqctl close_connection`) | yes |
+//! | `connection.close` 541 INTERNAL_ERROR | yes |
+//! | `connection.close` 402, 403, 501–506, 530, 540 | no |
+//! | [`Connection::close`](crate::Connection::close), or dropping every handle | no |
+//! | a protocol violation lepus detected, a server that does not speak AMQP 0-9-1 | no |
+//!
+//! A channel closed by a soft error (404, 406, ...) is not a connection loss: that channel
+//! stays closed, as without recovery. The table is
+//! [`ConnectionError::is_recoverable`](crate::ConnectionError::is_recoverable).
+//!
+//! **How.** Each attempt waits first (125–250 ms for the first, doubling up to 10 s, with
+//! jitter; [`RecoveryPolicy`](crate::RecoveryPolicy) sets these, and limits on attempts and
+//! time), then connects to the next broker of the list (see
+//! [`ConnectionOptions::add_host`](crate::ConnectionOptions::add_host)). An attempt that the
+//! broker refuses (bad credentials, a deleted vhost) ends recovery: the connection closes
+//! with that error. Then, in this order:
+//!
+//! 1. the same channel ids are opened, each with its QoS (both scopes), confirm mode, tx mode
+//!    and flow;
+//! 2. exchanges, exchange-to-exchange bindings, queues and queue bindings are declared again,
+//!    on a channel of recovery's own. A server-named queue is declared with an empty name and
+//!    gets a new one (never its old `amq.gen-*` name): its bindings and consumers follow it;
+//! 3. consumers are subscribed again on their channels, with their tags and options.
+//!
+//! The topology is recorded per connection from every successful declare, bind and consume,
+//! and forgotten on delete, unbind and cancel; passive declares are not recorded. An
+//! auto-delete queue is forgotten when this client cancels its last consumer, an auto-delete
+//! exchange when this client removes its last binding from it; exclusive queues are declared
+//! again. A step the broker refuses (someone declared the queue with other arguments) is
+//! reported and forgotten, and recovery goes on. [`RecoveryPolicy::filter`](crate::RecoveryPolicy::filter)
+//! leaves entities out.
+//!
+//! Note what the broker itself does when the link drops: an auto-delete queue goes with its
+//! last consumer, and an exclusive one with its connection, messages included. Recovery
+//! declares them again, empty.
+//!
+//! **What the application sees.**
+//!
+//! - Requests in flight at the loss fail with
+//!   [`Error::ConnectionLost`](crate::Error::ConnectionLost), which is retryable
+//!   ([`Error::is_retryable`](crate::Error::is_retryable)): whether they took effect is
+//!   unknown. Calls made during recovery wait for it, within their own timeout (publishes as
+//!   when the broker blocks the connection).
+//! - Publisher confirms pending at the loss resolve at once to
+//!   [`Confirmation::Uncertain`](crate::Confirmation::Uncertain), which is neither an ack nor
+//!   a nack: the message may or may not have reached the broker. Publishing it again is
+//!   at-least-once (a duplicate is possible). Confirm numbering goes on across the recovery.
+//!   Messages published without confirms that were still in lepus's write buffer are lost
+//!   with the link; [`ConnectionEvent::Disconnected`](crate::ConnectionEvent::Disconnected)
+//!   counts them.
+//! - A consumer's stream goes on. Deliveries of the lost link still buffered are dropped:
+//!   the broker requeues them, and they come again marked redelivered (so do those whose
+//!   acks were still waiting to be written). Settling a delivery of the lost link is refused
+//!   locally with [`Error::StaleDelivery`](crate::Error::StaleDelivery): its tag means
+//!   nothing on the new link, and the broker would close the channel with 406 for it.
+//! - [`Connection::events`](crate::Connection::events) reports every step (`Disconnected`,
+//!   `Reconnecting`, `QueueRenamed`, `ConsumerRecovered`, `TopologyFailed`, `Recovered`,
+//!   `RecoveryFailed`), each also logged through `tracing`;
+//!   [`Connection::wait_open`](crate::Connection::wait_open) waits for the end of a recovery,
+//!   [`Connection::address`](crate::Connection::address) says which broker the connection is
+//!   on, and [`ConnectionStats::recoveries`](crate::ConnectionStats::recoveries) counts them.
+//! - [`blocking`](crate::blocking) inherits all of it: a `drain_events` loop goes on, and
+//!   sees the steps as [`Event::Recovery`](crate::blocking::Event::Recovery).
+//!
+//! **Testing an application's own recovery.** lepus's tests put a small TCP proxy between
+//! client and broker (`crates/lepus/tests/support/proxy.rs`) that can cut every connection,
+//! freeze the network (so that heartbeats find the link dead) or pass bytes on slowly;
+//! `rabbitmqctl close_connection` and `stop_app`/`start_app` do the same from the broker's
+//! side.
+//!
 //! # Acknowledgements belong to their channel
 //!
 //! Delivery tags are numbered per channel, and RabbitMQ closes a channel with 406 when it gets

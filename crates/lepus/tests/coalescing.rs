@@ -20,8 +20,9 @@ const PACE: Pace = Pace {
 
 async fn paced(read_coalescing: Duration) -> (Proxy, Connection, Channel) {
     let proxy = Proxy::start_paced(broker_addr(), Some(PACE)).await;
+    // Without recovery, so that a cut link shows at once.
     let conn = through(&proxy, |o| {
-        o.read_coalescing(read_coalescing);
+        o.read_coalescing(read_coalescing).no_recovery();
     })
     .await;
     let ch = conn.open_channel().await.unwrap();

@@ -15,8 +15,9 @@ use support::unique;
 #[tokio::test]
 async fn dead_peer_is_detected_after_two_heartbeat_intervals() {
     let proxy = Proxy::start(broker_addr()).await;
+    // Fail-fast: without recovery, everything ends with the heartbeat timeout.
     let conn = through(&proxy, |o| {
-        o.heartbeat(Heartbeat::Secs(1));
+        o.heartbeat(Heartbeat::Secs(1)).no_recovery();
     })
     .await;
     assert_eq!(conn.negotiated().heartbeat, 1);

@@ -15,23 +15,7 @@ use lepus::{
 };
 use support::unique;
 
-/// Runs one of RabbitMQ's command-line tools; its standard output.
-fn tool(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program} {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn rabbitmqctl(args: &[&str]) -> String {
-    tool("rabbitmqctl", args)
-}
+use support::broker::{rabbitmqctl, tool};
 
 /// Restores the memory watermark when dropped, also when the test panics.
 struct Watermark;
@@ -107,7 +91,8 @@ async fn memory_alarm_blocks_publishers_until_cleared() {
 async fn operator_closing_the_connection_fails_everything_with_320() {
     let name = unique("forced");
     let mut o = support::options();
-    o.connection_name(name.clone());
+    // Fail-fast: without recovery, everything ends with the broker's 320.
+    o.connection_name(name.clone()).no_recovery();
     let conn = Connection::connect_with(o).await.unwrap();
     let ch = conn.open_channel().await.unwrap();
     let q = support::exclusive_queue(&ch, "forced-q").await;
@@ -117,22 +102,8 @@ async fn operator_closing_the_connection_fails_everything_with_320() {
         .await
         .unwrap();
 
-    // Find our connection by its name and close it as an operator would.
-    let mut pid = None;
-    for _ in 0..50 {
-        let listing = rabbitmqctl(&["list_connections", "pid", "client_properties"]);
-        pid = listing
-            .lines()
-            .find(|l| l.contains(&name))
-            .and_then(|l| l.split_whitespace().next())
-            .map(str::to_string);
-        if pid.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let pid = pid.expect("connection listed by rabbitmqctl");
-    rabbitmqctl(&["close_connection", &pid, "closed by the lepus test suite"]);
+    // Close it as an operator would.
+    support::broker::close_connection_named(&name, "closed by the lepus test suite").await;
 
     let item = tokio::time::timeout(Duration::from_secs(10), consumer.recv())
         .await

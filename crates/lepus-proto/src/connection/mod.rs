@@ -351,6 +351,36 @@ impl Connection {
         Ok((id, generation))
     }
 
+    /// Opens a channel on a given id, as a client restoring its channels after reconnecting
+    /// does; returns the channel's generation.
+    ///
+    /// # Errors
+    ///
+    /// [`ChannelError::InvalidState`] when `id` is 0, above channel_max or in use, and
+    /// [`ChannelError::ConnectionClosed`] when the connection is not open.
+    pub fn open_channel_with_id(&mut self, id: u16) -> Result<u64, ChannelError> {
+        self.check_open()?;
+        if id == 0 || id > self.negotiated.channel_max.max(1) {
+            return Err(ChannelError::InvalidState(
+                "channel id is 0 or above channel_max",
+            ));
+        }
+        if self.channel(id).is_some() {
+            return Err(ChannelError::InvalidState("channel id is in use"));
+        }
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let index = usize::from(id);
+        if self.channels.len() <= index {
+            self.channels.resize_with(index + 1, || None);
+        }
+        if let Some(slot) = self.channels.get_mut(index) {
+            *slot = Some(ChannelState::new(generation));
+        }
+        self.call(id, channel::Open.into())?;
+        Ok(generation)
+    }
+
     /// Sends a method on an open channel; returns whether a reply will follow as an
     /// [`Event::Reply`] (synchronous methods without `nowait`).
     ///

@@ -425,6 +425,21 @@ fn channel_ids_stop_at_channel_max() {
     assert!(b.sent().is_empty());
 }
 
+#[test]
+fn a_channel_opens_on_the_id_asked_for() {
+    let mut b = Broker::handshake_with(Config::default(), tune(10, 131_072, 0));
+    let generation = b.conn.open_channel_with_id(7).unwrap();
+    assert_eq!(b.sent(), [method_frame(7, channel::Open)]);
+    assert_eq!(b.conn.channel_generation(7), Some(generation));
+    // The lowest free id is still 1 for the next plain open.
+    assert_eq!(b.open_channel(), 1);
+    // In use, zero, and above channel_max are refused without sending anything.
+    for id in [7, 0, 11] {
+        assert!(b.conn.open_channel_with_id(id).is_err(), "{id}");
+    }
+    assert!(b.sent().is_empty());
+}
+
 // ---- 3. handshake failures ----
 
 #[test]

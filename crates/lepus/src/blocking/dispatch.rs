@@ -365,6 +365,9 @@ impl State {
                     pass.closed = Some(None);
                     return;
                 }
+                Poll::Ready(Some(recovery)) => {
+                    pass.items.push(Item::Event(Event::Recovery(recovery)));
+                }
                 Poll::Pending => break,
             }
         }

@@ -30,6 +30,12 @@ pub enum Event {
         /// The message, with the broker's reply code and text (boxed: it is large, and rare).
         message: Box<ReturnedMessage>,
     },
+    /// A step of an automatic recovery: the connection was lost
+    /// ([`ConnectionEvent::Disconnected`](crate::ConnectionEvent::Disconnected)), an attempt
+    /// to reconnect, a queue renamed, a consumer subscribed again, an entity that could not be
+    /// restored, and the connection recovered (or given up). Consumers and their callbacks go
+    /// on across a recovery without any code of the application's.
+    Recovery(crate::ConnectionEvent),
     /// The broker cancelled a consumer (`basic.cancel`): its queue was deleted, or the
     /// consumer timed out. Its callback has been dropped.
     ConsumerCancelled {

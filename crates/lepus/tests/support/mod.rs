@@ -91,6 +91,7 @@ pub(crate) fn unique(prefix: &str) -> String {
     )
 }
 
+pub(crate) mod broker;
 pub(crate) mod fake_broker;
 pub(crate) mod proxy;
 pub(crate) mod tls_proxy;

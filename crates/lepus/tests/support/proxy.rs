@@ -17,7 +17,10 @@ pub(crate) struct Proxy {
     frozen: Arc<AtomicBool>,
     /// Every byte the clients sent that the proxy passed on, in order.
     sent_upstream: Arc<std::sync::Mutex<Vec<u8>>>,
-    cut: tokio::sync::watch::Sender<bool>,
+    /// Counts cuts: a connection ends when the count passes the one at its start.
+    cut: tokio::sync::watch::Sender<u64>,
+    /// Connections accepted so far.
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -53,13 +56,17 @@ impl Proxy {
         let flag = Arc::clone(&frozen);
         let sent_upstream = Arc::new(std::sync::Mutex::new(Vec::new()));
         let record = Arc::clone(&sent_upstream);
-        let cut = tokio::sync::watch::Sender::new(false);
+        let cut = tokio::sync::watch::Sender::new(0u64);
         let cut_rx = cut.subscribe();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&accepted);
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
                 let Ok(server) = TcpStream::connect(upstream).await else {
                     continue;
                 };
+                let born = *cut_rx.borrow();
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
                 for (from, to, pace, record) in [
@@ -71,7 +78,7 @@ impl Proxy {
                     tokio::spawn(async move {
                         tokio::select! {
                             () = pumping => {}
-                            _ = cut.wait_for(|cut| *cut) => {}
+                            _ = cut.wait_for(|cuts| *cuts != born) => {}
                         }
                     });
                 }
@@ -82,13 +89,20 @@ impl Proxy {
             frozen,
             sent_upstream,
             cut,
+            accepted,
             task,
         }
     }
 
-    /// Closes every proxied connection at once; bytes not yet forwarded are lost.
+    /// Closes every proxied connection at once; bytes not yet forwarded are lost. Connections
+    /// accepted later are forwarded as usual.
     pub(crate) fn cut(&self) {
-        self.cut.send_replace(true);
+        self.cut.send_modify(|cuts| *cuts += 1);
+    }
+
+    /// How many connections the proxy accepted so far.
+    pub(crate) fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// Stops forwarding in both directions; sockets stay open, bytes are held back.

@@ -1,0 +1,360 @@
+//! Recovery from what only the broker can do: an operator closing the connection, the
+//! broker's application stopping and starting again, a password changed under a live
+//! connection. Broker-wide, so `#[ignore]`d here and run one at a time by `scripts/test.sh`;
+//! each test puts the broker back as it was, even when it fails.
+//!
+//! The zero-loss runs publish numbered messages with confirms, publish again every message
+//! whose confirm was lost (`Confirmation::Uncertain`, or a retryable error), and count what a
+//! consumer on the same connection receives by number: every confirmed message must arrive at
+//! least once; duplicates are counted, not failures.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lepus::{
+    BasicConsumeOptions, BasicProperties, BasicPublishOptions, Confirmation, Connection,
+    ConnectionEvent, DeliveryMode, Error, QueueDeclareOptions, RecoveryPolicy,
+};
+use support::broker::{close_connection_named, rabbitmqctl, Stopped, TempUser};
+use tokio::sync::broadcast;
+
+/// What a zero-loss run saw.
+#[derive(Debug)]
+struct Run {
+    /// Deliveries per message number.
+    received: Vec<u32>,
+    /// Publishes made again after a lost confirm.
+    republished: u64,
+}
+
+impl Run {
+    fn missing(&self) -> Vec<usize> {
+        (0..self.received.len())
+            .filter(|&i| self.received[i] == 0)
+            .collect()
+    }
+
+    fn duplicates(&self) -> u32 {
+        self.received.iter().map(|&c| c.saturating_sub(1)).sum()
+    }
+}
+
+fn options(name: &str) -> lepus::ConnectionOptions {
+    let mut o = support::options();
+    o.connection_name(name).rpc_timeout(Duration::from_secs(30));
+    o
+}
+
+/// Publishes `n` numbered persistent messages to `queue`, each until the broker acks it, and
+/// consumes them on the same connection, acking each; `disrupt` runs once a third are
+/// confirmed.
+async fn zero_loss_run<F: std::future::Future<Output = ()>>(
+    conn: &Connection,
+    queue: &str,
+    n: usize,
+    disrupt: F,
+) -> Run {
+    let ch = conn.open_channel().await.unwrap();
+    ch.basic_qos(100, Default::default()).await.unwrap();
+    let mut consumer = ch
+        .basic_consume(queue, "", BasicConsumeOptions::default())
+        .await
+        .unwrap();
+    let consuming = tokio::spawn(async move {
+        let mut received = vec![0u32; n];
+        let mut distinct = 0;
+        while distinct < n {
+            let delivery = match consumer.recv().await {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => panic!("the consumer failed: {e}"),
+                None => panic!("the consumer ended"),
+            };
+            let id: usize = std::str::from_utf8(&delivery.body)
+                .unwrap()
+                .parse()
+                .unwrap();
+            if received[id] == 0 {
+                distinct += 1;
+            }
+            received[id] += 1;
+            match delivery.ack() {
+                // Its link was lost: the broker delivers it again.
+                Ok(()) | Err(Error::StaleDelivery { .. }) => {}
+                Err(e) => panic!("ack failed: {e}"),
+            }
+        }
+        received
+    });
+
+    let publisher = conn.open_channel().await.unwrap();
+    publisher.confirm_select().await.unwrap();
+    let confirmed = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&confirmed);
+    let queue_name = queue.to_string();
+    let publishing = tokio::spawn(async move {
+        let props = BasicProperties::builder()
+            .delivery_mode(DeliveryMode::Persistent)
+            .build()
+            .unwrap();
+        let mut republished = 0;
+        for id in 0..n {
+            loop {
+                let outcome = match publisher
+                    .basic_publish(
+                        "",
+                        &queue_name,
+                        BasicPublishOptions::default(),
+                        &props,
+                        id.to_string(),
+                    )
+                    .await
+                {
+                    Ok(confirm) => confirm.await,
+                    Err(e) => Err(e),
+                };
+                match outcome {
+                    Ok(Confirmation::Ack(None)) => break,
+                    Ok(Confirmation::Uncertain | Confirmation::Nack(_)) => republished += 1,
+                    Err(e) if e.is_retryable() => republished += 1,
+                    other => panic!("publishing {id}: {other:?}"),
+                }
+            }
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+        republished
+    });
+
+    while confirmed.load(Ordering::SeqCst) < n as u64 / 3 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    disrupt.await;
+    let republished = tokio::time::timeout(Duration::from_secs(90), publishing)
+        .await
+        .expect("publishing stalled")
+        .unwrap();
+    let received = tokio::time::timeout(Duration::from_secs(90), consuming)
+        .await
+        .expect("consuming stalled: messages are missing")
+        .unwrap();
+    Run {
+        received,
+        republished,
+    }
+}
+
+/// Events until `Recovered`, as short names.
+async fn recovery_events(events: &mut broadcast::Receiver<ConnectionEvent>) -> Vec<&'static str> {
+    let mut seen = Vec::new();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(60), events.recv())
+            .await
+            .expect("no recovery within 60 s")
+            .unwrap();
+        seen.push(match event {
+            ConnectionEvent::Disconnected { .. } => "disconnected",
+            ConnectionEvent::Reconnecting { .. } => "reconnecting",
+            ConnectionEvent::ConsumerRecovered { .. } => "consumer",
+            ConnectionEvent::Recovered { .. } => "recovered",
+            ConnectionEvent::RecoveryFailed { error } => panic!("recovery failed: {error}"),
+            _ => "other",
+        });
+        if seen.last() == Some(&"recovered") {
+            return seen;
+        }
+    }
+}
+
+fn durable_queue_name(prefix: &str) -> String {
+    support::unique(prefix)
+}
+
+async fn declare_durable(conn: &Connection, name: &str) {
+    let ch = conn.open_channel().await.unwrap();
+    ch.queue_declare(
+        name,
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    ch.close().await.unwrap();
+}
+
+async fn delete_queue(name: &str) {
+    let (conn, ch) = support::channel().await;
+    let _ = ch.queue_delete(name, Default::default()).await;
+    let _ = conn.close().await;
+}
+
+#[tokio::test]
+#[ignore = "closes connections from the broker; run serially by scripts/test.sh"]
+async fn an_operator_closing_the_connection_loses_no_confirmed_message() {
+    let name = support::unique("recover-forced");
+    let conn = Connection::connect_with(options(&name)).await.unwrap();
+    let mut events = conn.events();
+    let queue = durable_queue_name("recover-forced-q");
+    declare_durable(&conn, &queue).await;
+    let disrupt = async {
+        close_connection_named(&name, "closed by the lepus recovery tests").await;
+    };
+    let run = zero_loss_run(&conn, &queue, 3000, disrupt).await;
+    assert_eq!(run.missing(), Vec::<usize>::new(), "{run:?}");
+    let order = recovery_events(&mut events).await;
+    assert_eq!(order.first(), Some(&"disconnected"), "{order:?}");
+    assert!(order.contains(&"consumer"), "{order:?}");
+    assert_eq!(conn.stats().recoveries, 1);
+    eprintln!(
+        "close_connection: republished {}, duplicates {}",
+        run.republished,
+        run.duplicates()
+    );
+    conn.close().await.unwrap();
+    delete_queue(&queue).await;
+}
+
+#[tokio::test]
+#[ignore = "stops and starts the broker; run serially by scripts/test.sh"]
+async fn a_broker_restart_loses_no_confirmed_persistent_message() {
+    let name = support::unique("recover-restart");
+    let conn = Connection::connect_with(options(&name)).await.unwrap();
+    let mut events = conn.events();
+    let queue = durable_queue_name("recover-restart-q");
+    declare_durable(&conn, &queue).await;
+    let started_again = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let stamp = Arc::clone(&started_again);
+    let disrupt = async move {
+        let stopped = tokio::task::spawn_blocking(Stopped::stop_app)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::task::spawn_blocking(move || stopped.start_app())
+            .await
+            .unwrap();
+        *stamp.lock().unwrap() = Some(Instant::now());
+    };
+    let run = zero_loss_run(&conn, &queue, 3000, disrupt).await;
+    assert_eq!(run.missing(), Vec::<usize>::new(), "{run:?}");
+    let order = recovery_events(&mut events).await;
+    assert_eq!(order.first(), Some(&"disconnected"), "{order:?}");
+    assert!(order.contains(&"reconnecting"), "{order:?}");
+    eprintln!(
+        "restart: republished {}, duplicates {}, events {order:?}",
+        run.republished,
+        run.duplicates()
+    );
+    conn.close().await.unwrap();
+    delete_queue(&queue).await;
+}
+
+#[tokio::test]
+#[ignore = "adds a user and closes its connection from the broker; run serially"]
+async fn a_refused_login_while_recovering_ends_the_connection_once() {
+    let user = TempUser::add("lepus-test-refused", "first-password");
+    let name = support::unique("recover-refused");
+    let mut o = options(&name);
+    let mut policy = RecoveryPolicy::new();
+    policy.initial_delay(Duration::from_millis(50));
+    o.credentials(&user.name, "first-password").recovery(policy);
+    let conn = Connection::connect_with(o).await.unwrap();
+    let mut events = conn.events();
+    rabbitmqctl(&["change_password", &user.name, "second-password"]);
+    close_connection_named(&name, "password changed").await;
+
+    let mut attempts = 0;
+    let error = loop {
+        let event = tokio::time::timeout(Duration::from_secs(20), events.recv())
+            .await
+            .expect("recovery neither succeeded nor gave up")
+            .unwrap();
+        match event {
+            ConnectionEvent::Reconnecting { .. } => attempts += 1,
+            ConnectionEvent::RecoveryFailed { error } => break error,
+            ConnectionEvent::Recovered { .. } => panic!("recovered with a changed password"),
+            _ => {}
+        }
+    };
+    assert!(matches!(error, Error::AuthenticationFailed(_)), "{error}");
+    assert_eq!(attempts, 1, "a refusal is not retried");
+    let closed = conn.closed().await;
+    assert!(matches!(closed, Error::AuthenticationFailed(_)), "{closed}");
+    // Nothing more is attempted.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(event, ConnectionEvent::Reconnecting { .. }),
+            "{event:?}"
+        );
+    }
+    drop(user);
+}
+
+#[test]
+#[ignore = "closes connections from the broker; run serially by scripts/test.sh"]
+fn a_blocking_drain_events_loop_goes_on_across_a_recovery() {
+    use lepus::blocking;
+    let name = support::unique("recover-blocking");
+    let queue = support::unique("recover-blocking-q");
+    let conn = blocking::Connection::connect_with(options(&name)).unwrap();
+    let ch = conn.open_channel().unwrap();
+    ch.queue_declare(&queue, QueueDeclareOptions::default())
+        .unwrap();
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&received);
+    ch.basic_consume(&queue, "", BasicConsumeOptions::default(), move |_, d| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let _ = d.ack();
+    })
+    .unwrap();
+    let publish = |body: &str| {
+        ch.basic_publish(
+            "",
+            &queue,
+            BasicPublishOptions::default(),
+            &BasicProperties::default(),
+            body.to_string(),
+        )
+        .unwrap();
+    };
+    // An ordinary drain_events loop, as a py-amqp user writes it: it only counts.
+    let mut recovered = false;
+    let mut drain_until = |want: u64| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while received.load(Ordering::SeqCst) < want || (want > 1 && !recovered) {
+            assert!(Instant::now() < deadline, "drain_events stalled");
+            if let blocking::Drained::Events(events) =
+                conn.drain_events(Some(Duration::from_millis(100))).unwrap()
+            {
+                recovered |= events.iter().any(|e| {
+                    matches!(
+                        e,
+                        blocking::Event::Recovery(ConnectionEvent::Recovered { .. })
+                    )
+                });
+            }
+        }
+    };
+    publish("before");
+    drain_until(1);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(close_connection_named(
+        &name,
+        "closed by the lepus recovery tests",
+    ));
+    // Publishing waits for the recovery; the same consumer callback gets the message.
+    publish("after");
+    drain_until(2);
+    ch.queue_delete(&queue, Default::default()).unwrap();
+    conn.close().unwrap();
+}
