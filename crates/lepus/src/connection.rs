@@ -62,6 +62,28 @@ impl Connection {
     ///
     /// As [`connect`](Self::connect).
     pub async fn connect_with(options: ConnectionOptions) -> Result<Self> {
+        let policy = &options.recovery;
+        if !(policy.enabled && policy.retry_initial_connect) {
+            return Self::connect_each(&options).await;
+        }
+        let started = std::time::Instant::now();
+        for attempt in 0u32.. {
+            match Self::connect_each(&options).await {
+                Ok(conn) => return Ok(conn),
+                Err(e) if !crate::recovery::worth_retrying(&e) => return Err(e),
+                Err(e) if policy.exhausted(attempt + 1, started.elapsed()) => return Err(e),
+                Err(e) => {
+                    let delay = policy.delay(attempt, fastrand::f64());
+                    tracing::info!(error = %e, ?delay, "cannot connect yet; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+        Err(Error::InvalidState("connect retried without end"))
+    }
+
+    /// Tries each broker once, in the order of the failover strategy.
+    async fn connect_each(options: &ConnectionOptions) -> Result<Self> {
         let mut attempts = options.attempts().into_iter();
         let mut failures = Vec::new();
         let last = loop {

@@ -91,3 +91,50 @@ async fn shuffled_brokers_are_all_tried() {
         conn.close().await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn the_initial_connect_is_retried_when_asked_until_a_broker_answers() {
+    let port = dead_port();
+    let url = url_at(port);
+    // The broker appears (through a proxy on that port) half a second from now.
+    let late = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let listen = format!("127.0.0.1:{port}").parse().unwrap();
+        support::proxy::Proxy::start_at(listen, broker_addr()).await
+    });
+    let mut options = ConnectionOptions::from_uri(&url).unwrap();
+    let mut policy = lepus::RecoveryPolicy::new();
+    policy
+        .initial_delay(Duration::from_millis(100))
+        .max_delay(Duration::from_millis(200))
+        .retry_initial_connect(true);
+    options.recovery(policy.clone());
+    let started = std::time::Instant::now();
+    let conn = Connection::connect_with(options).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    let _proxy = late.await.unwrap();
+    conn.close().await.unwrap();
+
+    // Without the flag, connecting fails at once; with it, a refusal is not retried.
+    let err = Connection::connect(&url_at(dead_port())).await.unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
+    let live = broker_addr().port();
+    let mut refused =
+        ConnectionOptions::from_uri(&format!("amqp://guest:wrong@127.0.0.1:{live}/%2f")).unwrap();
+    refused.recovery(policy);
+    let started = std::time::Instant::now();
+    let err = Connection::connect_with(refused).await.unwrap_err();
+    assert!(matches!(err, Error::AuthenticationFailed(_)), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // Its limits hold.
+    let mut limited = ConnectionOptions::from_uri(&url_at(dead_port())).unwrap();
+    let mut policy = lepus::RecoveryPolicy::new();
+    policy
+        .initial_delay(Duration::from_millis(10))
+        .max_attempts(Some(3))
+        .retry_initial_connect(true);
+    limited.recovery(policy);
+    let err = Connection::connect_with(limited).await.unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
+}

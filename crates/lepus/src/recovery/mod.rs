@@ -162,15 +162,16 @@ async fn recover(shared: Arc<Shared>, started: Instant) {
     }
 }
 
-/// Whether an attempt that failed with `e` may be tried again (or on another broker).
-fn worth_retrying(e: &Error) -> bool {
+/// Whether an attempt that failed with `e` may be tried again (or on another broker): the
+/// broker could not be reached, not a refusal.
+pub(crate) fn worth_retrying(e: &Error) -> bool {
     match e {
         Error::Connect { .. }
         | Error::Io(_)
         | Error::Tls(_)
         | Error::Timeout { .. }
-        | Error::ConnectionLost(_)
-        | Error::AllHostsFailed(_) => true,
+        | Error::ConnectionLost(_) => true,
+        Error::AllHostsFailed(each) => each.iter().any(|(_, e)| worth_retrying(e)),
         Error::ConnectionClosed(cause) => cause.is_recoverable(),
         _ => false,
     }

@@ -50,7 +50,21 @@ impl Proxy {
         up: Option<Pace>,
         down: Option<Pace>,
     ) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::listen("127.0.0.1:0".parse().unwrap(), upstream, up, down).await
+    }
+
+    /// Like [`start`](Self::start), listening on `listen`.
+    pub(crate) async fn start_at(listen: SocketAddr, upstream: SocketAddr) -> Self {
+        Self::listen(listen, upstream, None, None).await
+    }
+
+    async fn listen(
+        listen: SocketAddr,
+        upstream: SocketAddr,
+        up: Option<Pace>,
+        down: Option<Pace>,
+    ) -> Self {
+        let listener = TcpListener::bind(listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let frozen = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&frozen);
