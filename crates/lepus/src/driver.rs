@@ -478,6 +478,8 @@ pub(crate) struct Shared {
     pub(crate) link: watch::Sender<Link>,
     /// [`Inner::epoch`], readable without the lock.
     pub(crate) epoch: std::sync::atomic::AtomicU64,
+    /// Writer tasks still running: a close waits for the last one to count its last write.
+    writers: watch::Sender<usize>,
     pub(crate) options: ConnectionOptions,
 }
 
@@ -544,6 +546,7 @@ impl Shared {
             session: watch::Sender::new(0),
             link: watch::Sender::new(Link::Open),
             epoch: std::sync::atomic::AtomicU64::new(0),
+            writers: watch::Sender::new(0),
             options,
         })
     }
@@ -814,30 +817,20 @@ async fn finish_close(shared: &Arc<Shared>, started: Instant) -> Result<()> {
             break true;
         }
     };
-    let mut inner = shared.lock();
-    if gave_up && inner.error.is_none() {
-        let (messages, bytes) = inner.unsent();
-        if messages > 0 {
-            inner.lost = Some(Error::Unsent {
-                messages,
-                bytes,
-                reason: format!(
-                    "the broker took no bytes for {} while closing",
-                    HumanDuration(limit)
-                ),
-            });
-        }
-        // Everything was written but close-ok is late: the broker may still be working
-        // through its buffers, and closing the socket now would make it drop the rest.
-        inner.linger = bytes == 0;
-        inner.proto.handle_transport_closed(format!(
-            "close made no progress for {}",
-            HumanDuration(limit)
-        ));
-        dispatch(shared, &mut inner);
+    if gave_up {
+        give_up_close(shared, limit);
     }
-    if let Some(lost) = &inner.lost {
-        return Err(lost.clone());
+    // The writer counts its last write when it stops: wait for that (briefly: it stops as
+    // soon as it sees the end), so that the stats are exact when close returns.
+    let mut writers = shared.writers.subscribe();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(1),
+        writers.wait_for(|n| *n == 0),
+    )
+    .await;
+    let lost = shared.lock().lost.clone();
+    if let Some(lost) = lost {
+        return Err(lost);
     }
     if gave_up {
         return Err(Error::Timeout {
@@ -846,6 +839,34 @@ async fn finish_close(shared: &Arc<Shared>, started: Instant) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// A close made no progress for `limit`: record what was not sent and end the connection
+/// (leaving the socket open when everything was written).
+fn give_up_close(shared: &Arc<Shared>, limit: std::time::Duration) {
+    let mut inner = shared.lock();
+    if inner.error.is_some() {
+        return;
+    }
+    let (messages, bytes) = inner.unsent();
+    if messages > 0 {
+        inner.lost = Some(Error::Unsent {
+            messages,
+            bytes,
+            reason: format!(
+                "the broker took no bytes for {} while closing",
+                HumanDuration(limit)
+            ),
+        });
+    }
+    // Everything was written but close-ok is late: the broker may still be working
+    // through its buffers, and closing the socket now would make it drop the rest.
+    inner.linger = bytes == 0;
+    inner.proto.handle_transport_closed(format!(
+        "close made no progress for {}",
+        HumanDuration(limit)
+    ));
+    dispatch(shared, &mut inner);
 }
 
 impl Inner {
@@ -1131,6 +1152,7 @@ fn later(delay: std::time::Duration) -> tokio::time::Instant {
 
 /// Runs the writer of link `session` until the connection ends or the link is replaced.
 pub(crate) async fn writer<W: AsyncWrite + Unpin>(shared: Arc<Shared>, io: W, session: u64) {
+    shared.writers.send_modify(|n| *n += 1);
     let mut writer = Writer {
         shared,
         io,
@@ -1263,6 +1285,7 @@ impl<W: AsyncWrite + Unpin> Drop for Writer<W> {
     /// not written by then is reported as a warning.
     fn drop(&mut self) {
         let shared = Arc::clone(&self.shared);
+        let _gone = WriterGone(&shared);
         let mut inner = shared.lock();
         if inner.error.is_some() || inner.proto.is_closed() || inner.session != self.session {
             return;
@@ -1316,6 +1339,15 @@ impl<W: AsyncWrite + Unpin> Drop for Writer<W> {
         if let Some(linger) = linger {
             linger.start(std::mem::take(&mut self.chunks));
         }
+    }
+}
+
+/// Counts a writer task out when dropped, after everything else its drop does.
+struct WriterGone<'a>(&'a Shared);
+
+impl Drop for WriterGone<'_> {
+    fn drop(&mut self) {
+        self.0.writers.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -1923,7 +1955,15 @@ pub(crate) fn terminate(shared: &Arc<Shared>, inner: &mut Inner, err: Error) {
     for tx in inner.update_secret_waiters.drain(..) {
         let _ = tx.send(Err(err.clone()));
     }
-    let (messages, bytes) = inner.unsent();
+    // A close this side asked for either ended with the broker's close-ok, which proves
+    // that everything before the close frame arrived (the writer may not have counted its
+    // last write yet), or was given up on, and `finish_close` or `transport_failed` already
+    // said what was lost.
+    let locally = matches!(
+        err,
+        Error::ConnectionClosed(ConnectionError::LocallyClosed(_))
+    );
+    let (messages, bytes) = if locally { (0, 0) } else { inner.unsent() };
     if messages > 0 && inner.lost.is_none() {
         inner.lost = Some(Error::Unsent {
             messages,
