@@ -358,3 +358,100 @@ fn a_blocking_drain_events_loop_goes_on_across_a_recovery() {
     ch.queue_delete(&queue, Default::default()).unwrap();
     conn.close().unwrap();
 }
+
+/// The moment of the first delivery on a link newer than the `recoveries`-th.
+async fn first_delivery_after(
+    conn: &Connection,
+    consumer: &mut lepus::Consumer,
+    recoveries: u64,
+) -> Instant {
+    loop {
+        let d = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .expect("no delivery within 60 s")
+            .unwrap()
+            .unwrap();
+        let _ = d.ack();
+        if conn.stats().recoveries > recoveries {
+            return Instant::now();
+        }
+    }
+}
+
+/// How long a consumer goes without deliveries when its connection is closed by an operator,
+/// and after the broker's application starts again: from the event to the first delivery on
+/// the new link, with the default policy. Printed (run with `--nocapture`), and bounded.
+#[tokio::test]
+#[ignore = "closes connections and restarts the broker; run serially by scripts/test.sh"]
+async fn time_to_the_first_delivery_after_a_loss() {
+    let name = support::unique("recover-timing");
+    let queue = durable_queue_name("recover-timing-q");
+    let conn = Connection::connect_with(options(&name)).await.unwrap();
+    declare_durable(&conn, &queue).await;
+    let ch = conn.open_channel().await.unwrap();
+    let mut consumer = ch
+        .basic_consume(&queue, "", BasicConsumeOptions::default())
+        .await
+        .unwrap();
+    // A publisher of its own, one message every 5 ms, riding out the losses too.
+    let publisher = Connection::connect(&support::url()).await.unwrap();
+    let pch = publisher.open_channel().await.unwrap();
+    let target = queue.clone();
+    let publishing = tokio::spawn(async move {
+        loop {
+            let _ = pch
+                .basic_publish(
+                    "",
+                    &target,
+                    BasicPublishOptions::default(),
+                    &BasicProperties::default(),
+                    "tick",
+                )
+                .await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // From the moment lepus learns of the loss.
+    let mut events = conn.events();
+    let lost_at = async {
+        loop {
+            if let Ok(ConnectionEvent::Disconnected { .. }) = events.recv().await {
+                return Instant::now();
+            }
+        }
+    };
+    let recoveries = conn.stats().recoveries;
+    let (_, closed_at, delivered) = tokio::join!(
+        close_connection_named(&name, "timing"),
+        lost_at,
+        first_delivery_after(&conn, &mut consumer, recoveries)
+    );
+    let after_close = delivered.duration_since(closed_at);
+
+    let stopped = tokio::task::spawn_blocking(Stopped::stop_app)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let recoveries = conn.stats().recoveries;
+    let (started_at, delivered) = tokio::join!(
+        async {
+            tokio::task::spawn_blocking(move || stopped.start_app())
+                .await
+                .unwrap();
+            Instant::now()
+        },
+        first_delivery_after(&conn, &mut consumer, recoveries)
+    );
+    let after_start = delivered.saturating_duration_since(started_at);
+    eprintln!(
+        "first delivery {after_close:?} after close_connection; {after_start:?} after \
+         start_app returned"
+    );
+    assert!(after_close < Duration::from_secs(5), "{after_close:?}");
+    publishing.abort();
+    drop(consumer);
+    let _ = ch.queue_delete(&queue, Default::default()).await;
+    conn.close().await.unwrap();
+    let _ = publisher.close().await;
+}
