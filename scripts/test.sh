@@ -23,6 +23,8 @@ cargo test --workspace --locked 2>&1 | tee -a "$log"
 echo "== serial tests (broker-wide state, one at a time)"
 cargo test -p lepus --locked --test serial_broker --test serial_recovery --test blocking -- --ignored --test-threads=1 \
   2>&1 | tee -a "$log"
+echo "== failover and cluster tests (extra broker nodes on 5681-5685, one test at a time)"
+cargo test -p lepus --locked --test cluster -- --ignored --test-threads=1 2>&1 | tee -a "$log"
 echo "== examples against the broker"
 for example in consume_acks publish_confirms error_handling; do
   cargo run -q --locked -p lepus --example "$example"

@@ -95,3 +95,4 @@ pub(crate) mod broker;
 pub(crate) mod fake_broker;
 pub(crate) mod proxy;
 pub(crate) mod tls_proxy;
+pub(crate) mod zero_loss;
