@@ -23,6 +23,7 @@ cargo test --workspace --locked 2>&1 | tee -a "$log"
 echo "== serial tests (broker-wide state, one at a time)"
 cargo test -p lepus --locked --test serial_broker --test serial_recovery --test blocking -- --ignored --test-threads=1 \
   2>&1 | tee -a "$log"
+cargo test -p lepus-cli --locked --test serial_recovery -- --ignored --test-threads=1 2>&1 | tee -a "$log"
 echo "== failover and cluster tests (extra broker nodes on 5681-5685, one test at a time)"
 cargo test -p lepus --locked --test cluster -- --ignored --test-threads=1 2>&1 | tee -a "$log"
 echo "== examples against the broker"

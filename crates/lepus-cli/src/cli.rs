@@ -64,6 +64,10 @@ pub(crate) struct Global {
         help_heading = "Global options"
     )]
     pub(crate) heartbeat: Option<u16>,
+    /// Do not reconnect when the connection to the broker is lost: publish, consume and perf
+    /// then exit 1 at once, as the other commands always do
+    #[arg(long, global = true, help_heading = "Global options")]
+    pub(crate) no_recover: bool,
     /// Log to stderr (-v debug, -vv trace)
     #[arg(short, long, global = true, action = clap::ArgAction::Count,
           help_heading = "Global options")]

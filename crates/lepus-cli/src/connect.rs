@@ -19,6 +19,8 @@ pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
     options: ConnectionOptions,
+    /// Long-running commands recover a lost connection (unless `--no-recover`).
+    recover: bool,
     /// `host:port`, for error messages (the URL may hold a password, so it is not shown).
     address: String,
 }
@@ -62,6 +64,7 @@ impl Target {
         }
         Ok(Self {
             address: options.hosts().join(", "),
+            recover: !global.no_recover,
             options,
         })
     }
@@ -81,6 +84,29 @@ impl Target {
     /// `403 ACCESS_REFUSED`).
     pub(crate) async fn connect(&self, what: &str) -> Result<Connection, CliError> {
         let mut options = self.options.clone();
+        // Short commands fail at once: an error says more than a silent wait.
+        options.no_recovery();
+        self.open(what, options).await
+    }
+
+    /// Like [`connect`](Self::connect), for the long-running commands (publish, consume,
+    /// perf): a lost connection is recovered (unless `--no-recover`), and each loss and
+    /// recovery is told on stderr in one line.
+    pub(crate) async fn connect_recovering(&self, what: &str) -> Result<Connection, CliError> {
+        let mut options = self.options.clone();
+        if !self.recover {
+            options.no_recovery();
+        }
+        let conn = self.open(what, options).await?;
+        tokio::spawn(tell_recoveries(conn.events()));
+        Ok(conn)
+    }
+
+    async fn open(
+        &self,
+        what: &str,
+        mut options: ConnectionOptions,
+    ) -> Result<Connection, CliError> {
         options.connection_name(format!("lepus {what}"));
         tracing::debug!(address = %self.address, "connecting");
         Connection::connect_with(options)
@@ -99,11 +125,45 @@ impl Target {
     /// As [`connect`](Self::connect), or when the channel cannot be opened.
     pub(crate) async fn channel(&self, what: &str) -> Result<(Connection, Channel), CliError> {
         let conn = self.connect(what).await?;
+        Self::open_channel(conn).await
+    }
+
+    /// Like [`channel`](Self::channel), on a recovering connection.
+    pub(crate) async fn channel_recovering(
+        &self,
+        what: &str,
+    ) -> Result<(Connection, Channel), CliError> {
+        let conn = self.connect_recovering(what).await?;
+        Self::open_channel(conn).await
+    }
+
+    async fn open_channel(conn: Connection) -> Result<(Connection, Channel), CliError> {
         let ch = conn
             .open_channel()
             .await
             .map_err(|e| CliError::failed(format!("opening a channel: {e}")))?;
         Ok((conn, ch))
+    }
+}
+
+/// Tells on stderr, one line each, when the connection is lost and when it is back.
+async fn tell_recoveries(mut events: tokio::sync::broadcast::Receiver<lepus::ConnectionEvent>) {
+    use lepus::ConnectionEvent as E;
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let line = match events.recv().await {
+            Ok(E::Disconnected { cause, .. }) => format!("connection lost: {cause}; reconnecting"),
+            Ok(E::Recovered { address, took }) => {
+                format!("reconnected to {address} after {:.1} s", took.as_secs_f64())
+            }
+            Ok(E::TopologyFailed { entity, error }) => {
+                format!("could not restore {entity} after reconnecting: {error}")
+            }
+            Ok(E::RecoveryFailed { error }) => format!("giving up reconnecting: {error}"),
+            Ok(E::Closed(_)) | Err(RecvError::Closed) => return,
+            Ok(_) | Err(RecvError::Lagged(_)) => continue,
+        };
+        eprintln!("lepus: {line}");
     }
 }
 
@@ -137,6 +197,7 @@ mod tests {
             connect_timeout: None,
             rpc_timeout: 30.0,
             heartbeat: None,
+            no_recover: false,
             verbose: 0,
         }
     }

@@ -127,6 +127,22 @@ impl<T> OnChannel<T> for Result<T, Error> {
     }
 }
 
+/// Settling a delivery (ack, nack, reject), where one that came over a link lost since is
+/// not an error: the broker requeued it and delivers it again.
+pub(crate) trait Settled {
+    /// Maps the error as [`OnChannel::on`] does, except a stale delivery.
+    fn settled(self, id: u16) -> Result<(), CliError>;
+}
+
+impl Settled for Result<(), Error> {
+    fn settled(self, id: u16) -> Result<(), CliError> {
+        match self {
+            Err(Error::StaleDelivery { .. }) => Ok(()),
+            other => other.on(id),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use lepus::ReplyCode;

@@ -31,7 +31,7 @@ use lepus::{BasicConsumeOptions, BasicQosOptions, Channel, Consumer, Delivery};
 use crate::cli::ConsumeArgs;
 use crate::commands::finish;
 use crate::connect::Target;
-use crate::error::{CliError, OnChannel};
+use crate::error::{CliError, OnChannel, Settled};
 use crate::output::Printer;
 use crate::signal::Stop;
 
@@ -151,7 +151,7 @@ pub(crate) async fn run(
         ..BasicConsumeOptions::default()
     };
     let setup = async {
-        let (conn, ch) = target.channel("consume").await?;
+        let (conn, ch) = target.channel_recovering("consume").await?;
         if prefetch > 0 {
             ch.basic_qos(prefetch, BasicQosOptions::default())
                 .await
@@ -185,7 +185,7 @@ pub(crate) async fn run(
     while let Some(next) = consumer.recv().await {
         let delivery = next.on(ch.id())?;
         if window.limit.is_some_and(|n| window.received >= n) {
-            delivery.nack(true).on(ch.id())?;
+            delivery.nack(true).settled(ch.id())?;
             continue;
         }
         handle(&ch, &delivery, &mut window, &mut printer)?;
@@ -197,7 +197,7 @@ pub(crate) async fn run(
             Settle::Requeue => ch.basic_nack(tag, true, true),
             Settle::None => Ok(()),
         }
-        .on(ch.id())?;
+        .settled(ch.id())?;
     }
     finish(conn).await
 }
@@ -248,7 +248,7 @@ fn handle(
     window.received += 1;
     let now = window.may_settle_now();
     if window.settle == Settle::AckOnArrival && now {
-        delivery.ack().on(ch.id())?;
+        delivery.ack().settled(ch.id())?;
         window.settled += 1;
     }
     printer.print(delivery, None)?;
@@ -258,8 +258,8 @@ fn handle(
         return Ok(());
     }
     match window.settle {
-        Settle::Ack => delivery.ack().on(ch.id())?,
-        Settle::Reject => delivery.reject(false).on(ch.id())?,
+        Settle::Ack => delivery.ack().settled(ch.id())?,
+        Settle::Reject => delivery.reject(false).settled(ch.id())?,
         Settle::AckOnArrival | Settle::None | Settle::Requeue => return Ok(()),
     }
     window.settled += 1;

@@ -68,7 +68,7 @@ pub(crate) async fn run(
     }
     let setup = async {
         let bodies = bodies(&args).await?;
-        let (conn, ch) = target.channel("publish").await?;
+        let (conn, ch) = target.channel_recovering("publish").await?;
         let returns = ch.returns().on(ch.id())?;
         ch.confirm_select().await.on(ch.id())?;
         Ok::<_, CliError>((bodies, conn, ch, returns))
@@ -98,6 +98,7 @@ pub(crate) async fn run(
         published: 0,
         acked: 0,
         nacked: 0,
+        republished: 0,
     };
     let stopped_by = match &mut bodies {
         Bodies::Ready(list) => {
@@ -146,10 +147,18 @@ pub(crate) async fn run(
     }
     publisher.drain().await?;
     let (published, nacked) = (publisher.published, publisher.nacked);
+    let republished = publisher.republished;
+    if conn.stats().recoveries > 0 && !args.confirm {
+        return Err(CliError::failed(
+            "the connection was lost while publishing and recovered; without --confirm lepus \
+             cannot tell which messages reached the broker (with --confirm it publishes again \
+             those whose confirm was lost)",
+        ));
+    }
 
     // Returns precede the confirm of the message they belong to, so all are in by now.
     let (returned, first_return) = count_returns(&mut returns);
-    tracing::debug!(published, nacked, returned, "publish done");
+    tracing::debug!(published, nacked, returned, republished, "publish done");
     let mut problems = Vec::new();
     if let Some(r) = &first_return {
         problems.push(format!(
@@ -208,12 +217,16 @@ struct Publisher<'a> {
     wait_for_each: bool,
     /// Checked before each publish and while waiting.
     stop: Stop,
-    pending: VecDeque<PublisherConfirm>,
+    /// Confirms not awaited yet, each with its body, to publish it again if its confirm is
+    /// lost with the connection.
+    pending: VecDeque<(PublisherConfirm, Bytes)>,
     published: u64,
     /// Acks counted: all of them with `--confirm`, else at most the latest.
     acked: u64,
     /// Nacks counted: all of them with `--confirm`, else at most the latest.
     nacked: u64,
+    /// Messages published again because their confirm was lost in a recovery.
+    republished: u64,
 }
 
 impl Publisher<'_> {
@@ -242,9 +255,9 @@ impl Publisher<'_> {
             if !self.wait_for_each {
                 self.pending.clear();
             }
-            self.pending.push_back(confirm);
+            self.pending.push_back((confirm, body.clone()));
             while self.pending.len() > CONFIRM_WINDOW {
-                let Some(oldest) = self.pending.front_mut() else {
+                let Some((oldest, _)) = self.pending.front_mut() else {
                     break;
                 };
                 let confirmed = tokio::select! {
@@ -253,18 +266,19 @@ impl Publisher<'_> {
                     signal = self.stop.wait() => return Ok(Some(signal)),
                     confirmed = oldest => confirmed,
                 };
-                self.pending.pop_front();
-                self.count(confirmed)?;
+                if let Some((_, body)) = self.pending.pop_front() {
+                    self.count(confirmed, body).await?;
+                }
             }
         }
         Ok(None)
     }
 
-    /// Waits for every kept confirm.
+    /// Waits for every kept confirm (and for those of what it publishes again).
     async fn drain(&mut self) -> Result<(), CliError> {
-        while let Some(confirm) = self.pending.pop_front() {
+        while let Some((confirm, body)) = self.pending.pop_front() {
             let confirmed = confirm.await;
-            self.count(confirmed)?;
+            self.count(confirmed, body).await?;
         }
         Ok(())
     }
@@ -279,12 +293,13 @@ impl Publisher<'_> {
         let published = self.published;
         let within = CLOSE_TIMEOUT.as_secs();
         if self.wait_for_each {
-            while let Some(oldest) = self.pending.front_mut() {
+            while let Some((oldest, _)) = self.pending.front_mut() {
                 let Ok(confirmed) = tokio::time::timeout_at(deadline, oldest).await else {
                     break;
                 };
-                self.pending.pop_front();
-                self.count(confirmed)?;
+                if let Some((_, body)) = self.pending.pop_front() {
+                    self.count(confirmed, body).await?;
+                }
             }
             let confirmed = self.acked + self.nacked;
             let mut summary = format!("{} published, {confirmed} confirmed", messages(published));
@@ -320,14 +335,46 @@ impl Publisher<'_> {
         })
     }
 
-    /// Counts one confirm, or fails with the broker's reason for closing the channel.
-    fn count(&mut self, confirmed: lepus::Result<Confirmation>) -> Result<(), CliError> {
-        match confirmed.map_err(|e| fail(self.ch, e))? {
-            Confirmation::Nack(_) => self.nacked += 1,
-            Confirmation::Ack(_) => self.acked += 1,
-            // Not expected: the channel is in confirm mode.
-            _ => {}
+    /// Counts one confirm, or fails with the broker's reason for closing the channel. With
+    /// `--confirm`, a confirm lost with the connection publishes `body` again (at least once:
+    /// the first copy may have reached the broker).
+    async fn count(
+        &mut self,
+        confirmed: lepus::Result<Confirmation>,
+        body: Bytes,
+    ) -> Result<(), CliError> {
+        match confirmed {
+            Err(e) if e.is_retryable() && self.wait_for_each => return self.again(body).await,
+            other => match other.map_err(|e| fail(self.ch, e))? {
+                Confirmation::Nack(_) => self.nacked += 1,
+                Confirmation::Ack(_) => self.acked += 1,
+                Confirmation::Uncertain if self.wait_for_each => return self.again(body).await,
+                // Without --confirm only the latest is kept; the caller checks recoveries.
+                _ => {}
+            },
         }
+        Ok(())
+    }
+
+    /// Publishes `body` again, its first confirm lost in a recovery.
+    async fn again(&mut self, body: Bytes) -> Result<(), CliError> {
+        self.republished += 1;
+        tracing::info!(
+            republished = self.republished,
+            "publishing a message again: its confirm was lost with the connection"
+        );
+        let confirm = self
+            .ch
+            .basic_publish(
+                self.exchange,
+                self.routing_key,
+                self.options,
+                self.props,
+                body.clone(),
+            )
+            .await
+            .map_err(|e| fail(self.ch, e))?;
+        self.pending.push_back((confirm, body));
         Ok(())
     }
 }

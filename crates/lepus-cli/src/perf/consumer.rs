@@ -9,7 +9,7 @@ use tokio::sync::{oneshot, watch};
 
 use super::{epoch_nanos, report, sent_at, Phase, Shared};
 use crate::connect::Target;
-use crate::error::{CliError, OnChannel};
+use crate::error::{CliError, OnChannel, Settled};
 
 /// What one consumer does.
 #[derive(Debug, Clone)]
@@ -51,7 +51,9 @@ async fn consume(
     ready: oneshot::Sender<()>,
 ) -> Result<Histogram<u64>, CliError> {
     let mut histogram = report::new_histogram()?;
-    let conn = target.connect(&format!("perf consumer {}", s.id)).await?;
+    let conn = target
+        .connect_recovering(&format!("perf consumer {}", s.id))
+        .await?;
     let ch = conn
         .open_channel()
         .await
@@ -87,7 +89,7 @@ async fn consume(
         let claimed = shared.consumed.fetch_add(1, Ordering::Relaxed);
         if claimed >= shared.consume_limit.load(Ordering::Relaxed) {
             shared.consumed.fetch_sub(1, Ordering::Relaxed);
-            delivery.nack(true).on(ch.id())?;
+            delivery.nack(true).settled(ch.id())?;
             break;
         }
         if let Some(sent) = sent_at(&delivery.body) {
@@ -97,7 +99,7 @@ async fn consume(
         unacked += 1;
         if unacked >= s.multi_ack {
             if s.multi_ack == 1 {
-                delivery.ack().on(ch.id())?;
+                delivery.ack().settled(ch.id())?;
             } else {
                 delivery.ack_multiple().on(ch.id())?;
             }
@@ -111,7 +113,7 @@ async fn consume(
             .fetch_max(shared.now_ns(), Ordering::Relaxed);
     }
     if let Some(tag) = last_tag {
-        ch.basic_ack(tag, true).on(ch.id())?;
+        ch.basic_ack(tag, true).settled(ch.id())?;
     }
     let tag = consumer.tag().to_string_lossy().into_owned();
     // Deliveries still on their way are requeued by lepus once the consumer is gone.

@@ -64,7 +64,9 @@ async fn publish(
     mut phase: watch::Receiver<Phase>,
     ready: oneshot::Sender<()>,
 ) -> Result<(), CliError> {
-    let conn = target.connect(&format!("perf producer {}", s.id)).await?;
+    let conn = target
+        .connect_recovering(&format!("perf producer {}", s.id))
+        .await?;
     let ch = conn
         .open_channel()
         .await
