@@ -455,3 +455,141 @@ async fn recovery_gives_up_when_its_policy_says_so() {
         "the first connection and three attempts"
     );
 }
+
+/// A scripted broker that answers every request with its `-ok` and logs what each connection
+/// sent (method names, by connection); the first connection is dropped when `cut` fires.
+async fn answering_broker(
+    log: std::sync::Arc<std::sync::Mutex<Vec<Vec<String>>>>,
+    cut: std::sync::Arc<tokio::sync::Notify>,
+) -> FakeBroker {
+    use lepus::lepus_wire::method::{basic, channel, confirm, connection, exchange, queue};
+    use lepus::lepus_wire::{Method, ShortStr};
+    FakeBroker::start(move |mut peer| {
+        let log = std::sync::Arc::clone(&log);
+        let cut = std::sync::Arc::clone(&cut);
+        async move {
+            let index = {
+                let mut log = log.lock().unwrap();
+                log.push(Vec::new());
+                log.len() - 1
+            };
+            peer.handshake().await;
+            let mut generated = 0;
+            loop {
+                let next = tokio::select! {
+                    next = peer.recv_method() => next,
+                    () = cut.notified(), if index == 0 => return,
+                };
+                let Some((ch, method)) = next else { return };
+                log.lock().unwrap()[index].push(format!("{} {ch}", method.name()));
+                let reply: Option<Method> = match method {
+                    Method::ChannelOpen(_) => Some(channel::OpenOk.into()),
+                    Method::ChannelClose(_) => Some(channel::CloseOk.into()),
+                    Method::ChannelFlow(f) => Some(channel::FlowOk { active: f.active }.into()),
+                    Method::BasicQos(_) => Some(basic::QosOk.into()),
+                    Method::ConfirmSelect(_) => Some(confirm::SelectOk.into()),
+                    Method::ExchangeDeclare(_) => Some(exchange::DeclareOk.into()),
+                    Method::ExchangeBind(_) => Some(exchange::BindOk.into()),
+                    Method::QueueBind(_) => Some(queue::BindOk.into()),
+                    Method::QueueDeclare(d) => {
+                        let name = if d.queue.is_empty() {
+                            generated += 1;
+                            ShortStr::try_from(format!("amq.gen-{index}-{generated}").as_str())
+                                .unwrap()
+                        } else {
+                            d.queue
+                        };
+                        Some(
+                            queue::DeclareOk {
+                                queue: name,
+                                message_count: 0,
+                                consumer_count: 0,
+                            }
+                            .into(),
+                        )
+                    }
+                    Method::BasicConsume(c) => Some(
+                        basic::ConsumeOk {
+                            consumer_tag: c.consumer_tag,
+                        }
+                        .into(),
+                    ),
+                    Method::ConnectionClose(_) => Some(connection::CloseOk.into()),
+                    _ => None,
+                };
+                if let Some(reply) = reply {
+                    peer.send(ch, reply).await;
+                }
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn recovery_restores_channels_then_exchanges_bindings_queues_and_consumers_in_order() {
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let cut = std::sync::Arc::new(tokio::sync::Notify::new());
+    let fake = answering_broker(std::sync::Arc::clone(&log), std::sync::Arc::clone(&cut)).await;
+    let mut options = fake.options();
+    let mut policy = RecoveryPolicy::new();
+    policy.initial_delay(Duration::from_millis(10));
+    options.recovery(policy);
+    let conn = Connection::connect_with(options).await.unwrap();
+    let mut events = conn.events();
+    // Two channels, declared in an order that is not recovery's.
+    let a = conn.open_channel().await.unwrap();
+    let b = conn.open_channel().await.unwrap();
+    a.basic_qos(7, Default::default()).await.unwrap();
+    b.confirm_select().await.unwrap();
+    let q = a
+        .queue_declare("", QueueDeclareOptions::default())
+        .await
+        .unwrap();
+    a.exchange_declare("x1", ExchangeKind::Topic, ExchangeDeclareOptions::default())
+        .await
+        .unwrap();
+    a.queue_bind(&q.name, "x1", "k", BindOptions::default())
+        .await
+        .unwrap();
+    b.exchange_declare(
+        "x2",
+        ExchangeKind::Fanout,
+        ExchangeDeclareOptions::default(),
+    )
+    .await
+    .unwrap();
+    b.exchange_bind("x2", "x1", "#", BindOptions::default())
+        .await
+        .unwrap();
+    let consumer = a
+        .basic_consume(&q.name, "c1", BasicConsumeOptions::default())
+        .await
+        .unwrap();
+    // Passive declares are not recorded.
+    a.queue_declare_passive(&q.name).await.unwrap();
+
+    cut.notify_one();
+    recovered(&mut events).await;
+    let second = log.lock().unwrap().get(1).cloned().unwrap();
+    assert_eq!(
+        second,
+        [
+            "channel.open 1",
+            "basic.qos 1",
+            "channel.open 2",
+            "confirm.select 2",
+            // Recovery's own channel for the topology.
+            "channel.open 3",
+            "exchange.declare 3",
+            "exchange.declare 3",
+            "exchange.bind 3",
+            "queue.declare 3",
+            "queue.bind 3",
+            "channel.close 3",
+            "basic.consume 1",
+        ]
+    );
+    drop(consumer);
+    conn.close().await.unwrap();
+}
