@@ -670,6 +670,36 @@ impl Channel {
         Ok(())
     }
 
+    /// Keeps every confirmed publish until the broker settles it, and publishes the ones
+    /// whose confirm was lost again after a recovery (default: off, and the lost confirms
+    /// resolve to [`Confirmation::Uncertain`](crate::Confirmation::Uncertain)).
+    ///
+    /// With replay on, a [`PublisherConfirm`] pending when the link was lost waits on, and
+    /// resolves with the broker's verdict on the copy published again on the new link. This
+    /// is at-least-once: the first copy may have reached the broker before the link went, so
+    /// a consumer may see the message twice. [`ConnectionStats::replayed`] counts the copies.
+    /// Messages are kept by reference (bodies are not copied), and only until their confirm
+    /// arrives: memory stays bounded by how many confirms the application lets wait. Only
+    /// publishes made while replay is on are kept, and only on a channel in confirm mode.
+    ///
+    /// # Errors
+    ///
+    /// When the channel is closed.
+    ///
+    /// [`ConnectionStats::replayed`]: crate::ConnectionStats::replayed
+    pub fn replay_on_recovery(&self, on: bool) -> Result<()> {
+        let mut inner = self.shared.lock();
+        inner.check(self.id, self.generation)?;
+        if let Some(slot) = inner.channels.get_mut(&self.id) {
+            match (on, &slot.replay) {
+                (true, None) => slot.replay = Some(Default::default()),
+                (false, _) => slot.replay = None,
+                (true, Some(_)) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Records a change of the connection's topology, for recovery.
     fn record(&self, change: impl FnOnce(&mut crate::recovery::Topology)) {
         change(&mut self.shared.lock().topology);
@@ -811,6 +841,12 @@ impl Channel {
                     && inner.buffered() < high_water
                 {
                     let body = body.take().unwrap_or_default();
+                    // A copy of the body (a reference count, not the bytes) when replay is on.
+                    let mut kept_body = inner
+                        .channels
+                        .get(&self.id)
+                        .is_some_and(|slot| slot.replay.is_some())
+                        .then(|| body.clone());
                     let seq = inner.proto.publish(
                         self.id,
                         exchange,
@@ -827,9 +863,21 @@ impl Channel {
                     // Numbered across recoveries: the broker's numbers restart on a new link.
                     let mut seq = seq;
                     if let Some(slot) = inner.channels.get_mut(&self.id) {
-                        seq = seq.saturating_add(slot.confirm_offset);
+                        seq = slot.confirm_number(seq);
                         slot.published_seq = seq;
                         slot.confirms.push(seq);
+                        if let Some(kept) = &mut slot.replay {
+                            kept.insert(
+                                seq,
+                                crate::confirm::Replay {
+                                    exchange: exchange.to_string(),
+                                    routing_key: routing_key.to_string(),
+                                    mandatory: options.mandatory,
+                                    properties: properties.clone(),
+                                    body: kept_body.take().unwrap_or_default(),
+                                },
+                            );
+                        }
                     }
                     inner.wake_writer_for_confirmed_publish(&self.shared, self.id);
                     return Ok(PublisherConfirm::new(

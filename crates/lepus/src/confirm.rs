@@ -29,6 +29,16 @@ pub struct ReturnedMessage {
     pub body: Bytes,
 }
 
+/// A confirmed publish kept to be published again after a recovery.
+#[derive(Debug, Clone)]
+pub(crate) struct Replay {
+    pub(crate) exchange: String,
+    pub(crate) routing_key: String,
+    pub(crate) mandatory: bool,
+    pub(crate) properties: BasicProperties,
+    pub(crate) body: Bytes,
+}
+
 /// How the broker settled a published message.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -264,9 +274,27 @@ impl ConfirmQueue {
         nacked
     }
 
-    /// Settles everything still waiting as [`Confirmation::Uncertain`]: the link was lost.
-    pub(crate) fn uncertain(&mut self, wake: &mut Vec<Waker>) {
-        self.settle_all(&Ok(Confirmation::Uncertain), wake);
+    /// Settles everything still waiting as [`Confirmation::Uncertain`] (the link was lost),
+    /// but the publishes `kept(number)` keeps waiting for: they are published again.
+    pub(crate) fn uncertain(&mut self, kept: impl Fn(u64) -> bool, wake: &mut Vec<Waker>) {
+        let base = self.base;
+        for (i, entry) in self.entries.iter_mut().enumerate() {
+            if kept(base + i as u64) {
+                continue;
+            }
+            if let Entry::Waiting { waker, abandoned } = entry {
+                wake.extend(waker.take());
+                self.unsettled = self.unsettled.saturating_sub(1);
+                *entry = if *abandoned {
+                    Entry::Gone
+                } else {
+                    Entry::Settled(Ok(Confirmation::Uncertain))
+                };
+            }
+        }
+        self.first_waiting = 0;
+        self.skip_settled();
+        self.pop_gone();
     }
 
     /// Settles everything still waiting with `error` (the channel or connection ended).
@@ -375,6 +403,29 @@ mod tests {
 
     fn is_ack(p: Option<Poll<Result<Confirmation>>>) -> bool {
         matches!(p, Some(Poll::Ready(Ok(c))) if c.is_ack())
+    }
+
+    #[test]
+    fn a_lost_link_makes_confirms_uncertain_but_those_kept_for_replay() {
+        let mut q = queue(1..=6);
+        let mut wake = Vec::new();
+        assert!(!q.settle(2, true, true, None, &mut wake));
+        q.uncertain(|n| n == 4 || n == 6, &mut wake);
+        for n in [3, 5] {
+            assert!(
+                matches!(
+                    take(&mut q, n),
+                    Some(Poll::Ready(Ok(Confirmation::Uncertain)))
+                ),
+                "{n}"
+            );
+        }
+        assert_eq!(q.unsettled(), 2);
+        assert!(!q.is_drained());
+        // The kept ones settle later, with the verdict on their copies.
+        assert!(!q.settle(6, true, true, None, &mut wake));
+        assert!(is_ack(take(&mut q, 4)) && is_ack(take(&mut q, 6)));
+        assert!(q.is_drained());
     }
 
     #[test]

@@ -109,6 +109,9 @@ pub struct ConnectionStats {
     /// Times the connection was lost and recovered (see
     /// [`RecoveryPolicy`](crate::RecoveryPolicy)).
     pub recoveries: u64,
+    /// Messages published again after a recovery because their confirm was lost (see
+    /// [`Channel::replay_on_recovery`](crate::Channel::replay_on_recovery)).
+    pub replayed: u64,
 }
 
 /// A connection-level event, from [`Connection::events`](crate::Connection::events).
@@ -315,6 +318,12 @@ pub(crate) struct ChannelSlot {
     pub(crate) confirm_offset: u64,
     /// The last number a confirmed publish got (counted across recoveries).
     pub(crate) published_seq: u64,
+    /// With replay on ([`Channel::replay_on_recovery`](crate::Channel::replay_on_recovery)),
+    /// every confirmed publish not settled yet, by number, to publish again after a recovery.
+    pub(crate) replay: Option<std::collections::BTreeMap<u64, crate::confirm::Replay>>,
+    /// The numbers of the messages published again on the current link, in order: the
+    /// broker's numbers 1 to `replayed.len()` stand for them.
+    pub(crate) replayed: Vec<u64>,
     /// The application closed the channel: it is not reopened.
     pub(crate) closing: bool,
 }
@@ -327,6 +336,15 @@ impl ChannelSlot {
             .filter(|&p| p > 0)
             .min()
             .map(u64::from)
+    }
+
+    /// The number a confirm's `tag` from the broker stands for (see
+    /// [`ChannelSlot::confirm_offset`] and [`ChannelSlot::replayed`]).
+    pub(crate) fn confirm_number(&self, tag: u64) -> u64 {
+        tag.checked_sub(1)
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| self.replayed.get(i).copied())
+            .unwrap_or_else(|| tag.saturating_add(self.confirm_offset))
     }
 
     /// Counts an acknowledgement the application made.
@@ -1854,7 +1872,14 @@ fn on_confirm(inner: &mut Inner, channel: u16, tag: u64, multiple: bool, ack: bo
     let returned = slot.returned.pop_front().map(Box::new);
     let wake = &mut inner.wake_later;
     let before = slot.confirms.unsettled();
-    let tag = tag.saturating_add(slot.confirm_offset);
+    let tag = slot.confirm_number(tag);
+    if let Some(kept) = &mut slot.replay {
+        if multiple {
+            *kept = kept.split_off(&tag.saturating_add(1));
+        } else {
+            kept.remove(&tag);
+        }
+    }
     if slot.confirms.settle(tag, multiple, ack, returned, wake) {
         slot.nacked_since_wait = true;
     }
@@ -2233,6 +2258,24 @@ mod tests {
         }
         inner.wake_writer_for_confirmed_publish(&shared, 1);
         assert!(!inner.app_sent);
+    }
+
+    #[test]
+    fn confirm_numbers_go_on_across_recoveries_and_replays() {
+        // Before any loss the broker's numbers are lepus's.
+        let mut slot = ChannelSlot::default();
+        assert_eq!(slot.confirm_number(1), 1);
+        // Lost after 10 publishes, of which 4, 7 and 9 were published again first on the
+        // new link: the broker's 1-3 stand for them, its 4 is lepus's 11.
+        slot.published_seq = 10;
+        slot.replayed = vec![4, 7, 9];
+        slot.confirm_offset = slot.published_seq - 3;
+        let numbers: Vec<u64> = (1..=5).map(|t| slot.confirm_number(t)).collect();
+        assert_eq!(numbers, [4, 7, 9, 11, 12]);
+        // Without replays, numbering just goes on.
+        slot.replayed.clear();
+        slot.confirm_offset = 10;
+        assert_eq!(slot.confirm_number(1), 11);
     }
 
     #[test]

@@ -240,6 +240,12 @@
 //!   [`Confirmation::Uncertain`](crate::Confirmation::Uncertain), which is neither an ack nor
 //!   a nack: the message may or may not have reached the broker. Publishing it again is
 //!   at-least-once (a duplicate is possible). Confirm numbering goes on across the recovery.
+//!   [`Channel::replay_on_recovery`](crate::Channel::replay_on_recovery) does the publishing
+//!   again itself: the channel keeps every confirmed publish until the broker settles it
+//!   (bodies by reference, so memory is bounded by the confirms the application lets wait),
+//!   publishes the unsettled ones first thing on the reopened channel, and their confirm
+//!   futures resolve with the verdict on the new copies.
+//!   [`ConnectionStats::replayed`](crate::ConnectionStats::replayed) counts them.
 //!   Messages published without confirms that were still in lepus's write buffer are lost
 //!   with the link; [`ConnectionEvent::Disconnected`](crate::ConnectionEvent::Disconnected)
 //!   counts them.

@@ -83,7 +83,12 @@ fn settle_in_flight(inner: &mut Inner, cause: &Error) {
         if !slot.confirms.is_drained() {
             slot.nacked_since_wait = true;
         }
-        slot.confirms.uncertain(&mut inner.wake_later);
+        // Kept publishes wait on: they are published again on the new link.
+        let kept = slot.replay.as_ref();
+        slot.confirms.uncertain(
+            |n| kept.is_some_and(|k| k.contains_key(&n)),
+            &mut inner.wake_later,
+        );
         if let Some(drained) = &slot.confirms_drained {
             drained.notify_waiters();
         }
@@ -291,11 +296,7 @@ async fn reopen_channel(shared: &Arc<Shared>, id: u16, state: &ChannelState) -> 
             "confirm.select-ok",
         )
         .await?;
-        let mut inner = shared.lock();
-        if let Some(slot) = inner.channels.get_mut(&id) {
-            // The broker numbers this link's publishes from 1.
-            slot.confirm_offset = slot.published_seq;
-        }
+        replay(shared, id)?;
     }
     if state.tx_mode {
         call(shared, id, tx::Select.into(), "tx.select-ok").await?;
@@ -309,6 +310,42 @@ async fn reopen_channel(shared: &Arc<Shared>, id: u16, state: &ChannelState) -> 
         )
         .await?;
     }
+    Ok(())
+}
+
+/// Publishes again, first thing on the reopened channel `id`, the messages kept for replay,
+/// and numbers the link's confirms: the broker's 1 to k stand for the replayed messages, and
+/// later ones follow on from the last number given before the loss.
+fn replay(shared: &Arc<Shared>, id: u16) -> Result<()> {
+    let mut inner = shared.lock();
+    let kept: Vec<(u64, crate::confirm::Replay)> = match inner.channels.get(&id) {
+        Some(slot) => slot
+            .replay
+            .iter()
+            .flatten()
+            .map(|(&n, m)| (n, m.clone()))
+            .collect(),
+        None => return Ok(()),
+    };
+    let mut replayed = Vec::with_capacity(kept.len());
+    for (number, m) in kept {
+        inner.proto.publish(
+            id,
+            &m.exchange,
+            &m.routing_key,
+            m.mandatory,
+            &m.properties,
+            m.body,
+        )?;
+        inner.note_publish();
+        replayed.push(number);
+    }
+    inner.stats.replayed += replayed.len() as u64;
+    if let Some(slot) = inner.channels.get_mut(&id) {
+        slot.confirm_offset = slot.published_seq.saturating_sub(replayed.len() as u64);
+        slot.replayed = replayed;
+    }
+    inner.wake_writer(shared);
     Ok(())
 }
 
