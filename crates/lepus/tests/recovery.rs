@@ -481,7 +481,9 @@ async fn answering_broker(
                     () = cut.notified(), if index == 0 => return,
                 };
                 let Some((ch, method)) = next else { return };
-                log.lock().unwrap()[index].push(format!("{} {ch}", method.name()));
+                if let Some(sent) = log.lock().unwrap().get_mut(index) {
+                    sent.push(format!("{} {ch}", method.name()));
+                }
                 let reply: Option<Method> = match method {
                     Method::ChannelOpen(_) => Some(channel::OpenOk.into()),
                     Method::ChannelClose(_) => Some(channel::CloseOk.into()),
