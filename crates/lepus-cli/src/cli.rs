@@ -412,8 +412,9 @@ pub(crate) struct PerfArgs {
     /// Consumers, each on its own connection (0: measure publishing alone)
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub(crate) consumers: u32,
-    /// Message size in bytes (at least 12: a marker and the send timestamp)
-    #[arg(long, value_name = "BYTES", default_value_t = 12,
+    /// Message size in bytes (at least 24: a marker, the send timestamp, the producer and the
+    /// message's number)
+    #[arg(long, value_name = "BYTES", default_value_t = 24,
           value_parser = clap::value_parser!(u32).range(i64::from(crate::perf::MIN_SIZE)..))]
     pub(crate) size: u32,
     /// Publish this many messages in total, then stop when all are consumed
@@ -440,6 +441,10 @@ pub(crate) struct PerfArgs {
     /// Use this existing queue (created if missing, never deleted) instead of a fresh one
     #[arg(long, value_name = "NAME")]
     pub(crate) queue: Option<String>,
+    /// Persistent messages on a durable queue (a fresh queue is declared durable), so that a
+    /// run survives a broker restart: with --confirm, the summary's "missing" stays 0
+    #[arg(long)]
+    pub(crate) persistent: bool,
     /// Print the summary as one JSON object on stdout
     #[arg(long)]
     pub(crate) json: bool,

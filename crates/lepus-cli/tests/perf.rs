@@ -44,6 +44,10 @@ fn perf(extra: &[&str]) -> Value {
         ",\"p95\":",
         ",\"p99\":",
         ",\"max\":",
+        "},\"recoveries\":",
+        ",\"republished\":",
+        ",\"duplicates\":",
+        ",\"missing\":",
     ];
     let positions: Vec<usize> = keys
         .iter()
@@ -53,9 +57,9 @@ fn perf(extra: &[&str]) -> Value {
         })
         .collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "{line}");
-    assert!(line.ends_with("}}"), "{line}");
+    assert!(line.ends_with('}'), "{line}");
     let v: Value = serde_json::from_str(line).unwrap();
-    assert_eq!(v.as_object().unwrap().len(), 7);
+    assert_eq!(v.as_object().unwrap().len(), 11);
     assert_eq!(v["latency_us"].as_object().unwrap().len(), 4);
     v
 }
@@ -99,6 +103,11 @@ fn perf_many_producers_consumers_confirms_and_multi_ack() {
     assert_eq!(v["published"], 1001);
     assert_eq!(v["confirmed"], 1001);
     assert_eq!(v["consumed"], 1001);
+    // Every message is counted by producer and number.
+    assert_eq!(v["missing"], 0);
+    assert_eq!(v["duplicates"], 0);
+    assert_eq!(v["recoveries"], 0);
+    assert_eq!(v["republished"], 0);
 }
 
 #[test]

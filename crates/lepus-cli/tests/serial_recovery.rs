@@ -139,3 +139,46 @@ fn publish_with_confirm_loses_nothing_when_the_broker_closes_its_connection() {
         );
     }
 }
+
+/// Starts the broker's application again when dropped, also when the test fails.
+struct Restarted;
+
+impl Drop for Restarted {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl").arg("start_app").output();
+        let _ = Command::new("rabbitmqctl")
+            .args(["await_startup", "--timeout", "60"])
+            .output();
+    }
+}
+
+#[test]
+#[ignore = "restarts the broker; run serially by scripts/test.sh"]
+fn perf_through_a_broker_restart_misses_no_confirmed_message() {
+    let perf = Running::start(&[
+        "perf",
+        "--producers",
+        "2",
+        "--consumers",
+        "2",
+        "--time",
+        "6",
+        "--confirm",
+        "200",
+        "--persistent",
+        "--json",
+    ]);
+    std::thread::sleep(Duration::from_secs(2));
+    let restarted = Restarted;
+    rabbitmqctl(&["stop_app"]);
+    std::thread::sleep(Duration::from_secs(1));
+    drop(restarted);
+    let done = perf.finish(Duration::from_secs(120));
+    assert!(done.status.success(), "{}", done.stderr);
+    let summary: serde_json::Value = serde_json::from_str(done.stdout.trim()).unwrap();
+    assert_eq!(summary["missing"], 0, "{summary}");
+    // Two producers and two consumers lost their connection and recovered it.
+    assert!(summary["recoveries"].as_u64().unwrap() >= 4, "{summary}");
+    assert!(done.stderr.contains("reconnected to"), "{}", done.stderr);
+    eprintln!("perf through a restart: {summary}");
+}

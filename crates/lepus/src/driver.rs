@@ -415,7 +415,7 @@ pub(crate) struct Inner {
     /// progress.
     last_write: Option<Instant>,
     /// Set when the connection ended with publishes unwritten: what [`close`] reports.
-    lost: Option<Error>,
+    pub(crate) lost: Option<Error>,
     /// A close gave up waiting for close-ok after everything was written: keep the socket
     /// open (no FIN) and let the reader drain it until the broker closes it (see
     /// [`until_close_ok`]).

@@ -1,5 +1,6 @@
 //! A perf consumer: its own connection, timing each stamped message.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -7,9 +8,13 @@ use hdrhistogram::Histogram;
 use lepus::{BasicConsumeOptions, BasicQosOptions};
 use tokio::sync::{oneshot, watch};
 
-use super::{epoch_nanos, report, sent_at, Phase, Shared};
+use super::{epoch_nanos, report, stamp, Bits, Phase, Shared};
 use crate::connect::Target;
 use crate::error::{CliError, OnChannel, Settled};
+
+/// Message numbers beyond this are not tallied (a runaway number in a foreign body must not
+/// exhaust memory): 2^32, a bitmap of 512 MiB at the very most.
+const MAX_TRACKED: u64 = 1 << 32;
 
 /// What one consumer does.
 #[derive(Debug, Clone)]
@@ -76,6 +81,9 @@ async fn consume(
         .on(ch.id())?;
     let mut unacked = 0u32;
     let mut last_tag = None;
+    // Which messages arrived, by producer and number, and how many came again.
+    let mut received: HashMap<u32, Bits> = HashMap::new();
+    let mut duplicates = 0u64;
     loop {
         let delivery = tokio::select! {
             biased;
@@ -92,9 +100,14 @@ async fn consume(
             delivery.nack(true).settled(ch.id())?;
             break;
         }
-        if let Some(sent) = sent_at(&delivery.body) {
-            let micros = epoch_nanos().saturating_sub(sent) / 1000;
+        if let Some(stamp) = stamp(&delivery.body) {
+            let micros = epoch_nanos().saturating_sub(stamp.sent) / 1000;
             histogram.saturating_record(micros.max(1));
+            if let Some((producer, seq)) = stamp.id.filter(|(_, seq)| *seq < MAX_TRACKED) {
+                if received.entry(producer).or_default().insert(seq) {
+                    duplicates += 1;
+                }
+            }
         }
         unacked += 1;
         if unacked >= s.multi_ack {
@@ -118,6 +131,12 @@ async fn consume(
     let tag = consumer.tag().to_string_lossy().into_owned();
     // Deliveries still on their way are requeued by lepus once the consumer is gone.
     let _ = ch.basic_cancel(&tag).await;
+    if let Ok(mut tally) = shared.tally.lock() {
+        tally.add_received(received, duplicates);
+    }
+    shared
+        .recoveries
+        .fetch_add(conn.stats().recoveries, Ordering::Relaxed);
     let _ = conn.close().await;
     Ok(histogram)
 }

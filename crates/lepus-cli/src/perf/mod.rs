@@ -40,10 +40,13 @@ use crate::connect::Target;
 use crate::error::{CliError, OnChannel};
 use crate::signal::Stop;
 
-/// The smallest body: the marker and the send timestamp.
-pub(crate) const MIN_SIZE: u32 = 12;
-/// Marks a body written by `lepus perf`.
-const MARKER: [u8; 4] = *b"lpf1";
+/// The smallest body: the marker, the send timestamp, the producer and the sequence number.
+pub(crate) const MIN_SIZE: u32 = 24;
+/// Marks a body written by `lepus perf`: the marker, the send time, the producer and the
+/// message's number.
+const MARKER: [u8; 4] = *b"lpf2";
+/// Marks a body written by earlier versions of `lepus perf`: the marker and the send time.
+const OLD_MARKER: [u8; 4] = *b"lpf1";
 /// How long the run may go without progress while draining before it gives up.
 const STALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a producer's close may wait for close-ok once everything is written. A run that
@@ -83,6 +86,76 @@ struct Shared {
     last_consume_ns: AtomicU64,
     /// Set when producers must stop (time is up, or a signal).
     stop_publishing: AtomicBool,
+    /// Recoveries of the producers' and consumers' connections.
+    recoveries: AtomicU64,
+    /// Messages published again after a lost confirm.
+    republished: AtomicU64,
+    /// Which messages producers got acked, and how often consumers received each: merged by
+    /// every task as it ends.
+    tally: std::sync::Mutex<Tally>,
+}
+
+/// A set of message numbers, one bit each.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Bits(Vec<u64>);
+
+impl Bits {
+    /// Adds `n`; returns whether it was there already.
+    pub(super) fn insert(&mut self, n: u64) -> bool {
+        let (word, bit) = (usize::try_from(n / 64).unwrap_or(usize::MAX), n % 64);
+        if self.0.len() <= word {
+            self.0.resize(word.saturating_add(1), 0);
+        }
+        let Some(w) = self.0.get_mut(word) else {
+            return false;
+        };
+        let had = *w & (1 << bit) != 0;
+        *w |= 1 << bit;
+        had
+    }
+}
+
+/// Messages by producer: which were acked to the producer, which were received, and how many
+/// copies arrived more than once.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Per producer, the numbers of its messages that were acked (with confirms only).
+    acked: std::collections::HashMap<u32, Bits>,
+    /// Per producer, the numbers of its messages received at least once.
+    received: std::collections::HashMap<u32, Bits>,
+    /// Copies received beyond the first.
+    duplicates: u64,
+}
+
+impl Tally {
+    /// Adds one consumer's messages and the duplicates it saw itself.
+    fn add_received(&mut self, received: std::collections::HashMap<u32, Bits>, duplicates: u64) {
+        self.duplicates += duplicates;
+        for (producer, bits) in received {
+            let into = &mut self.received.entry(producer).or_default().0;
+            if into.len() < bits.0.len() {
+                into.resize(bits.0.len(), 0);
+            }
+            for (total, word) in into.iter_mut().zip(bits.0) {
+                // Received by another consumer too.
+                self.duplicates += u64::from((*total & word).count_ones());
+                *total |= word;
+            }
+        }
+    }
+
+    /// Messages acked to their producer and never received.
+    fn missing(&self) -> u64 {
+        let mut missing = 0;
+        for (producer, acked) in &self.acked {
+            let received = self.received.get(producer).map_or(&[][..], |r| &r.0[..]);
+            for (i, word) in acked.0.iter().enumerate() {
+                let got = received.get(i).copied().unwrap_or_default();
+                missing += u64::from((word & !got).count_ones());
+            }
+        }
+        missing
+    }
 }
 
 impl Shared {
@@ -98,6 +171,9 @@ impl Shared {
             publish_end_ns: AtomicU64::new(0),
             last_consume_ns: AtomicU64::new(0),
             stop_publishing: AtomicBool::new(false),
+            recoveries: AtomicU64::new(0),
+            republished: AtomicU64::new(0),
+            tally: std::sync::Mutex::new(Tally::default()),
         }
     }
 
@@ -126,8 +202,9 @@ impl Shared {
 /// consumers making no progress for 15 s while draining.
 pub(crate) async fn run(args: PerfArgs, target: &Target, stop: Stop) -> Result<(), CliError> {
     validate(&args)?;
-    let control = target.connect("perf control").await?;
-    let (queue, fresh) = prepare_queue(&control, args.queue.as_deref()).await?;
+    // Recovering like producers and consumers, so that a broker restart does not end the run.
+    let control = target.connect_recovering("perf control").await?;
+    let (queue, fresh) = prepare_queue(&control, args.queue.as_deref(), args.persistent).await?;
     let result = measure(&args, target, &control, &queue, stop).await;
     if fresh {
         let deleted = delete_queue(&control, &queue).await;
@@ -165,6 +242,7 @@ fn validate(args: &PerfArgs) -> Result<(), CliError> {
 async fn prepare_queue(
     control: &Connection,
     named: Option<&str>,
+    durable: bool,
 ) -> Result<(String, bool), CliError> {
     let ch = open(control).await?;
     let Some(name) = named else {
@@ -173,7 +251,7 @@ async fn prepare_queue(
             .map(|d| d.as_nanos())
             .unwrap_or_default();
         let name = format!("lepus-perf.{}.{nanos}", std::process::id());
-        ch.queue_declare(&name, QueueDeclareOptions::default())
+        ch.queue_declare(&name, queue_options(durable))
             .await
             .on(ch.id())?;
         return Ok((name, true));
@@ -182,12 +260,20 @@ async fn prepare_queue(
         Ok(_) => Ok((name.to_string(), false)),
         Err(Error::ChannelClosed(close)) if close.code == ReplyCode::NOT_FOUND => {
             let ch = open(control).await?;
-            ch.queue_declare(name, QueueDeclareOptions::default())
+            ch.queue_declare(name, queue_options(durable))
                 .await
                 .on(ch.id())?;
             Ok((name.to_string(), false))
         }
         Err(e) => Err(e).on(ch.id()),
+    }
+}
+
+/// A queue declared for the run: durable with `--persistent`.
+fn queue_options(durable: bool) -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable,
+        ..Default::default()
     }
 }
 
@@ -256,6 +342,7 @@ async fn measure(
             share,
             confirm: args.confirm,
             rate: args.rate,
+            persistent: args.persistent,
         };
         producers.spawn(producer::run(
             settings,
@@ -324,6 +411,7 @@ async fn measure(
     Ok(report::Summary::new(
         &shared,
         args.consumers > 0,
+        args.producers > 0 && args.confirm.is_some(),
         &histogram,
     ))
 }
@@ -417,7 +505,26 @@ async fn drive(
             }
         }
     }
+    if args.consumers > 0 && args.producers > 0 {
+        quiet_drain(shared).await;
+    }
     Ok(())
+}
+
+/// After every message published was counted as consumed: waits a little longer, until
+/// nothing more arrives for a moment, for copies of messages published again after a
+/// recovery and for what a duplicate stood in for (at most five seconds).
+async fn quiet_drain(shared: &Shared) {
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut before = shared.consumed.load(Ordering::Relaxed);
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = shared.consumed.load(Ordering::Relaxed);
+        if now == before {
+            return;
+        }
+        before = now;
+    }
 }
 
 /// Splits `--count` between producers (the first ones take the remainder); `None` per producer
@@ -453,8 +560,9 @@ async fn first_error(
     first.unwrap_or_else(|| CliError::failed("a perf task ended before it started"))
 }
 
-/// Writes stamped bodies: the marker, the send time in nanoseconds since the Unix epoch
-/// (big-endian), then zeros up to the size (at least [`MIN_SIZE`]).
+/// Writes stamped bodies: the marker, the send time in nanoseconds since the Unix epoch, the
+/// producer's number and the message's (all big-endian), then zeros up to the size (at least
+/// [`MIN_SIZE`]).
 ///
 /// Bodies are cut from one larger buffer, so a small body costs no allocation of its own (the
 /// library copies small bodies into its output buffer anyway; a body of one chunk or more gets
@@ -462,6 +570,7 @@ async fn first_error(
 #[derive(Debug)]
 struct Stamper {
     size: usize,
+    producer: u32,
     buf: BytesMut,
 }
 
@@ -469,33 +578,54 @@ struct Stamper {
 const STAMP_CHUNK: usize = 64 * 1024;
 
 impl Stamper {
-    fn new(size: usize) -> Self {
+    fn new(size: usize, producer: u32) -> Self {
         Self {
             size: size.max(MIN_SIZE as usize),
+            producer,
             buf: BytesMut::new(),
         }
     }
 
-    /// The next body, stamped now.
-    fn next_body(&mut self) -> Bytes {
+    /// The body of message `seq`, stamped now.
+    fn next_body(&mut self, seq: u64) -> Bytes {
         if self.buf.capacity() < self.size {
             self.buf = BytesMut::with_capacity(STAMP_CHUNK.max(self.size));
         }
         self.buf.put_slice(&MARKER);
         self.buf.put_u64(epoch_nanos());
+        self.buf.put_u32(self.producer);
+        self.buf.put_u64(seq);
         self.buf.put_bytes(0, self.size - MIN_SIZE as usize);
         self.buf.split().freeze()
     }
 }
 
-/// The send time in a body written by a [`Stamper`], if it is one.
-fn sent_at(body: &[u8]) -> Option<u64> {
+/// What a body written by a [`Stamper`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    /// Send time, nanoseconds since the Unix epoch.
+    sent: u64,
+    /// Producer and message number (`None` in bodies of earlier versions).
+    id: Option<(u32, u64)>,
+}
+
+/// The stamp of a body written by `lepus perf`, if it is one.
+fn stamp(body: &[u8]) -> Option<Stamp> {
     let (marker, rest) = body.split_first_chunk::<4>()?;
-    if *marker != MARKER {
-        return None;
+    let (sent, rest) = rest.split_first_chunk::<8>()?;
+    let sent = u64::from_be_bytes(*sent);
+    match *marker {
+        MARKER => {
+            let (producer, rest) = rest.split_first_chunk::<4>()?;
+            let (seq, _) = rest.split_first_chunk::<8>()?;
+            Some(Stamp {
+                sent,
+                id: Some((u32::from_be_bytes(*producer), u64::from_be_bytes(*seq))),
+            })
+        }
+        OLD_MARKER => Some(Stamp { sent, id: None }),
+        _ => None,
     }
-    let (stamp, _) = rest.split_first_chunk::<8>()?;
-    Some(u64::from_be_bytes(*stamp))
 }
 
 /// Nanoseconds since the Unix epoch (wall clock, so that separate processes agree).
@@ -511,33 +641,69 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bodies_carry_their_send_time() {
+    fn bodies_carry_their_send_time_producer_and_number() {
         let before = epoch_nanos();
-        let mut stamper = Stamper::new(100);
-        let body = stamper.next_body();
+        let mut stamper = Stamper::new(100, 7);
+        let body = stamper.next_body(41);
         assert_eq!(body.len(), 100);
-        let at = sent_at(&body).unwrap();
-        assert!(at >= before && at <= epoch_nanos());
-        assert!(body[12..].iter().all(|b| *b == 0));
-        assert_eq!(Stamper::new(12).next_body().len(), 12);
-        assert_eq!(Stamper::new(3).next_body().len(), 12);
+        let s = stamp(&body).unwrap();
+        assert!(s.sent >= before && s.sent <= epoch_nanos());
+        assert_eq!(s.id, Some((7, 41)));
+        assert!(body[24..].iter().all(|b| *b == 0));
+        assert_eq!(Stamper::new(24, 1).next_body(0).len(), 24);
+        assert_eq!(Stamper::new(3, 1).next_body(0).len(), 24);
         // Across chunk boundaries, and for bodies larger than a chunk.
-        let mut small = Stamper::new(1000);
-        for _ in 0..200 {
-            let b = small.next_body();
+        let mut small = Stamper::new(1000, 2);
+        for seq in 0..200 {
+            let b = small.next_body(seq);
             assert_eq!(b.len(), 1000);
-            assert!(sent_at(&b).is_some());
+            assert_eq!(stamp(&b).unwrap().id, Some((2, seq)));
         }
-        let big = Stamper::new(STAMP_CHUNK * 2).next_body();
+        let big = Stamper::new(STAMP_CHUNK * 2, 3).next_body(9);
         assert_eq!(big.len(), STAMP_CHUNK * 2);
-        assert!(sent_at(&big).is_some());
+        assert_eq!(stamp(&big).unwrap().id, Some((3, 9)));
+        // Bodies of earlier versions are still timed.
+        let mut old = b"lpf1".to_vec();
+        old.extend_from_slice(&before.to_be_bytes());
+        assert_eq!(
+            stamp(&old),
+            Some(Stamp {
+                sent: before,
+                id: None
+            })
+        );
     }
 
     #[test]
     fn foreign_bodies_are_not_timed() {
-        assert_eq!(sent_at(b""), None);
-        assert_eq!(sent_at(b"lpf1short"), None);
-        assert_eq!(sent_at(b"hello world, not perf"), None);
+        assert_eq!(stamp(b""), None);
+        assert_eq!(stamp(b"lpf1short"), None);
+        assert_eq!(stamp(b"lpf2short-of-an-id"), None);
+        assert_eq!(stamp(b"hello world, not perf"), None);
+    }
+
+    fn bits(numbers: &[u64]) -> Bits {
+        let mut b = Bits::default();
+        for &n in numbers {
+            b.insert(n);
+        }
+        b
+    }
+
+    #[test]
+    fn the_tally_counts_duplicates_and_acked_messages_never_received() {
+        let mut tally = Tally::default();
+        tally.acked.insert(1, bits(&[0, 1, 2, 100]));
+        tally.acked.insert(2, bits(&[0]));
+        // Two consumers; the first saw message 1 of producer 1 twice itself.
+        tally.add_received([(1, bits(&[0, 1, 3, 100]))].into_iter().collect(), 1);
+        tally.add_received([(1, bits(&[1])), (2, bits(&[5]))].into_iter().collect(), 0);
+        // Producer 1: message 1 came three times in all, 2 never (3 was not acked).
+        // Producer 2: its only acked message never came.
+        assert_eq!(tally.duplicates, 2);
+        assert_eq!(tally.missing(), 2);
+        let mut b = Bits::default();
+        assert!(!b.insert(70) && b.insert(70));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lepus::bytes::Bytes;
 use lepus::{BasicProperties, BasicPublishOptions, Confirmation, PublisherConfirm};
 use tokio::sync::{oneshot, watch};
 
@@ -32,6 +33,8 @@ pub(super) struct Settings {
     pub(super) confirm: Option<u32>,
     /// Most messages per second.
     pub(super) rate: Option<f64>,
+    /// Persistent messages (delivery mode 2).
+    pub(super) persistent: bool,
 }
 
 /// Connects, reports `ready`, and from [`Phase::Go`] publishes until its share is done or
@@ -82,10 +85,18 @@ async fn publish(
         return Ok(());
     }
     let window = s.confirm.map_or(0, |w| w as usize);
-    let props = BasicProperties::default();
-    let mut pending: VecDeque<PublisherConfirm> = VecDeque::with_capacity(window);
+    let mut props = BasicProperties::default();
+    if s.persistent {
+        props.delivery_mode = Some(2);
+    }
+    let mut confirms = Confirms {
+        pending: VecDeque::with_capacity(window),
+        acked: super::Bits::default(),
+        queue: &s.queue,
+        props: &props,
+    };
     let paced_from = tokio::time::Instant::now();
-    let mut stamper = Stamper::new(s.size);
+    let mut stamper = Stamper::new(s.size, s.id);
     let mut sent = 0u64;
     let mut uncounted = 0u64;
     let mut counted = 0u64;
@@ -114,16 +125,18 @@ async fn publish(
                 continue;
             }
         }
+        let body = stamper.next_body(sent);
         let confirm = ch
             .basic_publish(
                 "",
                 &s.queue,
                 BasicPublishOptions::default(),
                 &props,
-                stamper.next_body(),
+                body.clone(),
             )
             .await
             .on(ch.id())?;
+        let seq = sent;
         sent += 1;
         uncounted += 1;
         if uncounted == COUNT_BATCH {
@@ -131,19 +144,24 @@ async fn publish(
             uncounted = 0;
         }
         if window > 0 {
-            pending.push_back(confirm);
-            if pending.len() >= window {
-                if let Some(oldest) = pending.pop_front() {
-                    settle(oldest, shared, ch.id()).await?;
-                }
+            confirms.pending.push_back((confirm, body, seq));
+            if confirms.pending.len() >= window {
+                confirms.settle_oldest(&ch, shared).await?;
             }
         }
         // Give the scheduler a turn now and then: a publish that never waits would otherwise
         // keep this worker thread to itself.
         tokio::task::consume_budget().await;
     }
-    while let Some(confirm) = pending.pop_front() {
-        settle(confirm, shared, ch.id()).await?;
+    while !confirms.pending.is_empty() {
+        confirms.settle_oldest(&ch, shared).await?;
+    }
+    let acked = std::mem::take(&mut confirms.acked);
+    drop(confirms);
+    if window > 0 {
+        if let Ok(mut tally) = shared.tally.lock() {
+            tally.acked.insert(s.id, acked);
+        }
     }
     // The close writes whatever is still buffered; only then is everything published. The
     // live rate follows it meanwhile.
@@ -159,13 +177,60 @@ async fn publish(
     shared
         .publish_end_ns
         .fetch_max(shared.now_ns(), Ordering::Relaxed);
+    shared
+        .recoveries
+        .fetch_add(conn.stats().recoveries, Ordering::Relaxed);
     closed.map_err(|e| CliError::failed(format!("closing: {e}")))
 }
 
-async fn settle(confirm: PublisherConfirm, shared: &Shared, channel: u16) -> Result<(), CliError> {
-    match confirm.await.on(channel)? {
-        Confirmation::Nack(_) => shared.nacked.fetch_add(1, Ordering::Relaxed),
-        _ => shared.confirmed.fetch_add(1, Ordering::Relaxed),
-    };
-    Ok(())
+/// The confirms a producer waits for, and which of its messages were acked.
+struct Confirms<'a> {
+    /// Each with the message's body and number, to publish it again if its confirm is lost.
+    pending: VecDeque<(PublisherConfirm, Bytes, u64)>,
+    /// The numbers of the acked messages.
+    acked: super::Bits,
+    queue: &'a str,
+    props: &'a BasicProperties,
+}
+
+impl Confirms<'_> {
+    /// Waits for the oldest confirm and counts it; a confirm lost with the connection
+    /// publishes the message again (at least once), and its new confirm is waited for later.
+    async fn settle_oldest(
+        &mut self,
+        ch: &lepus::Channel,
+        shared: &Shared,
+    ) -> Result<(), CliError> {
+        let Some((confirm, body, seq)) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        let outcome = match confirm.await {
+            Err(e) if e.is_retryable() => Confirmation::Uncertain,
+            other => other.on(ch.id())?,
+        };
+        match outcome {
+            Confirmation::Nack(_) => {
+                shared.nacked.fetch_add(1, Ordering::Relaxed);
+            }
+            Confirmation::Uncertain => {
+                shared.republished.fetch_add(1, Ordering::Relaxed);
+                let confirm = ch
+                    .basic_publish(
+                        "",
+                        self.queue,
+                        BasicPublishOptions::default(),
+                        self.props,
+                        body.clone(),
+                    )
+                    .await
+                    .on(ch.id())?;
+                self.pending.push_back((confirm, body, seq));
+            }
+            _ => {
+                shared.confirmed.fetch_add(1, Ordering::Relaxed);
+                self.acked.insert(seq);
+            }
+        }
+        Ok(())
+    }
 }

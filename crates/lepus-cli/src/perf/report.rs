@@ -91,11 +91,31 @@ pub(super) struct Summary {
     publish_rate: f64,
     consume_rate: f64,
     latency_us: Latency,
+    /// Connections of producers and consumers recovered after a loss.
+    recoveries: u64,
+    /// Messages published again because their confirm was lost in a recovery.
+    republished: u64,
+    /// Copies consumed beyond the first of each message.
+    duplicates: u64,
+    /// Messages acked to a producer and never consumed (with confirms and consumers only).
+    missing: Option<u64>,
 }
 
 impl Summary {
     /// The figures of a finished run.
-    pub(super) fn new(shared: &Shared, consuming: bool, histogram: &Histogram<u64>) -> Self {
+    pub(super) fn new(
+        shared: &Shared,
+        consuming: bool,
+        confirming: bool,
+        histogram: &Histogram<u64>,
+    ) -> Self {
+        let (duplicates, missing) = match shared.tally.lock() {
+            Ok(tally) => (
+                tally.duplicates,
+                (consuming && confirming).then(|| tally.missing()),
+            ),
+            Err(_) => (0, None),
+        };
         let published = shared.published.load(Ordering::Relaxed);
         let consumed = shared.consumed.load(Ordering::Relaxed);
         let publish_ns = shared.publish_end_ns.load(Ordering::Relaxed);
@@ -120,6 +140,10 @@ impl Summary {
                 p99: latency(0.99),
                 max: (!histogram.is_empty()).then(|| histogram.max()),
             },
+            recoveries: shared.recoveries.load(Ordering::Relaxed),
+            republished: shared.republished.load(Ordering::Relaxed),
+            duplicates,
+            missing,
         }
     }
 
@@ -135,7 +159,8 @@ impl Summary {
         print_line(&format!(
             "published {}, confirmed {}, consumed {} in {:.3} s\n\
              publish rate {:.1} msg/s, consume rate {:.1} msg/s\n\
-             latency: p50 {}, p95 {}, p99 {}, max {}",
+             latency: p50 {}, p95 {}, p99 {}, max {}\n\
+             recoveries {}, republished {}, duplicates {}, missing {}",
             self.published,
             self.confirmed,
             self.consumed,
@@ -146,6 +171,11 @@ impl Summary {
             us(l.p95),
             us(l.p99),
             us(l.max),
+            self.recoveries,
+            self.republished,
+            self.duplicates,
+            self.missing
+                .map_or_else(|| "-".to_string(), |m| m.to_string()),
         ))
     }
 }
@@ -214,10 +244,14 @@ mod tests {
                 p99: Some(300),
                 max: Some(400),
             },
+            recoveries: 1,
+            republished: 2,
+            duplicates: 3,
+            missing: Some(0),
         };
         assert_eq!(
             serde_json::to_string(&summary).unwrap(),
-            r#"{"published":10,"confirmed":10,"consumed":10,"elapsed_s":1.5,"publish_rate":6.7,"consume_rate":6.7,"latency_us":{"p50":100,"p95":200,"p99":300,"max":400}}"#
+            r#"{"published":10,"confirmed":10,"consumed":10,"elapsed_s":1.5,"publish_rate":6.7,"consume_rate":6.7,"latency_us":{"p50":100,"p95":200,"p99":300,"max":400},"recoveries":1,"republished":2,"duplicates":3,"missing":0}"#
         );
     }
 

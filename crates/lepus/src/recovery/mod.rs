@@ -45,6 +45,9 @@ pub(crate) fn begin(shared: &Arc<Shared>, inner: &mut Inner, cause: Error) {
         .epoch
         .store(inner.epoch, std::sync::atomic::Ordering::Release);
     let unsent_messages = inner.retire_link(shared);
+    // Told in the `Disconnected` event; the connection goes on, so a later close is not
+    // about them.
+    inner.lost = None;
     settle_in_flight(inner, &cause);
     shared.link.send_replace(Link::Recovering);
     shared.space.notify_waiters();
