@@ -70,6 +70,9 @@ fn perf_count_publishes_and_consumes_everything() {
     assert_eq!(v["published"], 2000);
     assert_eq!(v["consumed"], 2000);
     assert_eq!(v["confirmed"], 0);
+    // Without confirms nothing says which messages the broker took: no "missing".
+    assert!(v["missing"].is_null(), "{v}");
+    assert_eq!(v["duplicates"], 0);
     assert!(v["elapsed_s"].as_f64().unwrap() > 0.0);
     assert!(v["publish_rate"].as_f64().unwrap() > 0.0);
     assert!(v["consume_rate"].as_f64().unwrap() > 0.0);
