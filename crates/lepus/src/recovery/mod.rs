@@ -227,8 +227,8 @@ async fn attempt(shared: &Arc<Shared>, options: &ConnectionOptions) -> Result<()
     for (id, state) in &channels {
         reopen_channel(shared, *id, state).await?;
     }
-    restore_topology(shared).await?;
-    restore_consumers(shared, &channels).await
+    let own = restore_topology(shared).await?;
+    restore_consumers(shared, &channels, own).await
 }
 
 /// What a channel was set to, to set it again on a new link.
@@ -354,8 +354,9 @@ fn replay(shared: &Arc<Shared>, id: u16) -> Result<()> {
 
 /// Declares the recorded exchanges, exchange bindings, queues and queue bindings again, in
 /// that order, on a channel of recovery's own. An entity the broker refuses is reported and
-/// forgotten, and recovery goes on with the rest on a fresh channel.
-async fn restore_topology(shared: &Arc<Shared>) -> Result<()> {
+/// forgotten, and recovery goes on with the rest on a fresh channel. Returns that channel,
+/// still open, if it opened one.
+async fn restore_topology(shared: &Arc<Shared>) -> Result<Option<u16>> {
     let policy = &shared.options.recovery;
     let (exchanges, exchange_bindings, queues) = {
         let inner = shared.lock();
@@ -367,7 +368,7 @@ async fn restore_topology(shared: &Arc<Shared>) -> Result<()> {
         )
     };
     if exchanges.is_empty() && exchange_bindings.is_empty() && queues.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
     let mut ch = open_own_channel(shared).await?;
     for e in exchanges {
@@ -386,7 +387,7 @@ async fn restore_topology(shared: &Arc<Shared>) -> Result<()> {
         };
         let outcome = call(shared, ch, method.into(), "exchange.declare-ok").await;
         if refused(shared, &mut ch, outcome, format!("exchange '{}'", e.name)).await? {
-            shared.lock().topology.exchange_deleted(&e.name);
+            shared.lock().topology.exchange_refused(&e.name);
         }
     }
     for b in exchange_bindings {
@@ -436,7 +437,7 @@ async fn restore_topology(shared: &Arc<Shared>) -> Result<()> {
             }
             other => {
                 if refused(shared, &mut ch, other, format!("queue '{}'", q.name)).await? {
-                    shared.lock().topology.queue_deleted(&q.name);
+                    shared.lock().topology.queue_refused(&q.name);
                 }
                 None
             }
@@ -474,15 +475,69 @@ async fn restore_topology(shared: &Arc<Shared>) -> Result<()> {
             shared.lock().topology.queue_unbound(&b);
         }
     }
-    close_own_channel(shared, ch).await
+    Ok(Some(ch))
 }
 
 /// Subscribes every recorded consumer again, on its channel, with its tag and options. A
 /// consumer the broker refuses ends its stream with the broker's reason, and its channel is
 /// opened again.
-async fn restore_consumers(shared: &Arc<Shared>, channels: &[(u16, ChannelState)]) -> Result<()> {
+///
+/// `own` is recovery's own channel, if one is open already; it is closed at the end.
+async fn restore_consumers(
+    shared: &Arc<Shared>,
+    channels: &[(u16, ChannelState)],
+    own: Option<u16>,
+) -> Result<()> {
     let consumers = shared.lock().topology.consumers.clone();
+    if consumers.is_empty() {
+        if let Some(own) = own {
+            close_own_channel(shared, own).await?;
+        }
+        return Ok(());
+    }
+    // A consume on a missing queue would close the consumer's channel, and with it the
+    // consumers already restored there: look for each queue first, on a channel of recovery's
+    // own, where a 404 harms nothing.
+    let mut own = match own {
+        Some(own) => own,
+        None => open_own_channel(shared).await?,
+    };
+    let mut missing = Vec::new();
+    let mut checked = Vec::new();
+    for c in &consumers {
+        if checked.contains(&c.queue) {
+            continue;
+        }
+        checked.push(c.queue.clone());
+        let passive = queue::Declare {
+            queue: short(&c.queue)?,
+            passive: true,
+            ..Default::default()
+        };
+        match call(shared, own, passive.into(), "queue.declare-ok").await {
+            Ok(_) => {}
+            Err(e @ Error::ChannelClosed(_)) => {
+                missing.push((c.queue.clone(), e));
+                own = open_own_channel(shared).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    close_own_channel(shared, own).await?;
     for c in consumers {
+        if let Some((_, e)) = missing.iter().find(|(q, _)| *q == c.queue) {
+            report(
+                shared,
+                format!("consumer '{}' on queue '{}'", c.tag, c.queue),
+                e,
+            );
+            c.stream.end(Some(e.clone()));
+            shared
+                .lock()
+                .topology
+                .consumer_ended(c.channel, &c.tag, false);
+            continue;
+        }
         let entity = TopologyEntity::Consumer {
             channel: c.channel,
             tag: &c.tag.to_string_lossy(),

@@ -211,6 +211,17 @@ impl Topology {
         self.consumers.retain(|c| c.channel != channel);
     }
 
+    /// Declaring queue `name` again was refused: it is no longer declared, but its bindings
+    /// and consumers are still tried (the queue may well exist, with other settings).
+    pub(crate) fn queue_refused(&mut self, name: &str) {
+        self.queues.retain(|q| q.name != name);
+    }
+
+    /// Declaring exchange `name` again was refused, as [`Topology::queue_refused`].
+    pub(crate) fn exchange_refused(&mut self, name: &str) {
+        self.exchanges.retain(|e| e.name != name);
+    }
+
     /// A server-named queue came back under a new name: bindings and consumers follow.
     pub(crate) fn queue_renamed(&mut self, old: &str, new: &str) {
         for q in self.queues.iter_mut().filter(|q| q.name == old) {
