@@ -221,9 +221,11 @@
 //! and forgotten on delete, unbind and cancel; passive declares are not recorded. An
 //! auto-delete queue is forgotten when this client cancels its last consumer, an auto-delete
 //! exchange when this client removes its last binding from it; exclusive queues are declared
-//! again. A step the broker refuses (someone declared the queue with other arguments) is
-//! reported and forgotten, and recovery goes on. [`RecoveryPolicy::filter`](crate::RecoveryPolicy::filter)
-//! leaves entities out.
+//! again. A declare the broker refuses (someone declared the queue with other arguments) is
+//! reported as an event and the declaration forgotten; recovery goes on with the rest, and
+//! the queue's bindings and consumers are still tried (the queue may exist). A consumer
+//! whose queue is gone ends its stream with the broker's 404.
+//! [`RecoveryPolicy::filter`](crate::RecoveryPolicy::filter) leaves entities out.
 //!
 //! Note what the broker itself does when the link drops: an auto-delete queue goes with its
 //! last consumer, and an exclusive one with its connection, messages included. Recovery
