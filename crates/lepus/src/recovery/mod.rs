@@ -391,26 +391,7 @@ async fn restore_topology(shared: &Arc<Shared>) -> Result<Option<u16>> {
         }
     }
     for b in exchange_bindings {
-        let entity = TopologyEntity::ExchangeBinding {
-            destination: &b.destination,
-            source: &b.source,
-            routing_key: &b.routing_key,
-        };
-        if !policy.keeps(&entity) {
-            continue;
-        }
-        let method = exchange::Bind {
-            destination: short(&b.destination)?,
-            source: short(&b.source)?,
-            routing_key: short(&b.routing_key)?,
-            nowait: false,
-            arguments: b.arguments.clone(),
-        };
-        let outcome = call(shared, ch, method.into(), "exchange.bind-ok").await;
-        let what = format!("binding of exchange '{}' to '{}'", b.destination, b.source);
-        if refused(shared, &mut ch, outcome, what).await? {
-            shared.lock().topology.exchange_unbound(&b);
-        }
+        rebind(shared, &mut ch, &b, Bound::Exchange).await?;
     }
     for q in queues {
         let entity = TopologyEntity::Queue {
@@ -454,28 +435,80 @@ async fn restore_topology(shared: &Arc<Shared>) -> Result<Option<u16>> {
     // Bindings after the queues, with the names they have now.
     let queue_bindings = shared.lock().topology.queue_bindings.clone();
     for b in queue_bindings {
-        let entity = TopologyEntity::QueueBinding {
-            queue: &b.destination,
-            exchange: &b.source,
-            routing_key: &b.routing_key,
-        };
-        if !policy.keeps(&entity) {
-            continue;
-        }
-        let method = queue::Bind {
-            queue: short(&b.destination)?,
-            exchange: short(&b.source)?,
-            routing_key: short(&b.routing_key)?,
-            nowait: false,
-            arguments: b.arguments.clone(),
-        };
-        let outcome = call(shared, ch, method.into(), "queue.bind-ok").await;
-        let what = format!("binding of queue '{}' to '{}'", b.destination, b.source);
-        if refused(shared, &mut ch, outcome, what).await? {
-            shared.lock().topology.queue_unbound(&b);
-        }
+        rebind(shared, &mut ch, &b, Bound::Queue).await?;
     }
     Ok(Some(ch))
+}
+
+/// What a binding binds to its source exchange.
+#[derive(Debug, Clone, Copy)]
+enum Bound {
+    Exchange,
+    Queue,
+}
+
+/// Binds `b` again on recovery's channel `ch` (unless filtered out); a binding the broker
+/// refuses is reported and forgotten.
+async fn rebind(
+    shared: &Arc<Shared>,
+    ch: &mut u16,
+    b: &RecordedBinding,
+    bound: Bound,
+) -> Result<()> {
+    let (destination, source, key) = (&b.destination, &b.source, &b.routing_key);
+    let entity = match bound {
+        Bound::Exchange => TopologyEntity::ExchangeBinding {
+            destination,
+            source,
+            routing_key: key,
+        },
+        Bound::Queue => TopologyEntity::QueueBinding {
+            queue: destination,
+            exchange: source,
+            routing_key: key,
+        },
+    };
+    if !shared.options.recovery.keeps(&entity) {
+        return Ok(());
+    }
+    let (destination, source, key) = (short(destination)?, short(source)?, short(key)?);
+    let arguments = b.arguments.clone();
+    let (method, reply, what): (Method, _, _) = match bound {
+        Bound::Exchange => (
+            exchange::Bind {
+                destination,
+                source,
+                routing_key: key,
+                nowait: false,
+                arguments,
+            }
+            .into(),
+            "exchange.bind-ok",
+            "exchange",
+        ),
+        Bound::Queue => (
+            queue::Bind {
+                queue: destination,
+                exchange: source,
+                routing_key: key,
+                nowait: false,
+                arguments,
+            }
+            .into(),
+            "queue.bind-ok",
+            "queue",
+        ),
+    };
+    let outcome = call(shared, *ch, method, reply).await;
+    let entity = format!("binding of {what} '{}' to '{}'", b.destination, b.source);
+    if refused(shared, ch, outcome, entity).await? {
+        let mut inner = shared.lock();
+        match bound {
+            Bound::Exchange => inner.topology.exchange_unbound(b),
+            Bound::Queue => inner.topology.queue_unbound(b),
+        }
+    }
+    Ok(())
 }
 
 /// Subscribes every recorded consumer again, on its channel, with its tag and options. A
