@@ -130,7 +130,7 @@ fn nearest_rank(sorted: &[u64], q: f64) -> u64 {
         return 0;
     }
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
+    sorted.get(rank - 1).copied().unwrap_or(0)
 }
 
 async fn publish_all(ch: &Channel, queue: &str, n: u64) {
