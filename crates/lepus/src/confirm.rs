@@ -201,6 +201,13 @@ pub(crate) struct ConfirmQueue {
 }
 
 impl ConfirmQueue {
+    /// Gives back the room a burst of publishes made, once all are settled.
+    pub(crate) fn shrink(&mut self) {
+        if self.entries.is_empty() {
+            self.entries = VecDeque::new();
+        }
+    }
+
     /// Starts tracking the publish numbered `seq` (numbers come in order).
     pub(crate) fn push(&mut self, seq: u64) {
         if self.entries.is_empty() {

@@ -188,7 +188,7 @@ impl Connection {
                 ..ChannelSlot::default()
             };
             slot.waiters.push_back(driver::Waiter::Reply(tx));
-            inner.channels.insert(id, slot);
+            inner.channels.insert(id, Box::new(slot));
             inner.wake_writer(&self.shared);
             (rx, id, generation)
         };
@@ -288,7 +288,7 @@ impl Connection {
 
     /// The properties the broker sent: product, version, platform, capabilities.
     pub fn server_properties(&self) -> FieldTable {
-        self.shared.lock().proto.server_properties().clone()
+        self.shared.lock().proto.server_properties()
     }
 
     /// The negotiated channel_max, frame_max and heartbeat.

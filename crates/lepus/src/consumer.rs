@@ -228,6 +228,8 @@ impl Acker {
 
 struct QueueState {
     deliveries: VecDeque<Delivery>,
+    /// The connection went quiet: the consumer gives back the room of its own batch buffer.
+    shrink_local: bool,
     waker: Option<Waker>,
     ended: bool,
     end_error: Option<Error>,
@@ -249,6 +251,7 @@ impl ConsumerQueue {
         Arc::new(Self {
             state: Mutex::new(QueueState {
                 deliveries: VecDeque::new(),
+                shrink_local: false,
                 waker: None,
                 ended: false,
                 end_error: None,
@@ -258,6 +261,23 @@ impl ConsumerQueue {
             tag: Mutex::new(ShortStr::default()),
             stopping: AtomicBool::new(false),
         })
+    }
+
+    /// Gives back the room a burst of deliveries made, once the consumer took them all, and
+    /// wakes the consumer to do the same with the batch it took last.
+    pub(crate) fn shrink(&self) {
+        let waker = {
+            let mut state = self.lock();
+            if !state.deliveries.is_empty() {
+                return;
+            }
+            state.deliveries = VecDeque::new();
+            state.shrink_local = true;
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     /// Marks the consumer as ending (see [`ConsumerQueue::stopping`]).
@@ -388,6 +408,9 @@ impl Stream for Consumer {
             return Poll::Ready(None);
         }
         let mut s = this.queue.lock();
+        if std::mem::take(&mut s.shrink_local) {
+            this.local = VecDeque::new();
+        }
         if !s.deliveries.is_empty() {
             // Take the whole batch under one lock; the buffer is then empty and reading may go on.
             std::mem::swap(&mut s.deliveries, &mut this.local);

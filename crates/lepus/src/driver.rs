@@ -35,6 +35,11 @@ use crate::error::{Error, HumanDuration, Result};
 const FRAMES_PER_LOCK: usize = 48;
 /// Size of each socket read.
 const READ_CHUNK: usize = 64 * 1024;
+/// What a quiet connection reads into; a read that fills it moves up to [`READ_CHUNK`].
+const READ_MIN: usize = 2 * 1024;
+/// A connection with no reads and no writes for this long gives back the memory a burst of
+/// traffic made grow (see [`Inner::shrink`]).
+const SHRINK_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long a connection whose close-ok is overdue stays open after everything was written, so
 /// that a broker still working through its own buffers reads the rest: RabbitMQ drops what it
 /// has not read when the client closes the socket. At least the close timeout.
@@ -360,7 +365,8 @@ impl ChannelSlot {
 
 pub(crate) struct Inner {
     pub(crate) proto: lepus_proto::Connection,
-    pub(crate) channels: IdMap<ChannelSlot>,
+    /// Boxed, so that the map's spare buckets cost a pointer each.
+    pub(crate) channels: IdMap<Box<ChannelSlot>>,
     /// Set once the connection is finished; every later call fails with it.
     pub(crate) error: Option<Error>,
     pub(crate) writer_idle: bool,
@@ -404,6 +410,9 @@ pub(crate) struct Inner {
     napping: bool,
     /// When the previous read was handled.
     last_read: Option<Instant>,
+    /// Quiet since the last [`shrink`](Self::shrink): the reader has no shrink to schedule
+    /// until traffic comes back (a write then wakes it with [`Shared::traffic`]).
+    quiet: bool,
     /// Channels with deliveries or confirms in the read being handled.
     read_touched: Vec<u16>,
     /// Counters for [`Connection::stats`](crate::Connection::stats).
@@ -471,17 +480,44 @@ impl Drop for Locked<'_> {
     }
 }
 
+/// The connection's event stream ([`Connection::events`](crate::Connection::events)). Its
+/// buffer is made on the first subscription: most connections never have a subscriber, and
+/// an event sent with no receiver is dropped either way.
+#[derive(Default)]
+pub(crate) struct Events(std::sync::OnceLock<broadcast::Sender<ConnectionEvent>>);
+
+impl Events {
+    /// How far a receiver may fall behind before it loses the oldest events.
+    const CAPACITY: usize = 64;
+
+    /// Sends `event` to every receiver there is.
+    pub(crate) fn send(&self, event: ConnectionEvent) {
+        if let Some(tx) = self.0.get() {
+            let _ = tx.send(event);
+        }
+    }
+
+    /// A receiver of everything sent from now on.
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<ConnectionEvent> {
+        self.0
+            .get_or_init(|| broadcast::channel(Self::CAPACITY).0)
+            .subscribe()
+    }
+}
+
 pub(crate) struct Shared {
     state: Mutex<Inner>,
     pub(crate) writer_wake: Notify,
     pub(crate) reader_wake: Notify,
     /// Ends a nap of the reader early (see [`Inner::nap_after_read`]).
     nap_cut: Notify,
+    /// Traffic after a quiet spell: the reader schedules the next shrink.
+    traffic: Notify,
     /// Publishers waiting for buffer space or an unblock.
     pub(crate) space: Notify,
     pub(crate) closed: Notify,
     pub(crate) read_paused: AtomicBool,
-    pub(crate) events: broadcast::Sender<ConnectionEvent>,
+    pub(crate) events: Events,
     /// Becomes `true` when the connection has ended.
     pub(crate) shutdown: watch::Sender<bool>,
     /// Live user handles (connections, channels, consumers); see [`HandleGuard`].
@@ -514,7 +550,6 @@ pub(crate) enum Link {
 
 impl Shared {
     pub(crate) fn new(proto: lepus_proto::Connection, options: ConnectionOptions) -> Arc<Self> {
-        let (events, _) = broadcast::channel(64);
         Arc::new(Self {
             state: Mutex::new(Inner {
                 proto,
@@ -539,6 +574,7 @@ impl Shared {
                 app_sent_seen: None,
                 napping: false,
                 last_read: None,
+                quiet: false,
                 read_touched: Vec::new(),
                 stats: ConnectionStats::default(),
                 unwritten: VecDeque::new(),
@@ -554,10 +590,11 @@ impl Shared {
             writer_wake: Notify::new(),
             reader_wake: Notify::new(),
             nap_cut: Notify::new(),
+            traffic: Notify::new(),
             space: Notify::new(),
             closed: Notify::new(),
             read_paused: AtomicBool::new(false),
-            events,
+            events: Events::default(),
             shutdown: watch::Sender::new(false),
             handles: std::sync::atomic::AtomicUsize::new(0),
             runtime: tokio::runtime::Handle::try_current().ok(),
@@ -700,6 +737,9 @@ fn wrote(inner: &mut Inner, shared: &Shared, written: usize, writes: u64) {
     inner.stats.writes += writes;
     inner.stats.bytes_written += written as u64;
     inner.last_write = Some(Instant::now());
+    if std::mem::take(&mut inner.quiet) {
+        shared.traffic.notify_one();
+    }
     let done = inner.stats.bytes_written;
     while inner.unwritten.front().is_some_and(|&end| end <= done) {
         inner.unwritten.pop_front();
@@ -1007,6 +1047,7 @@ impl Inner {
     fn nap_after_read(&mut self, now: Instant, nap: std::time::Duration, bytes: usize) -> bool {
         let since = self.last_read.map(|at| now.saturating_duration_since(at));
         self.last_read = Some(now);
+        self.quiet = false;
         self.stats.reads += 1;
         self.stats.bytes_read += bytes as u64;
         if std::mem::take(&mut self.app_sent) {
@@ -1059,6 +1100,46 @@ impl Inner {
         self.stats.delayed_reads += 1;
         self.napping = true;
         true
+    }
+
+    /// When the connection next gives back memory if it stays quiet: [`SHRINK_AFTER`] past
+    /// the last read or write; `None` while it is already quiet.
+    fn shrink_at(&self) -> Option<Instant> {
+        if self.quiet {
+            return None;
+        }
+        let last = self.last_read.max(self.last_write)?;
+        last.checked_add(SHRINK_AFTER)
+    }
+
+    /// Gives back the memory a burst of traffic made grow, in the core and in every queue of
+    /// the driver that is empty now. The next burst grows them again.
+    fn shrink(&mut self) {
+        self.quiet = true;
+        self.proto.shrink();
+        fn empty<T>(queue: &mut VecDeque<T>) {
+            if queue.is_empty() {
+                *queue = VecDeque::new();
+            }
+        }
+        empty(&mut self.handoff);
+        empty(&mut self.inline_chunks);
+        empty(&mut self.unwritten);
+        empty(&mut self.update_secret_waiters);
+        if self.wake_later.is_empty() {
+            self.wake_later = Vec::new();
+        }
+        if self.read_touched.is_empty() {
+            self.read_touched = Vec::new();
+        }
+        for slot in self.channels.values_mut() {
+            empty(&mut slot.waiters);
+            empty(&mut slot.returned);
+            slot.confirms.shrink();
+            for queue in slot.consumers.values() {
+                queue.shrink();
+            }
+        }
     }
 
     /// Whether an acknowledgement just queued on `channel` may wait for the writer.
@@ -1259,14 +1340,20 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             }
             lazy = !delay.is_zero();
             while !self.chunks.is_empty() {
-                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-                let count = fill_slices(&self.chunks, &mut slices);
-                let slices = slices.get(..count).unwrap_or_default();
+                // The slices are made on each poll, on the stack: kept in the task, they would
+                // cost every connection a kilobyte.
+                let (io, chunks) = (&mut self.io, &self.chunks);
+                let write = std::future::poll_fn(|cx| {
+                    let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                    let count = fill_slices(chunks, &mut slices);
+                    let slices = slices.get(..count).unwrap_or_default();
+                    std::pin::Pin::new(&mut *io).poll_write_vectored(cx, slices)
+                });
                 // A write the peer never takes (a frozen network) must not outlive the
                 // connection; the write comes first, so one that finished is counted.
                 let result = tokio::select! {
                     biased;
-                    result = self.io.write_vectored(slices) => result,
+                    result = write => result,
                     _ = link.wait_for(|current| *current != session) => return,
                 };
                 match result {
@@ -1535,7 +1622,7 @@ pub(crate) async fn reader<R: AsyncRead + Unpin>(shared: Arc<Shared>, mut io: R,
 /// or ends the connection. A connection whose close gave up waiting stays open this long, so
 /// that the broker reads everything that was written.
 async fn until_close_ok<R: AsyncRead + Unpin>(io: &mut R, frame_max: u32) {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut buf = BytesMut::with_capacity(READ_MIN);
     loop {
         loop {
             match lepus_wire::Frame::decode(&mut buf, frame_max.max(lepus_wire::FRAME_MIN_SIZE)) {
@@ -1556,7 +1643,9 @@ async fn until_close_ok<R: AsyncRead + Unpin>(io: &mut R, frame_max: u32) {
 
 /// The reader's loop, until the connection ends or the link is replaced.
 async fn read<R: AsyncRead + Unpin>(shared: &Arc<Shared>, io: &mut R, session: u64) {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut buf = BytesMut::with_capacity(READ_MIN);
+    // The room a read gets: small while reads are small, a full chunk once one filled it.
+    let mut room = READ_MIN;
     let mut wake: Vec<Waker> = Vec::new();
     let mut link = shared.session.subscribe();
     let coalescing = shared.options.read_coalescing;
@@ -1572,14 +1661,19 @@ async fn read<R: AsyncRead + Unpin>(shared: &Arc<Shared>, io: &mut R, session: u
             }
             shared.lock().napping = false;
         }
-        let (deadline, paused) = {
+        let (deadline, paused, quiet) = {
             let inner = shared.lock();
             if inner.proto.is_closed() || inner.session != session {
                 return;
             }
+            let deadline = match (inner.proto.poll_timeout(), inner.shrink_at()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             (
-                inner.proto.poll_timeout(),
+                deadline,
                 shared.read_paused.load(Ordering::Acquire),
+                inner.quiet,
             )
         };
         let sleep = async {
@@ -1588,6 +1682,7 @@ async fn read<R: AsyncRead + Unpin>(shared: &Arc<Shared>, io: &mut R, session: u
                 None => std::future::pending().await,
             }
         };
+        let spare = buf.capacity() - buf.len();
         tokio::select! {
             biased;
             _ = link.wait_for(|current| *current != session) => return,
@@ -1623,8 +1718,11 @@ async fn read<R: AsyncRead + Unpin>(shared: &Arc<Shared>, io: &mut R, session: u
                         return transport_failed(shared, session, format!("read failed: {e}"));
                     }
                 }
-                if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-                    buf.reserve(READ_CHUNK);
+                if matches!(result, Ok(n) if n >= spare) {
+                    room = READ_CHUNK;
+                }
+                if buf.capacity() - buf.len() < room / 4 {
+                    buf.reserve(room);
                 }
             }
             () = sleep => {
@@ -1633,6 +1731,13 @@ async fn read<R: AsyncRead + Unpin>(shared: &Arc<Shared>, io: &mut R, session: u
                     return;
                 }
                 let now = Instant::now();
+                if inner.shrink_at().is_some_and(|at| at <= now) {
+                    inner.shrink();
+                    if buf.is_empty() && buf.capacity() > READ_MIN {
+                        buf = BytesMut::with_capacity(READ_MIN);
+                    }
+                    room = READ_MIN;
+                }
                 if shared.read_paused.load(Ordering::Acquire) {
                     // Not reading is our own choice; it says nothing about the server.
                     inner.proto.reset_receive_timer(now);
@@ -1641,6 +1746,8 @@ async fn read<R: AsyncRead + Unpin>(shared: &Arc<Shared>, io: &mut R, session: u
                 dispatch(shared, &mut inner);
                 inner.kick_writer(shared);
             }
+            // Traffic after a quiet spell: schedule the next shrink.
+            () = shared.traffic.notified(), if quiet => {}
             () = shared.reader_wake.notified(), if paused => {
                 let inner = shared.lock();
                 // Once the connection is closing, deliveries are discarded unread.
@@ -1758,10 +1865,10 @@ pub(crate) fn dispatch(shared: &Arc<Shared>, inner: &mut Inner) {
             Event::ChannelClosed { channel, close } => on_channel_closed(inner, channel, close),
             Event::Blocked { reason } => {
                 tracing::warn!(%reason, "the broker blocked publishing");
-                let _ = shared.events.send(ConnectionEvent::Blocked(reason));
+                shared.events.send(ConnectionEvent::Blocked(reason));
             }
             Event::Unblocked => {
-                let _ = shared.events.send(ConnectionEvent::Unblocked);
+                shared.events.send(ConnectionEvent::Unblocked);
                 shared.space.notify_waiters();
             }
             Event::Closed(error) => on_closed(shared, inner, error),
@@ -2009,7 +2116,7 @@ pub(crate) fn terminate(shared: &Arc<Shared>, inner: &mut Inner, err: Error) {
         ),
         other => tracing::warn!(host = %shared.options.host, error = %other, "connection ended"),
     }
-    let _ = shared.events.send(ConnectionEvent::Closed(err.to_string()));
+    shared.events.send(ConnectionEvent::Closed(err.to_string()));
     inner.error = Some(err);
     if inner.linger {
         // No FIN until the reader has drained the connection.
@@ -2044,7 +2151,7 @@ mod tests {
             let mut inner = shared.lock();
             inner.writer_idle = true;
             inner.writer_lazy = true;
-            inner.channels.insert(1, slot);
+            inner.channels.insert(1, Box::new(slot));
         }
         shared
     }

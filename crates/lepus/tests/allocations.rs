@@ -5,76 +5,26 @@
 
 mod support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use lepus::{
     bytes::Bytes, BasicConsumeOptions, BasicProperties, BasicPublishOptions, BasicQosOptions,
     Channel, QueueDeclareOptions, QueueDeleteOptions,
 };
 
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts calls.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: support::counting::Counting = support::counting::Counting;
 
 const N: usize = 20_000;
 const WINDOW: usize = 1000;
 
 /// Allocations per message while `run` handles `N` messages.
 async fn per_message<F: std::future::Future<Output = ()>>(run: F) -> f64 {
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = support::counting::allocations();
     run.await;
-    (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / N as f64
+    (support::counting::allocations() - before) as f64 / N as f64
 }
 
 async fn publish_confirmed(ch: &Channel, queue: &str, body: &Bytes, n: usize) {
-    let props = BasicProperties::default();
-    let mut window = VecDeque::with_capacity(WINDOW);
-    for _ in 0..n {
-        if window.len() == WINDOW {
-            let confirm: lepus::PublisherConfirm = window.pop_front().unwrap();
-            assert!(confirm.await.unwrap().is_ack());
-        }
-        let confirm = ch
-            .basic_publish(
-                "",
-                queue,
-                BasicPublishOptions::default(),
-                &props,
-                body.clone(),
-            )
-            .await
-            .unwrap();
-        window.push_back(confirm);
-    }
-    for confirm in window {
-        assert!(confirm.await.unwrap().is_ack());
-    }
+    support::publish_confirmed(ch, queue, body, n, WINDOW, || {}).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -89,10 +89,12 @@ pub struct Connection {
     state: State,
     transmit: Transmit,
     events: VecDeque<Event>,
+    /// Channel `id` lives at index `id - 1`.
     channels: Vec<Option<ChannelState>>,
     next_generation: u64,
     negotiated: Negotiated,
-    server_properties: FieldTable,
+    /// The server's properties, encoded.
+    server_properties: Bytes,
     blocked: Option<String>,
     /// Outstanding connection-level requests (only `update-secret`).
     pending_secret: usize,
@@ -118,7 +120,8 @@ impl Connection {
             config,
             state: State::AwaitStart,
             transmit,
-            events: VecDeque::new(),
+            // Most of the time one event waits at a time: an idle connection keeps one slot.
+            events: VecDeque::with_capacity(1),
             channels: Vec::new(),
             next_generation: 1,
             negotiated: Negotiated {
@@ -126,7 +129,7 @@ impl Connection {
                 frame_max: FRAME_MIN_SIZE,
                 heartbeat: 0,
             },
-            server_properties: FieldTable::new(),
+            server_properties: Bytes::new(),
             blocked: None,
             pending_secret: 0,
             close_reason: None,
@@ -261,6 +264,22 @@ impl Connection {
         self.transmit.len()
     }
 
+    /// Gives back memory that traffic made grow: the encode block when nothing waits in it,
+    /// the event queue when it is empty, and the request queues of idle channels. A driver
+    /// calls this when the connection has been quiet for a while; the next burst grows them
+    /// again.
+    pub fn shrink(&mut self) {
+        self.transmit.release();
+        if self.events.is_empty() {
+            self.events.shrink_to(1);
+        }
+        for state in self.channels.iter_mut().flatten() {
+            if state.pending.is_empty() {
+                state.pending.shrink_to_fit();
+            }
+        }
+    }
+
     /// The next thing that happened, oldest first.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
@@ -294,9 +313,10 @@ impl Connection {
         self.negotiated
     }
 
-    /// The properties the server sent in `connection.start` (product, version, capabilities).
-    pub fn server_properties(&self) -> &FieldTable {
-        &self.server_properties
+    /// The properties the server sent in `connection.start` (product, version, capabilities),
+    /// decoded anew on each call; empty before they arrived.
+    pub fn server_properties(&self) -> FieldTable {
+        FieldTable::decode_from(&mut self.server_properties.clone()).unwrap_or_default()
     }
 
     /// The reason the server gave for `connection.blocked`, while publishing is blocked.
@@ -340,13 +360,7 @@ impl Connection {
             .ok_or(ChannelError::NoFreeChannel(max))?;
         let generation = self.next_generation;
         self.next_generation += 1;
-        let index = usize::from(id);
-        if self.channels.len() <= index {
-            self.channels.resize_with(index + 1, || None);
-        }
-        if let Some(slot) = self.channels.get_mut(index) {
-            *slot = Some(ChannelState::new(generation));
-        }
+        self.install(id, ChannelState::new(generation));
         self.call(id, channel::Open.into())?;
         Ok((id, generation))
     }
@@ -370,13 +384,7 @@ impl Connection {
         }
         let generation = self.next_generation;
         self.next_generation += 1;
-        let index = usize::from(id);
-        if self.channels.len() <= index {
-            self.channels.resize_with(index + 1, || None);
-        }
-        if let Some(slot) = self.channels.get_mut(index) {
-            *slot = Some(ChannelState::new(generation));
-        }
+        self.install(id, ChannelState::new(generation));
         self.call(id, channel::Open.into())?;
         Ok(generation)
     }
@@ -580,12 +588,33 @@ impl Connection {
 // ---- internals ----
 impl Connection {
     fn channel(&self, id: u16) -> Option<&ChannelState> {
-        self.channels.get(usize::from(id)).and_then(Option::as_ref)
+        self.channels.get(slot_index(id)?).and_then(Option::as_ref)
+    }
+
+    /// Puts `state` in the slot of channel `id` (never 0). The first few slots are added one
+    /// at a time: most connections use a channel or two, and every slot costs a
+    /// [`ChannelState`]. Beyond that the table grows geometrically.
+    fn install(&mut self, id: u16, state: ChannelState) {
+        let Some(index) = slot_index(id) else {
+            return;
+        };
+        if self.channels.len() <= index {
+            let more = index + 1 - self.channels.len();
+            if index < 4 {
+                self.channels.reserve_exact(more);
+            } else {
+                self.channels.reserve(more);
+            }
+            self.channels.resize_with(index + 1, || None);
+        }
+        if let Some(slot) = self.channels.get_mut(index) {
+            *slot = Some(state);
+        }
     }
 
     fn channel_mut(&mut self, id: u16) -> Result<&mut ChannelState, ChannelError> {
-        self.channels
-            .get_mut(usize::from(id))
+        slot_index(id)
+            .and_then(|index| self.channels.get_mut(index))
             .and_then(Option::as_mut)
             .ok_or(ChannelError::NotOpen(id))
     }
@@ -757,11 +786,16 @@ impl Connection {
         if !offered.split(' ').any(|m| m == wanted) {
             return self.fail(ConnectionError::UnsupportedMechanism { wanted, offered });
         }
-        self.server_properties = start.server_properties;
+        // Kept encoded, in a buffer of their own: decoded, they would hold on to the frame they
+        // came in (and with it the read buffer), and take three times the room.
+        let mut encoded = BytesMut::new();
+        start.server_properties.encode_to(&mut encoded);
+        self.server_properties = Bytes::copy_from_slice(&encoded);
         let locale = ShortStr::try_from(self.config.locale.as_str())
             .unwrap_or_else(|_| ShortStr::from_static("en_US"));
         let start_ok = connection::StartOk {
-            client_properties: self.config.client_properties.clone(),
+            // Sent once; a new connection is made from a new config.
+            client_properties: std::mem::take(&mut self.config.client_properties),
             mechanism: ShortStr::from_static(wanted),
             response: self.config.sasl.response(),
             locale,
@@ -837,7 +871,9 @@ impl Connection {
             match method {
                 Method::ChannelCloseOk(_) if state.close_reported => {
                     // The end of a crossing close, already reported: just free the id.
-                    if let Some(slot) = self.channels.get_mut(usize::from(id)) {
+                    if let Some(slot) =
+                        slot_index(id).and_then(|index| self.channels.get_mut(index))
+                    {
                         *slot = None;
                     }
                 }
@@ -952,7 +988,7 @@ impl Connection {
     }
 
     fn channel_closed(&mut self, id: u16, close: Option<Close>) {
-        if let Some(slot) = self.channels.get_mut(usize::from(id)) {
+        if let Some(slot) = slot_index(id).and_then(|index| self.channels.get_mut(index)) {
             *slot = None;
         }
         self.events
@@ -1094,4 +1130,9 @@ fn short_lossy(text: &str) -> ShortStr {
         end -= 1;
     }
     ShortStr::try_from(text.get(..end).unwrap_or_default()).unwrap_or_default()
+}
+
+/// Where channel `id` lives in the channel table; channel 0 has no slot.
+fn slot_index(id: u16) -> Option<usize> {
+    usize::from(id).checked_sub(1)
 }

@@ -36,7 +36,7 @@ fn handshake_sends_header_start_ok_tune_ok_open_and_connects() {
     b.take_header();
 
     b.send_method(0, start("AMQPLAIN PLAIN"));
-    assert_eq!(b.conn.server_properties(), &server_properties());
+    assert_eq!(b.conn.server_properties(), server_properties());
     let sent = b.sent();
     let [Frame::Method {
         channel: 0,

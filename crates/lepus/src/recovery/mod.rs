@@ -57,7 +57,7 @@ pub(crate) fn begin(shared: &Arc<Shared>, inner: &mut Inner, cause: Error) {
         unsent_messages,
         "connection lost; recovering"
     );
-    let _ = shared.events.send(ConnectionEvent::Disconnected {
+    shared.events.send(ConnectionEvent::Disconnected {
         cause,
         unsent_messages,
     });
@@ -147,7 +147,7 @@ async fn recover(shared: Arc<Shared>, started: Instant) {
         let delay = policy.delay(attempt, fastrand::f64());
         let address = format!("{}:{}", options.host, options.port);
         tracing::info!(%address, attempt = attempt + 1, ?delay, "reconnecting");
-        let _ = shared.events.send(ConnectionEvent::Reconnecting {
+        shared.events.send(ConnectionEvent::Reconnecting {
             address,
             attempt: attempt + 1,
             after: delay,
@@ -262,14 +262,16 @@ async fn reopen_channel(shared: &Arc<Shared>, id: u16, state: &ChannelState) -> 
     let rx = {
         let mut inner = shared.lock();
         inner.proto.open_channel_with_id(id)?;
-        let slot = inner.channels.entry(id).or_insert_with(|| ChannelSlot {
-            generation: state.generation,
-            prefetch_consumer: state.prefetch_consumer,
-            prefetch_channel: state.prefetch_channel,
-            confirm_mode: state.confirm_mode,
-            tx_mode: state.tx_mode,
-            app_flow: state.app_flow,
-            ..ChannelSlot::default()
+        let slot = inner.channels.entry(id).or_insert_with(|| {
+            Box::new(ChannelSlot {
+                generation: state.generation,
+                prefetch_consumer: state.prefetch_consumer,
+                prefetch_channel: state.prefetch_channel,
+                confirm_mode: state.confirm_mode,
+                tx_mode: state.tx_mode,
+                app_flow: state.app_flow,
+                ..ChannelSlot::default()
+            })
         });
         let (tx, rx) = oneshot::channel();
         slot.waiters.push_back(Waiter::Reply(tx));
@@ -426,7 +428,7 @@ async fn restore_topology(shared: &Arc<Shared>) -> Result<Option<u16>> {
         if let Some(new) = declared.filter(|new| *new != q.name) {
             shared.lock().topology.queue_renamed(&q.name, &new);
             tracing::info!(old = %q.name, %new, "server-named queue renamed");
-            let _ = shared.events.send(ConnectionEvent::QueueRenamed {
+            shared.events.send(ConnectionEvent::QueueRenamed {
                 old: q.name.clone(),
                 new,
             });
@@ -639,7 +641,7 @@ async fn restore_consumers(
                 }
                 drop(inner);
                 tracing::debug!(channel = c.channel, tag = %c.tag, queue = %c.queue, "consumer recovered");
-                let _ = shared.events.send(ConnectionEvent::ConsumerRecovered {
+                shared.events.send(ConnectionEvent::ConsumerRecovered {
                     channel: c.channel,
                     consumer_tag: c.tag.clone(),
                     queue: c.queue.clone(),
@@ -678,7 +680,7 @@ fn finish(shared: &Arc<Shared>, started: Instant) {
     shared.link.send_replace(Link::Open);
     shared.space.notify_waiters();
     tracing::info!(%address, ?took, "connection recovered");
-    let _ = shared
+    shared
         .events
         .send(ConnectionEvent::Recovered { address, took });
 }
@@ -686,7 +688,7 @@ fn finish(shared: &Arc<Shared>, started: Instant) {
 /// Recovery ends without a connection: everything fails with `error`.
 fn give_up(shared: &Arc<Shared>, error: Error) {
     tracing::warn!(error = %error, "recovery gave up");
-    let _ = shared.events.send(ConnectionEvent::RecoveryFailed {
+    shared.events.send(ConnectionEvent::RecoveryFailed {
         error: error.clone(),
     });
     let mut inner = shared.lock();
@@ -744,7 +746,7 @@ async fn open_own_channel(shared: &Arc<Shared>) -> Result<u16> {
         // Generation 0 matches no handle the application holds.
         let mut slot = ChannelSlot::default();
         slot.waiters.push_back(Waiter::Reply(tx));
-        inner.channels.insert(id, slot);
+        inner.channels.insert(id, Box::new(slot));
         inner.wake_writer(shared);
         (rx, id)
     };
@@ -802,7 +804,7 @@ async fn refused(
 
 fn report(shared: &Shared, entity: String, error: &Error) {
     tracing::warn!(%entity, error = %error, "could not restore after recovery");
-    let _ = shared.events.send(ConnectionEvent::TopologyFailed {
+    shared.events.send(ConnectionEvent::TopologyFailed {
         entity,
         error: error.clone(),
     });

@@ -78,6 +78,41 @@ pub(crate) async fn get_eventually(ch: &Channel, queue: &str, no_ack: bool) -> l
 }
 
 /// A name no other test (or earlier run) uses.
+/// Publishes `n` copies of `body` to `queue` with at most `window` unconfirmed, calling
+/// `each` after every publish, and checks that every one is acked.
+pub(crate) async fn publish_confirmed(
+    ch: &Channel,
+    queue: &str,
+    body: &lepus::bytes::Bytes,
+    n: usize,
+    window: usize,
+    mut each: impl FnMut(),
+) {
+    let props = lepus::BasicProperties::default();
+    let mut pending = std::collections::VecDeque::with_capacity(window);
+    for _ in 0..n {
+        if pending.len() == window {
+            let confirm: lepus::PublisherConfirm = pending.pop_front().unwrap();
+            assert!(confirm.await.unwrap().is_ack());
+        }
+        let confirm = ch
+            .basic_publish(
+                "",
+                queue,
+                lepus::BasicPublishOptions::default(),
+                &props,
+                body.clone(),
+            )
+            .await
+            .unwrap();
+        pending.push_back(confirm);
+        each();
+    }
+    for confirm in pending {
+        assert!(confirm.await.unwrap().is_ack());
+    }
+}
+
 pub(crate) fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let nanos = SystemTime::now()
@@ -92,6 +127,7 @@ pub(crate) fn unique(prefix: &str) -> String {
 }
 
 pub(crate) mod broker;
+pub(crate) mod counting;
 pub(crate) mod fake_broker;
 pub(crate) mod proxy;
 pub(crate) mod tls_proxy;
