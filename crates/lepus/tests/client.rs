@@ -599,7 +599,7 @@ async fn close_flushes_what_was_published() {
     conn.close().await.unwrap();
     let (conn, ch) = channel().await;
     assert_eq!(
-        ch.queue_declare_passive(&q).await.unwrap().message_count,
+        support::depth_eventually(&ch, &q, 1000, Duration::from_secs(5)).await,
         1000
     );
     ch.queue_delete(&q, QueueDeleteOptions::default())

@@ -23,19 +23,6 @@ async fn shared_queue(prefix: &str) -> (Connection, lepus::Channel, String) {
     (conn, ch, name)
 }
 
-/// Waits until `queue` holds `want` messages (the broker routes asynchronously), and returns
-/// the last count seen after at most `patience`.
-async fn depth_eventually(ch: &lepus::Channel, queue: &str, want: u32, patience: Duration) -> u32 {
-    let started = Instant::now();
-    loop {
-        let depth = ch.queue_declare_passive(queue).await.unwrap().message_count;
-        if depth == want || started.elapsed() > patience {
-            return depth;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Publishes `n` small messages to `queue` without confirms.
 async fn publish_n(ch: &lepus::Channel, queue: &str, n: u32) {
     let props = BasicProperties::default();
@@ -108,7 +95,7 @@ async fn close_flushes_a_backlog_that_drains_longer_than_the_close_timeout() {
     let stats = conn.stats();
     assert_eq!(stats.messages_published, u64::from(n));
     assert_eq!(stats.messages_written, u64::from(n));
-    let depth = depth_eventually(&admin_ch, &queue, n, Duration::from_secs(10)).await;
+    let depth = support::depth_eventually(&admin_ch, &queue, n, Duration::from_secs(10)).await;
     assert_eq!(depth, n, "close returned Ok but messages are missing");
     admin_ch
         .queue_delete(&queue, Default::default())
@@ -172,7 +159,8 @@ async fn close_through_a_frozen_network_fails_in_time_and_counts_what_was_not_se
         complete, written,
         "{published} published, {messages} reported unsent"
     );
-    let depth = depth_eventually(&admin_ch, &queue, written as u32, Duration::from_secs(5)).await;
+    let depth =
+        support::depth_eventually(&admin_ch, &queue, written as u32, Duration::from_secs(5)).await;
     assert!(
         u64::from(depth) <= written,
         "{depth} arrived, {written} written"
@@ -259,7 +247,8 @@ fn returning_without_close_still_sends_what_was_published() {
             drop(rt);
             admin_runtime().block_on(async {
                 let (admin, ch) = support::channel().await;
-                let depth = depth_eventually(&ch, &queue, n, Duration::from_secs(10)).await;
+                let depth =
+                    support::depth_eventually(&ch, &queue, n, Duration::from_secs(10)).await;
                 ch.queue_delete(&queue, Default::default()).await.unwrap();
                 admin.close().await.unwrap();
                 assert_eq!(
@@ -403,7 +392,7 @@ fn blocking_close_flushes_a_draining_backlog_and_reports_what_a_frozen_network_k
     }
     conn.close().unwrap();
     assert_eq!(conn.stats().messages_written, u64::from(n));
-    let depth = proxy_rt.block_on(depth_eventually(
+    let depth = proxy_rt.block_on(support::depth_eventually(
         &admin_ch,
         &queue,
         n,

@@ -132,3 +132,23 @@ pub(crate) mod fake_broker;
 pub(crate) mod proxy;
 pub(crate) mod tls_proxy;
 pub(crate) mod zero_loss;
+
+/// Waits until `queue` holds `want` messages, and returns the last count seen after at most
+/// `patience`. Messages published without confirms may be counted late even after the
+/// connection closed cleanly: RabbitMQ's queue process answers a passive declare before the
+/// deliveries already waiting in its mailbox.
+pub(crate) async fn depth_eventually(
+    ch: &lepus::Channel,
+    queue: &str,
+    want: u32,
+    patience: std::time::Duration,
+) -> u32 {
+    let started = std::time::Instant::now();
+    loop {
+        let depth = ch.queue_declare_passive(queue).await.unwrap().message_count;
+        if depth == want || started.elapsed() > patience {
+            return depth;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
