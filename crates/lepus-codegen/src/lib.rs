@@ -271,7 +271,7 @@ pub fn generate(spec: &str) -> Result<String, Error> {
     w(o, "");
     w(o, "use bytes::{BufMut, Bytes, BytesMut};");
     w(o, "");
-    w(o, "use super::MethodArgs;");
+    w(o, "use super::{MethodArgs, ReadArgs};");
     w(o, "use crate::codec::Reader;");
     w(o, "use crate::error::DecodeError;");
     w(o, "#[allow(unused_imports)]");
@@ -375,16 +375,24 @@ fn gen_struct(o: &mut String, m: &MethodSpec) {
     w(o, "        }");
     w(o, "");
     w(o, "        #[inline]");
-    let buf_name = if m.args.is_empty() { "_buf" } else { "buf" };
     w(
         o,
-        &format!(
-            "        fn decode_fields({buf_name}: &mut Bytes) -> Result<Self, DecodeError> {{"
-        ),
+        "        fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {",
     );
-    if !m.args.is_empty() {
-        w(o, "            let r = &mut Reader::new(buf);");
-    }
+    w(
+        o,
+        "            crate::codec::read_from(buf, <Self as ReadArgs>::read)",
+    );
+    w(o, "        }");
+    w(o, "    }");
+    w(o, "");
+    w(o, &format!("    impl ReadArgs for {name} {{"));
+    w(o, "        #[inline]");
+    let r_name = if m.args.is_empty() { "_r" } else { "r" };
+    w(
+        o,
+        &format!("        fn read({r_name}: &mut Reader<'_>) -> Result<Self, DecodeError> {{"),
+    );
     gen_decode(o, m);
     w(o, "        }");
     w(o, "    }");
@@ -569,19 +577,26 @@ fn gen_enum(o: &mut String, methods: &[MethodSpec]) {
         o,
         "    pub fn decode(payload: &mut Bytes) -> Result<Self, DecodeError> {",
     );
-    w(o, "        let (class_id, method_id) = {");
-    w(o, "            let mut r = Reader::new(payload);");
+    w(o, "        crate::codec::read_from(payload, Self::read)");
+    w(o, "    }");
+    w(o, "");
     w(
         o,
-        "            (r.u16(\"method class id\")?, r.u16(\"method id\")?)",
+        "    /// Like [`decode`](Self::decode), from a reader over the whole payload.",
     );
-    w(o, "        };");
+    w(o, "    #[inline]");
+    w(
+        o,
+        "    pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {",
+    );
+    w(o, "        let class_id = r.u16(\"method class id\")?;");
+    w(o, "        let method_id = r.u16(\"method id\")?;");
     w(o, "        Ok(match (class_id, method_id) {");
     for m in methods {
         w(
             o,
             &format!(
-                "            ({}, {}) => Self::{}(super::decode_args(payload)?),",
+                "            ({}, {}) => Self::{}(super::read_args(r)?),",
                 m.class_id,
                 m.id,
                 m.variant()

@@ -281,8 +281,7 @@ fn decode_array(r: &mut Reader<'_>, depth: usize) -> Result<Vec<FieldValue>, Dec
         return Err(DecodeError::TooDeep { max: MAX_NESTING });
     }
     let len = r.u32("field array length")?;
-    let mut body = r.bytes_u32(len, "field array")?;
-    let mut inner = Reader::new(&mut body);
+    let mut inner = r.nested(len, "field array")?;
     // No capacity from the peer's length: the vector grows with what actually decodes.
     let mut values = Vec::new();
     while inner.remaining() > 0 {
@@ -410,8 +409,7 @@ impl FieldTable {
         if len == 0 {
             return Ok(Self::new());
         }
-        let mut body = r.bytes_u32(len, "field table")?;
-        let mut inner = Reader::new(&mut body);
+        let mut inner = r.nested(len, "field table")?;
         let mut entries = Vec::new();
         while inner.remaining() > 0 {
             let key = ShortStr::decode(&mut inner)?;
@@ -442,7 +440,7 @@ impl FieldTable {
     ///
     /// A [`DecodeError`] when the bytes are not a well-formed table.
     pub fn decode_from(bytes: &mut Bytes) -> Result<Self, DecodeError> {
-        Self::decode(&mut Reader::new(bytes))
+        crate::codec::read_from(bytes, Self::decode)
     }
 
     /// Appends the table, with its 32-bit length prefix, to `out`.

@@ -15,6 +15,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use crate::codec::Reader;
 use crate::error::{DecodeError, EncodeError};
 use crate::method::{Method, MethodArgs};
 use crate::properties::{BasicProperties, ContentHeader};
@@ -102,11 +103,14 @@ impl Frame {
             return Ok(None);
         };
         let mut frame = buf.split_to(len).freeze();
-        Self::decode_complete(&mut frame).map(Some)
+        Self::decode_advance(&mut frame, len)
     }
 
     /// Like [`decode`](Self::decode), from immutable bytes, for callers that already hold the
     /// received data as [`Bytes`].
+    ///
+    /// A method or header frame is decoded where it lies: only the strings it holds become
+    /// slices of `buf`, and `buf` is then advanced past the frame.
     ///
     /// # Errors
     ///
@@ -116,39 +120,70 @@ impl Frame {
         let Some(len) = complete_frame_len(buf, frame_max)? else {
             return Ok(None);
         };
-        let mut frame = buf.split_to(len);
-        Self::decode_complete(&mut frame).map(Some)
+        Self::decode_advance(buf, len)
     }
 
-    /// Decodes exactly one complete, already length-checked frame.
+    /// Decodes the complete frame of `len` bytes at the front of `buf` and advances past it.
+    /// Not inlined, so that the frame is built in the caller's result rather than copied there.
+    #[inline(never)]
+    fn decode_advance(buf: &mut Bytes, len: usize) -> Result<Option<Self>, DecodeError> {
+        let decoded = Self::decode_complete(buf, len);
+        // Never more than `buf` holds (`complete_frame_len` saw `len` bytes): written so that
+        // the advance cannot panic, which would keep the frame from being built in place.
+        let len = len.min(buf.len());
+        buf.advance(len);
+        decoded
+    }
+
+    /// Decodes the complete, already length-checked frame of `len` bytes at the front of
+    /// `src`, without consuming it. Always `Some` on success: the option is built here so that
+    /// the frame is written once, into the caller's result.
     #[inline(always)]
-    fn decode_complete(frame: &mut Bytes) -> Result<Self, DecodeError> {
-        let kind = frame.get_u8();
-        let channel = frame.get_u16();
-        let size = frame.get_u32();
-        // `complete_frame_len` checked the end octet; drop it so the payload is exact.
-        frame.truncate(size as usize);
+    fn decode_complete(src: &Bytes, len: usize) -> Result<Option<Self>, DecodeError> {
+        // `complete_frame_len` saw the header and `len` bytes, so neither check below fails.
+        let missing = || DecodeError::Truncated {
+            context: "frame",
+            needed: len as u64,
+            available: src.len() as u64,
+        };
+        let Some(&[kind, c0, c1, s0, s1, s2, s3]) = src.get(..FRAME_HEADER_SIZE) else {
+            return Err(missing());
+        };
+        if src.len() < len {
+            return Err(missing());
+        }
+        let channel = u16::from_be_bytes([c0, c1]);
+        let size = u32::from_be_bytes([s0, s1, s2, s3]);
+        // `complete_frame_len` checked the end octet; the payload excludes it.
+        let payload = FRAME_HEADER_SIZE..len - 1;
         match kind {
-            FRAME_METHOD => Ok(Self::Method {
-                channel,
-                method: Method::decode(frame)?,
-            }),
+            FRAME_METHOD => {
+                let mut r = Reader::window(src, payload.start, payload.end).ok_or_else(missing)?;
+                Ok(Some(Self::Method {
+                    channel,
+                    method: Method::read(&mut r)?,
+                }))
+            }
             FRAME_HEADER => {
+                let mut r = Reader::window(src, payload.start, payload.end).ok_or_else(missing)?;
                 // Built in place: the header is the largest frame variant.
-                let mut decoded = Self::Header {
+                let mut decoded = Some(Self::Header {
                     channel,
                     header: ContentHeader::default(),
-                };
-                if let Self::Header { header, .. } = &mut decoded {
-                    header.decode_into(frame)?;
+                });
+                if let Some(Self::Header { header, .. }) = &mut decoded {
+                    header.decode_into(&mut r)?;
                 }
                 Ok(decoded)
             }
-            FRAME_BODY => Ok(Self::Body {
+            FRAME_BODY => Ok(Some(Self::Body {
                 channel,
-                body: std::mem::take(frame),
-            }),
-            FRAME_HEARTBEAT if channel == 0 && size == 0 => Ok(Self::Heartbeat),
+                body: src
+                    .get(payload.clone())
+                    .map(|b| src.slice_ref(b))
+                    .ok_or_else(missing)?,
+            })),
+            FRAME_HEARTBEAT if channel == 0 && size == 0 => Ok(Some(Self::Heartbeat)),
             FRAME_HEARTBEAT => Err(DecodeError::BadHeartbeat { channel, size }),
             other => Err(DecodeError::UnknownFrameType(other)),
         }

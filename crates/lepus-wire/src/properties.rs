@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 
 use crate::codec::Reader;
 use crate::error::{DecodeError, EncodeError};
@@ -411,23 +411,23 @@ impl ContentHeader {
     }
 
     #[cfg(test)]
-    pub(crate) fn decode(payload: &mut Bytes) -> Result<Self, DecodeError> {
+    pub(crate) fn decode(payload: &mut bytes::Bytes) -> Result<Self, DecodeError> {
         let mut header = Self::default();
-        header.decode_into(payload)?;
+        crate::codec::read_from(payload, |r| header.decode_into(r))?;
         Ok(header)
     }
 
-    /// Decodes a content header payload into `self`, which must be the default.
+    /// Decodes a content header payload (all that `r` holds) into `self`, which must be the
+    /// default.
     #[inline]
-    pub(crate) fn decode_into(&mut self, payload: &mut Bytes) -> Result<(), DecodeError> {
-        let mut r = Reader::new(payload);
+    pub(crate) fn decode_into(&mut self, r: &mut Reader<'_>) -> Result<(), DecodeError> {
         let class_id = r.u16("content header")?;
         if class_id != BASIC_CLASS_ID {
             return Err(DecodeError::UnknownContentClass(class_id));
         }
         let _weight = r.u16("content header")?;
         self.body_size = r.u64("content header")?;
-        self.properties.decode_into(&mut r)?;
+        self.properties.decode_into(r)?;
         r.finish("content header")
     }
 }
@@ -435,6 +435,7 @@ impl ContentHeader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn decode(bytes: &[u8]) -> Result<ContentHeader, DecodeError> {
         ContentHeader::decode(&mut Bytes::copy_from_slice(bytes))

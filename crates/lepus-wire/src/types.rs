@@ -94,6 +94,7 @@ impl ShortStr {
         self.0.is_empty()
     }
 
+    #[inline]
     pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let len = r.u8("short string length")?;
         Ok(Self(r.bytes(usize::from(len), "short string")?))
@@ -308,6 +309,7 @@ impl LongStr {
         self.0.is_empty()
     }
 
+    #[inline]
     pub(crate) fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
         let len = r.u32("long string length")?;
         Ok(Self(r.bytes_u32(len, "long string")?))

@@ -3,7 +3,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::MethodArgs;
+use super::{MethodArgs, ReadArgs};
 use crate::codec::Reader;
 use crate::error::DecodeError;
 #[allow(unused_imports)]
@@ -61,7 +61,13 @@ pub mod connection {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Start {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let version_major = r.u8("connection.start")?;
             let version_minor = r.u8("connection.start")?;
             let server_properties = FieldTable::decode(r)?;
@@ -113,7 +119,13 @@ pub mod connection {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for StartOk {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let client_properties = FieldTable::decode(r)?;
             let mechanism = ShortStr::decode(r)?;
             let response = LongStr::decode(r)?;
@@ -152,7 +164,13 @@ pub mod connection {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Secure {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let challenge = LongStr::decode(r)?;
             Ok(Self { challenge })
         }
@@ -188,7 +206,13 @@ pub mod connection {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for SecureOk {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let response = LongStr::decode(r)?;
             Ok(Self { response })
         }
@@ -232,7 +256,13 @@ pub mod connection {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Tune {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let channel_max = r.u16("connection.tune")?;
             let frame_max = r.u32("connection.tune")?;
             let heartbeat = r.u16("connection.tune")?;
@@ -278,7 +308,13 @@ pub mod connection {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for TuneOk {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let channel_max = r.u16("connection.tune-ok")?;
             let frame_max = r.u32("connection.tune-ok")?;
             let heartbeat = r.u16("connection.tune-ok")?;
@@ -318,7 +354,13 @@ pub mod connection {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Open {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let virtual_host = ShortStr::decode(r)?;
             let _ = ShortStr::decode(r)?;
             let _bits = r.u8("connection.open")?;
@@ -344,7 +386,13 @@ pub mod connection {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for OpenOk {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let _ = ShortStr::decode(r)?;
             Ok(Self)
         }
@@ -392,7 +440,13 @@ pub mod connection {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Close {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let reply_code = ReplyCode(r.u16("connection.close")?);
             let reply_text = ShortStr::decode(r)?;
             let class_id = r.u16("connection.close")?;
@@ -417,7 +471,14 @@ pub mod connection {
         }
 
         #[inline]
-        fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
+        fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for CloseOk {
+        #[inline]
+        fn read(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             Ok(Self)
         }
     }
@@ -452,7 +513,13 @@ pub mod connection {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Blocked {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let reason = ShortStr::decode(r)?;
             Ok(Self { reason })
         }
@@ -474,7 +541,14 @@ pub mod connection {
         }
 
         #[inline]
-        fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
+        fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Unblocked {
+        #[inline]
+        fn read(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             Ok(Self)
         }
     }
@@ -513,7 +587,13 @@ pub mod connection {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for UpdateSecret {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let new_secret = LongStr::decode(r)?;
             let reason = ShortStr::decode(r)?;
             Ok(Self { new_secret, reason })
@@ -536,7 +616,14 @@ pub mod connection {
         }
 
         #[inline]
-        fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
+        fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for UpdateSecretOk {
+        #[inline]
+        fn read(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             Ok(Self)
         }
     }
@@ -566,7 +653,13 @@ pub mod channel {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Open {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let _ = ShortStr::decode(r)?;
             Ok(Self)
         }
@@ -590,7 +683,13 @@ pub mod channel {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for OpenOk {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let _ = LongStr::decode(r)?;
             Ok(Self)
         }
@@ -626,7 +725,13 @@ pub mod channel {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Flow {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let bits = r.u8("channel.flow")?;
             let active = bits & 0x01 != 0;
             Ok(Self { active })
@@ -663,7 +768,13 @@ pub mod channel {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for FlowOk {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let bits = r.u8("channel.flow-ok")?;
             let active = bits & 0x01 != 0;
             Ok(Self { active })
@@ -712,7 +823,13 @@ pub mod channel {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Close {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let reply_code = ReplyCode(r.u16("channel.close")?);
             let reply_text = ShortStr::decode(r)?;
             let class_id = r.u16("channel.close")?;
@@ -737,7 +854,14 @@ pub mod channel {
         }
 
         #[inline]
-        fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
+        fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for CloseOk {
+        #[inline]
+        fn read(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             Ok(Self)
         }
     }
@@ -795,7 +919,13 @@ pub mod access {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Request {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let realm = ShortStr::decode(r)?;
             let bits = r.u8("access.request")?;
             let exclusive = bits & 0x01 != 0;
@@ -837,7 +967,13 @@ pub mod access {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for RequestOk {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let ticket = r.u16("access.request-ok")?;
             Ok(Self { ticket })
         }
@@ -905,7 +1041,13 @@ pub mod exchange {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Declare {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let _ = r.u16("exchange.declare")?;
             let exchange = ShortStr::decode(r)?;
             let kind = ShortStr::decode(r)?;
@@ -936,7 +1078,14 @@ pub mod exchange {
         }
 
         #[inline]
-        fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
+        fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for DeclareOk {
+        #[inline]
+        fn read(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             Ok(Self)
         }
     }
@@ -979,7 +1128,13 @@ pub mod exchange {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Delete {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let _ = r.u16("exchange.delete")?;
             let exchange = ShortStr::decode(r)?;
             let bits = r.u8("exchange.delete")?;
@@ -1005,7 +1160,14 @@ pub mod exchange {
         }
 
         #[inline]
-        fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
+        fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for DeleteOk {
+        #[inline]
+        fn read(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             Ok(Self)
         }
     }
@@ -1057,7 +1219,13 @@ pub mod exchange {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Bind {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let _ = r.u16("exchange.bind")?;
             let destination = ShortStr::decode(r)?;
             let source = ShortStr::decode(r)?;
@@ -1085,7 +1253,14 @@ pub mod exchange {
         }
 
         #[inline]
-        fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
+        fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for BindOk {
+        #[inline]
+        fn read(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             Ok(Self)
         }
     }
@@ -1137,7 +1312,13 @@ pub mod exchange {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Unbind {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let _ = r.u16("exchange.unbind")?;
             let destination = ShortStr::decode(r)?;
             let source = ShortStr::decode(r)?;
@@ -1165,7 +1346,14 @@ pub mod exchange {
         }
 
         #[inline]
-        fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
+        fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for UnbindOk {
+        #[inline]
+        fn read(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             Ok(Self)
         }
     }
@@ -1228,7 +1416,13 @@ pub mod queue {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Declare {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let _ = r.u16("queue.declare")?;
             let queue = ShortStr::decode(r)?;
             let bits = r.u8("queue.declare")?;
@@ -1280,7 +1474,13 @@ pub mod queue {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for DeclareOk {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let queue = ShortStr::decode(r)?;
             let message_count = r.u32("queue.declare-ok")?;
             let consumer_count = r.u32("queue.declare-ok")?;
@@ -1335,7 +1535,13 @@ pub mod queue {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Bind {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let _ = r.u16("queue.bind")?;
             let queue = ShortStr::decode(r)?;
             let exchange = ShortStr::decode(r)?;
@@ -1363,7 +1569,14 @@ pub mod queue {
         }
 
         #[inline]
-        fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
+        fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for BindOk {
+        #[inline]
+        fn read(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             Ok(Self)
         }
     }
@@ -1403,7 +1616,13 @@ pub mod queue {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Purge {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let _ = r.u16("queue.purge")?;
             let queue = ShortStr::decode(r)?;
             let bits = r.u8("queue.purge")?;
@@ -1442,7 +1661,13 @@ pub mod queue {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for PurgeOk {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let message_count = r.u32("queue.purge-ok")?;
             Ok(Self { message_count })
         }
@@ -1489,7 +1714,13 @@ pub mod queue {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Delete {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let _ = r.u16("queue.delete")?;
             let queue = ShortStr::decode(r)?;
             let bits = r.u8("queue.delete")?;
@@ -1530,7 +1761,13 @@ pub mod queue {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for DeleteOk {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let message_count = r.u32("queue.delete-ok")?;
             Ok(Self { message_count })
         }
@@ -1579,7 +1816,13 @@ pub mod queue {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Unbind {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let _ = r.u16("queue.unbind")?;
             let queue = ShortStr::decode(r)?;
             let exchange = ShortStr::decode(r)?;
@@ -1605,7 +1848,14 @@ pub mod queue {
         }
 
         #[inline]
-        fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
+        fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for UnbindOk {
+        #[inline]
+        fn read(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             Ok(Self)
         }
     }
@@ -1655,7 +1905,13 @@ pub mod basic {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Qos {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let prefetch_size = r.u32("basic.qos")?;
             let prefetch_count = r.u16("basic.qos")?;
             let bits = r.u8("basic.qos")?;
@@ -1680,7 +1936,14 @@ pub mod basic {
         }
 
         #[inline]
-        fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
+        fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for QosOk {
+        #[inline]
+        fn read(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             Ok(Self)
         }
     }
@@ -1737,7 +2000,13 @@ pub mod basic {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Consume {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let _ = r.u16("basic.consume")?;
             let queue = ShortStr::decode(r)?;
             let consumer_tag = ShortStr::decode(r)?;
@@ -1781,7 +2050,13 @@ pub mod basic {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for ConsumeOk {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let consumer_tag = ShortStr::decode(r)?;
             Ok(Self { consumer_tag })
         }
@@ -1821,7 +2096,13 @@ pub mod basic {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Cancel {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let consumer_tag = ShortStr::decode(r)?;
             let bits = r.u8("basic.cancel")?;
             let nowait = bits & 0x01 != 0;
@@ -1859,7 +2140,13 @@ pub mod basic {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for CancelOk {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let consumer_tag = ShortStr::decode(r)?;
             Ok(Self { consumer_tag })
         }
@@ -1907,7 +2194,13 @@ pub mod basic {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Publish {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let _ = r.u16("basic.publish")?;
             let exchange = ShortStr::decode(r)?;
             let routing_key = ShortStr::decode(r)?;
@@ -1960,7 +2253,13 @@ pub mod basic {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Return {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let reply_code = ReplyCode(r.u16("basic.return")?);
             let reply_text = ShortStr::decode(r)?;
             let exchange = ShortStr::decode(r)?;
@@ -2015,7 +2314,13 @@ pub mod basic {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Deliver {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let consumer_tag = ShortStr::decode(r)?;
             let delivery_tag = r.u64("basic.deliver")?;
             let bits = r.u8("basic.deliver")?;
@@ -2061,7 +2366,13 @@ pub mod basic {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Get {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let _ = r.u16("basic.get")?;
             let queue = ShortStr::decode(r)?;
             let bits = r.u8("basic.get")?;
@@ -2116,7 +2427,13 @@ pub mod basic {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for GetOk {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let delivery_tag = r.u64("basic.get-ok")?;
             let bits = r.u8("basic.get-ok")?;
             let redelivered = bits & 0x01 != 0;
@@ -2145,7 +2462,13 @@ pub mod basic {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for GetEmpty {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let _ = ShortStr::decode(r)?;
             Ok(Self)
         }
@@ -2185,7 +2508,13 @@ pub mod basic {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Ack {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let delivery_tag = r.u64("basic.ack")?;
             let bits = r.u8("basic.ack")?;
             let multiple = bits & 0x01 != 0;
@@ -2227,7 +2556,13 @@ pub mod basic {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Reject {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let delivery_tag = r.u64("basic.reject")?;
             let bits = r.u8("basic.reject")?;
             let requeue = bits & 0x01 != 0;
@@ -2265,7 +2600,13 @@ pub mod basic {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for RecoverAsync {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let bits = r.u8("basic.recover-async")?;
             let requeue = bits & 0x01 != 0;
             Ok(Self { requeue })
@@ -2302,7 +2643,13 @@ pub mod basic {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Recover {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let bits = r.u8("basic.recover")?;
             let requeue = bits & 0x01 != 0;
             Ok(Self { requeue })
@@ -2325,7 +2672,14 @@ pub mod basic {
         }
 
         #[inline]
-        fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
+        fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for RecoverOk {
+        #[inline]
+        fn read(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             Ok(Self)
         }
     }
@@ -2367,7 +2721,13 @@ pub mod basic {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Nack {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let delivery_tag = r.u64("basic.nack")?;
             let bits = r.u8("basic.nack")?;
             let multiple = bits & 0x01 != 0;
@@ -2399,7 +2759,14 @@ pub mod tx {
         }
 
         #[inline]
-        fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
+        fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Select {
+        #[inline]
+        fn read(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             Ok(Self)
         }
     }
@@ -2420,7 +2787,14 @@ pub mod tx {
         }
 
         #[inline]
-        fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
+        fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for SelectOk {
+        #[inline]
+        fn read(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             Ok(Self)
         }
     }
@@ -2441,7 +2815,14 @@ pub mod tx {
         }
 
         #[inline]
-        fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
+        fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Commit {
+        #[inline]
+        fn read(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             Ok(Self)
         }
     }
@@ -2462,7 +2843,14 @@ pub mod tx {
         }
 
         #[inline]
-        fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
+        fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for CommitOk {
+        #[inline]
+        fn read(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             Ok(Self)
         }
     }
@@ -2483,7 +2871,14 @@ pub mod tx {
         }
 
         #[inline]
-        fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
+        fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Rollback {
+        #[inline]
+        fn read(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             Ok(Self)
         }
     }
@@ -2504,7 +2899,14 @@ pub mod tx {
         }
 
         #[inline]
-        fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
+        fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for RollbackOk {
+        #[inline]
+        fn read(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             Ok(Self)
         }
     }
@@ -2546,7 +2948,13 @@ pub mod confirm {
 
         #[inline]
         fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
-            let r = &mut Reader::new(buf);
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for Select {
+        #[inline]
+        fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             let bits = r.u8("confirm.select")?;
             let nowait = bits & 0x01 != 0;
             Ok(Self { nowait })
@@ -2569,7 +2977,14 @@ pub mod confirm {
         }
 
         #[inline]
-        fn decode_fields(_buf: &mut Bytes) -> Result<Self, DecodeError> {
+        fn decode_fields(buf: &mut Bytes) -> Result<Self, DecodeError> {
+            crate::codec::read_from(buf, <Self as ReadArgs>::read)
+        }
+    }
+
+    impl ReadArgs for SelectOk {
+        #[inline]
+        fn read(_r: &mut Reader<'_>) -> Result<Self, DecodeError> {
             Ok(Self)
         }
     }
@@ -2724,77 +3139,81 @@ impl Method {
     /// [`DecodeError::InMethod`] when the arguments are malformed or followed by extra bytes.
     #[inline]
     pub fn decode(payload: &mut Bytes) -> Result<Self, DecodeError> {
-        let (class_id, method_id) = {
-            let mut r = Reader::new(payload);
-            (r.u16("method class id")?, r.u16("method id")?)
-        };
+        crate::codec::read_from(payload, Self::read)
+    }
+
+    /// Like [`decode`](Self::decode), from a reader over the whole payload.
+    #[inline]
+    pub(crate) fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let class_id = r.u16("method class id")?;
+        let method_id = r.u16("method id")?;
         Ok(match (class_id, method_id) {
-            (10, 10) => Self::ConnectionStart(super::decode_args(payload)?),
-            (10, 11) => Self::ConnectionStartOk(super::decode_args(payload)?),
-            (10, 20) => Self::ConnectionSecure(super::decode_args(payload)?),
-            (10, 21) => Self::ConnectionSecureOk(super::decode_args(payload)?),
-            (10, 30) => Self::ConnectionTune(super::decode_args(payload)?),
-            (10, 31) => Self::ConnectionTuneOk(super::decode_args(payload)?),
-            (10, 40) => Self::ConnectionOpen(super::decode_args(payload)?),
-            (10, 41) => Self::ConnectionOpenOk(super::decode_args(payload)?),
-            (10, 50) => Self::ConnectionClose(super::decode_args(payload)?),
-            (10, 51) => Self::ConnectionCloseOk(super::decode_args(payload)?),
-            (10, 60) => Self::ConnectionBlocked(super::decode_args(payload)?),
-            (10, 61) => Self::ConnectionUnblocked(super::decode_args(payload)?),
-            (10, 70) => Self::ConnectionUpdateSecret(super::decode_args(payload)?),
-            (10, 71) => Self::ConnectionUpdateSecretOk(super::decode_args(payload)?),
-            (20, 10) => Self::ChannelOpen(super::decode_args(payload)?),
-            (20, 11) => Self::ChannelOpenOk(super::decode_args(payload)?),
-            (20, 20) => Self::ChannelFlow(super::decode_args(payload)?),
-            (20, 21) => Self::ChannelFlowOk(super::decode_args(payload)?),
-            (20, 40) => Self::ChannelClose(super::decode_args(payload)?),
-            (20, 41) => Self::ChannelCloseOk(super::decode_args(payload)?),
-            (30, 10) => Self::AccessRequest(super::decode_args(payload)?),
-            (30, 11) => Self::AccessRequestOk(super::decode_args(payload)?),
-            (40, 10) => Self::ExchangeDeclare(super::decode_args(payload)?),
-            (40, 11) => Self::ExchangeDeclareOk(super::decode_args(payload)?),
-            (40, 20) => Self::ExchangeDelete(super::decode_args(payload)?),
-            (40, 21) => Self::ExchangeDeleteOk(super::decode_args(payload)?),
-            (40, 30) => Self::ExchangeBind(super::decode_args(payload)?),
-            (40, 31) => Self::ExchangeBindOk(super::decode_args(payload)?),
-            (40, 40) => Self::ExchangeUnbind(super::decode_args(payload)?),
-            (40, 51) => Self::ExchangeUnbindOk(super::decode_args(payload)?),
-            (50, 10) => Self::QueueDeclare(super::decode_args(payload)?),
-            (50, 11) => Self::QueueDeclareOk(super::decode_args(payload)?),
-            (50, 20) => Self::QueueBind(super::decode_args(payload)?),
-            (50, 21) => Self::QueueBindOk(super::decode_args(payload)?),
-            (50, 30) => Self::QueuePurge(super::decode_args(payload)?),
-            (50, 31) => Self::QueuePurgeOk(super::decode_args(payload)?),
-            (50, 40) => Self::QueueDelete(super::decode_args(payload)?),
-            (50, 41) => Self::QueueDeleteOk(super::decode_args(payload)?),
-            (50, 50) => Self::QueueUnbind(super::decode_args(payload)?),
-            (50, 51) => Self::QueueUnbindOk(super::decode_args(payload)?),
-            (60, 10) => Self::BasicQos(super::decode_args(payload)?),
-            (60, 11) => Self::BasicQosOk(super::decode_args(payload)?),
-            (60, 20) => Self::BasicConsume(super::decode_args(payload)?),
-            (60, 21) => Self::BasicConsumeOk(super::decode_args(payload)?),
-            (60, 30) => Self::BasicCancel(super::decode_args(payload)?),
-            (60, 31) => Self::BasicCancelOk(super::decode_args(payload)?),
-            (60, 40) => Self::BasicPublish(super::decode_args(payload)?),
-            (60, 50) => Self::BasicReturn(super::decode_args(payload)?),
-            (60, 60) => Self::BasicDeliver(super::decode_args(payload)?),
-            (60, 70) => Self::BasicGet(super::decode_args(payload)?),
-            (60, 71) => Self::BasicGetOk(super::decode_args(payload)?),
-            (60, 72) => Self::BasicGetEmpty(super::decode_args(payload)?),
-            (60, 80) => Self::BasicAck(super::decode_args(payload)?),
-            (60, 90) => Self::BasicReject(super::decode_args(payload)?),
-            (60, 100) => Self::BasicRecoverAsync(super::decode_args(payload)?),
-            (60, 110) => Self::BasicRecover(super::decode_args(payload)?),
-            (60, 111) => Self::BasicRecoverOk(super::decode_args(payload)?),
-            (60, 120) => Self::BasicNack(super::decode_args(payload)?),
-            (90, 10) => Self::TxSelect(super::decode_args(payload)?),
-            (90, 11) => Self::TxSelectOk(super::decode_args(payload)?),
-            (90, 20) => Self::TxCommit(super::decode_args(payload)?),
-            (90, 21) => Self::TxCommitOk(super::decode_args(payload)?),
-            (90, 30) => Self::TxRollback(super::decode_args(payload)?),
-            (90, 31) => Self::TxRollbackOk(super::decode_args(payload)?),
-            (85, 10) => Self::ConfirmSelect(super::decode_args(payload)?),
-            (85, 11) => Self::ConfirmSelectOk(super::decode_args(payload)?),
+            (10, 10) => Self::ConnectionStart(super::read_args(r)?),
+            (10, 11) => Self::ConnectionStartOk(super::read_args(r)?),
+            (10, 20) => Self::ConnectionSecure(super::read_args(r)?),
+            (10, 21) => Self::ConnectionSecureOk(super::read_args(r)?),
+            (10, 30) => Self::ConnectionTune(super::read_args(r)?),
+            (10, 31) => Self::ConnectionTuneOk(super::read_args(r)?),
+            (10, 40) => Self::ConnectionOpen(super::read_args(r)?),
+            (10, 41) => Self::ConnectionOpenOk(super::read_args(r)?),
+            (10, 50) => Self::ConnectionClose(super::read_args(r)?),
+            (10, 51) => Self::ConnectionCloseOk(super::read_args(r)?),
+            (10, 60) => Self::ConnectionBlocked(super::read_args(r)?),
+            (10, 61) => Self::ConnectionUnblocked(super::read_args(r)?),
+            (10, 70) => Self::ConnectionUpdateSecret(super::read_args(r)?),
+            (10, 71) => Self::ConnectionUpdateSecretOk(super::read_args(r)?),
+            (20, 10) => Self::ChannelOpen(super::read_args(r)?),
+            (20, 11) => Self::ChannelOpenOk(super::read_args(r)?),
+            (20, 20) => Self::ChannelFlow(super::read_args(r)?),
+            (20, 21) => Self::ChannelFlowOk(super::read_args(r)?),
+            (20, 40) => Self::ChannelClose(super::read_args(r)?),
+            (20, 41) => Self::ChannelCloseOk(super::read_args(r)?),
+            (30, 10) => Self::AccessRequest(super::read_args(r)?),
+            (30, 11) => Self::AccessRequestOk(super::read_args(r)?),
+            (40, 10) => Self::ExchangeDeclare(super::read_args(r)?),
+            (40, 11) => Self::ExchangeDeclareOk(super::read_args(r)?),
+            (40, 20) => Self::ExchangeDelete(super::read_args(r)?),
+            (40, 21) => Self::ExchangeDeleteOk(super::read_args(r)?),
+            (40, 30) => Self::ExchangeBind(super::read_args(r)?),
+            (40, 31) => Self::ExchangeBindOk(super::read_args(r)?),
+            (40, 40) => Self::ExchangeUnbind(super::read_args(r)?),
+            (40, 51) => Self::ExchangeUnbindOk(super::read_args(r)?),
+            (50, 10) => Self::QueueDeclare(super::read_args(r)?),
+            (50, 11) => Self::QueueDeclareOk(super::read_args(r)?),
+            (50, 20) => Self::QueueBind(super::read_args(r)?),
+            (50, 21) => Self::QueueBindOk(super::read_args(r)?),
+            (50, 30) => Self::QueuePurge(super::read_args(r)?),
+            (50, 31) => Self::QueuePurgeOk(super::read_args(r)?),
+            (50, 40) => Self::QueueDelete(super::read_args(r)?),
+            (50, 41) => Self::QueueDeleteOk(super::read_args(r)?),
+            (50, 50) => Self::QueueUnbind(super::read_args(r)?),
+            (50, 51) => Self::QueueUnbindOk(super::read_args(r)?),
+            (60, 10) => Self::BasicQos(super::read_args(r)?),
+            (60, 11) => Self::BasicQosOk(super::read_args(r)?),
+            (60, 20) => Self::BasicConsume(super::read_args(r)?),
+            (60, 21) => Self::BasicConsumeOk(super::read_args(r)?),
+            (60, 30) => Self::BasicCancel(super::read_args(r)?),
+            (60, 31) => Self::BasicCancelOk(super::read_args(r)?),
+            (60, 40) => Self::BasicPublish(super::read_args(r)?),
+            (60, 50) => Self::BasicReturn(super::read_args(r)?),
+            (60, 60) => Self::BasicDeliver(super::read_args(r)?),
+            (60, 70) => Self::BasicGet(super::read_args(r)?),
+            (60, 71) => Self::BasicGetOk(super::read_args(r)?),
+            (60, 72) => Self::BasicGetEmpty(super::read_args(r)?),
+            (60, 80) => Self::BasicAck(super::read_args(r)?),
+            (60, 90) => Self::BasicReject(super::read_args(r)?),
+            (60, 100) => Self::BasicRecoverAsync(super::read_args(r)?),
+            (60, 110) => Self::BasicRecover(super::read_args(r)?),
+            (60, 111) => Self::BasicRecoverOk(super::read_args(r)?),
+            (60, 120) => Self::BasicNack(super::read_args(r)?),
+            (90, 10) => Self::TxSelect(super::read_args(r)?),
+            (90, 11) => Self::TxSelectOk(super::read_args(r)?),
+            (90, 20) => Self::TxCommit(super::read_args(r)?),
+            (90, 21) => Self::TxCommitOk(super::read_args(r)?),
+            (90, 30) => Self::TxRollback(super::read_args(r)?),
+            (90, 31) => Self::TxRollbackOk(super::read_args(r)?),
+            (85, 10) => Self::ConfirmSelect(super::read_args(r)?),
+            (85, 11) => Self::ConfirmSelectOk(super::read_args(r)?),
             _ => return Err(DecodeError::UnknownMethod { class_id, method_id }),
         })
     }

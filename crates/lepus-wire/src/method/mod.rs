@@ -25,6 +25,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::codec::Reader;
 use crate::error::DecodeError;
 
 // Generated code is kept exactly as the generator writes it (a test compares the two).
@@ -83,16 +84,18 @@ seal! {
     confirm::Select, confirm::SelectOk,
 }
 
+/// Reading a method's arguments from a [`Reader`]: what [`MethodArgs::decode_fields`] and
+/// [`Method::read`] do, crate-private because the reader is.
+pub(crate) trait ReadArgs: Sized {
+    /// Decodes the arguments (after the class and method ids).
+    fn read(r: &mut Reader<'_>) -> Result<Self, DecodeError>;
+}
+
 /// Decodes one method's arguments, requiring that they use the whole payload.
 #[inline]
-fn decode_args<M: MethodArgs>(payload: &mut Bytes) -> Result<M, DecodeError> {
-    let decoded = M::decode_fields(payload).map_err(|e| e.in_method(M::NAME))?;
-    if !payload.is_empty() {
-        return Err(DecodeError::TrailingBytes {
-            context: M::NAME,
-            count: payload.len(),
-        });
-    }
+fn read_args<M: MethodArgs + ReadArgs>(r: &mut Reader<'_>) -> Result<M, DecodeError> {
+    let decoded = M::read(r).map_err(|e| e.in_method(M::NAME))?;
+    r.finish(M::NAME)?;
     Ok(decoded)
 }
 
