@@ -487,6 +487,112 @@ fn pipelined_publishes_then_wait_for_confirms() {
 }
 
 #[test]
+fn a_sliding_window_waits_for_each_confirm_in_turn() {
+    const LIMIT: u32 = 300;
+    const N: u32 = 1000;
+    let (conn, ch) = channel();
+    let q = unique("bwindow");
+    ch.queue_declare(
+        &q,
+        QueueDeclareOptions {
+            arguments: FieldTable::new()
+                .with("x-max-length", LIMIT)
+                .with("x-overflow", "reject-publish")
+                .with("x-expires", 60_000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    ch.confirm_select().unwrap();
+    let mut window = std::collections::VecDeque::new();
+    let mut verdicts = Vec::new();
+    for i in 0..N {
+        let body = i.to_string();
+        let confirm = ch
+            .basic_publish("", &q, BasicPublishOptions::default(), &props(), body)
+            .unwrap();
+        window.push_back(confirm);
+        if window.len() > 50 {
+            verdicts.push(window.pop_front().unwrap().wait().unwrap());
+        }
+    }
+    while let Some(confirm) = window.pop_front() {
+        verdicts.push(confirm.wait_timeout(Duration::from_secs(10)).unwrap());
+    }
+    // The queue takes the first LIMIT messages and refuses the rest: each handle got its own
+    // message's verdict, in order.
+    assert_eq!(verdicts.len(), N as usize);
+    let acked = verdicts.iter().take_while(|c| c.is_ack()).count();
+    assert_eq!(acked, LIMIT as usize);
+    assert!(verdicts.iter().skip(acked).all(Confirmation::is_nack));
+    assert_eq!(ready_count(&ch, &q), LIMIT);
+
+    // Without confirm mode a handle resolves at once, and it is not an ack.
+    let plain = conn.open_channel().unwrap();
+    let c = plain
+        .basic_publish("", &q, BasicPublishOptions::default(), &props(), "x")
+        .unwrap();
+    assert_eq!(c.wait().unwrap(), Confirmation::NotRequested);
+    delete(&ch, &q);
+    conn.close().unwrap();
+}
+
+#[test]
+fn a_confirm_handle_ends_with_the_channel_error() {
+    let (conn, ch) = channel();
+    ch.confirm_select().unwrap();
+    // A publish to a missing exchange: the broker closes the channel (404), and the handle
+    // resolves with the channel's error instead of waiting.
+    let doomed = ch
+        .basic_publish(
+            &unique("no-such-exchange"),
+            "k",
+            BasicPublishOptions::default(),
+            &props(),
+            "x",
+        )
+        .unwrap();
+    let err = doomed.wait_timeout(Duration::from_secs(10)).unwrap_err();
+    assert!(
+        matches!(&err, Error::ChannelClosed(c) if c.code == ReplyCode::NOT_FOUND),
+        "{err:?}"
+    );
+    conn.close().unwrap();
+}
+
+#[test]
+fn a_confirm_handle_times_out_when_the_broker_goes_silent() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let proxy = rt.block_on(support::proxy::Proxy::start(support::proxy::broker_addr()));
+    let mut options = support::options();
+    options.address(proxy.addr.ip().to_string(), proxy.addr.port());
+    let conn = connect_with(options);
+    let ch = conn.open_channel().unwrap();
+    let q = temp_queue(&ch, "bsilent");
+    ch.confirm_select().unwrap();
+    proxy.freeze();
+    let pending = ch
+        .basic_publish("", &q, BasicPublishOptions::default(), &props(), "x")
+        .unwrap();
+    let started = Instant::now();
+    let err = pending
+        .wait_timeout(Duration::from_millis(300))
+        .unwrap_err();
+    let waited = started.elapsed();
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    // Once the link works again, the message is confirmed like any other.
+    proxy.thaw();
+    assert!(ch.wait_for_confirms(Duration::from_secs(10)).unwrap());
+    delete(&ch, &q);
+    conn.close().unwrap();
+    drop(proxy);
+}
+
+#[test]
 fn get_from_empty_and_non_empty_queue() {
     let (conn, ch) = channel();
     let q = temp_queue(&ch, "bget");

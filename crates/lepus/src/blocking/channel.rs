@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use lepus_wire::{AsShortStr, BasicProperties, FieldTable};
 
+use super::confirm::PublisherConfirm;
 use super::connection::Inner;
 use super::consumer::Consumer;
 use crate::channel::GetMessage;
@@ -460,8 +461,10 @@ impl Channel {
     }
 
     /// Publishes a message. Returns once it is queued for sending, without waiting for a
-    /// confirm: in confirm mode, use [`wait_for_confirms`](Self::wait_for_confirms) for a
-    /// batch, or [`basic_publish_confirm`](Self::basic_publish_confirm) for one message.
+    /// confirm, with a [`PublisherConfirm`] to wait for it later if the channel is in confirm
+    /// mode (a sliding window keeps these in a queue; see its example). Dropping it is fine:
+    /// [`wait_for_confirms`](Self::wait_for_confirms) waits for a whole batch, and
+    /// [`basic_publish_confirm`](Self::basic_publish_confirm) publishes one message and waits.
     ///
     /// A mandatory message the broker cannot route comes back as
     /// [`Event::Returned`](super::Event::Returned) from
@@ -499,14 +502,15 @@ impl Channel {
         options: BasicPublishOptions,
         properties: &BasicProperties,
         body: impl Into<Bytes>,
-    ) -> Result<()> {
-        self.conn
-            .io
-            .block_on(
-                self.inner
-                    .basic_publish(exchange, routing_key, options, properties, body),
-            )
-            .map(drop)
+    ) -> Result<PublisherConfirm> {
+        let confirm = self.conn.io.block_on(self.inner.basic_publish(
+            exchange,
+            routing_key,
+            options,
+            properties,
+            body,
+        ))?;
+        Ok(PublisherConfirm::new(confirm, Arc::clone(&self.conn)))
     }
 
     /// Publishes a message and waits for the broker's confirm of it (py-amqp's

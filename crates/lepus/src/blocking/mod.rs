@@ -137,6 +137,7 @@
 //! buffered deliveries with requeue.
 
 mod channel;
+mod confirm;
 mod connection;
 mod consumer;
 mod dispatch;
@@ -145,6 +146,7 @@ pub mod py_amqp;
 mod runtime;
 
 pub use channel::Channel;
+pub use confirm::PublisherConfirm;
 pub use connection::Connection;
 pub use consumer::{Consumer, Received};
 pub use event::{Drained, Event};

@@ -56,6 +56,7 @@
 //! - `ch.confirm_select()` → `ch.confirm_select()?;`
 //! - `ch.basic_publish_confirm(msg, exchange='', routing_key='jobs')` → `ch.basic_publish_confirm("", "jobs", BasicPublishOptions::default(), &props, "hi")?.is_ack()` (call `confirm_select` once first; lepus does not switch it on for you)
 //! - many `ch.basic_publish(...)` then wait for all confirms → `ch.basic_publish(...)?` for each, then `ch.wait_for_confirms(Duration::from_secs(10))?` (`false` if any was nacked)
+//! - a window of unconfirmed messages (`ch.events['basic_ack']` / `['basic_nack']` callbacks counting what is outstanding, `connection.drain_events()` while the window is full) → keep what `ch.basic_publish(...)?` returns in a `VecDeque` and call [`wait`](super::PublisherConfirm::wait) on the oldest while the queue is too long: each returns that message's [`Confirmation`](crate::Confirmation)
 //!
 //! # Getting and acknowledging
 //!
