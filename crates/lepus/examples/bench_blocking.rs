@@ -29,9 +29,9 @@
 //!   per connection.
 //!
 //! Bodies are `BODY_SIZE` bytes (64 by default). `LEPUS_COALESCING=0` turns read and write
-//! coalescing off, as in `bench_client`. Prints exactly one JSON line on stdout; everything
-//! else goes to stderr. An error (including a broker that goes quiet for 60 s mid-workload)
-//! exits 1, a bad command line 2.
+//! coalescing off (`read-off`, `write-off`: one of them), as in `bench_client`. Prints
+//! exactly one JSON line on stdout; everything else goes to stderr. An error (including a
+//! broker that goes quiet for 60 s mid-workload) exits 1, a bad command line 2.
 //!
 //! To add it to a copy of the harness, append this line (TAB-separated) to its `clients.tsv`:
 //!

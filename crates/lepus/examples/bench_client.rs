@@ -10,8 +10,8 @@
 //! message through the broker: publish, wait for its delivery, ack) and `connections` (open n
 //! connections with a channel each; connections per second and resident memory per
 //! connection). Bodies are `BODY_SIZE` bytes (64 by default). `LEPUS_COALESCING=0` turns read
-//! and write coalescing off, for comparison. Prints exactly one JSON line on stdout; everything
-//! else goes to stderr.
+//! and write coalescing off, for comparison (`read-off`, `write-off`: one of them). Prints
+//! exactly one JSON line on stdout; everything else goes to stderr.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::VecDeque;

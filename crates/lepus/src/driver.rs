@@ -101,6 +101,10 @@ pub struct ConnectionStats {
     /// Reads after which the reader held off the next one to gather a larger batch (read
     /// coalescing; see [`ConnectionOptions::read_coalescing`](crate::ConnectionOptions::read_coalescing)).
     pub delayed_reads: u64,
+    /// Acknowledgements that waited for a write already coming instead of waking the writer
+    /// (write coalescing; see
+    /// [`ConnectionOptions::write_coalescing`](crate::ConnectionOptions::write_coalescing)).
+    pub deferred_acks: u64,
     /// Socket writes (each a vectored write of many frames).
     pub writes: u64,
     /// Bytes written.
@@ -375,6 +379,9 @@ pub(crate) struct Inner {
     pub(crate) writer_lazy: bool,
     /// Acknowledgements queued since the writer last took the output, without waking it.
     pub(crate) acks_unsent: u64,
+    /// Something the broker may answer (a publish, a method) was queued since output was last
+    /// taken for writing. The writer turns lazy only after writing output without it.
+    reply_bait: bool,
     /// The socket, for writing from the caller's thread while the writer is idle (plain TCP
     /// only; see [`Shared::flush_inline`]).
     pub(crate) inline_tcp: Option<crate::transport::SharedTcp>,
@@ -558,6 +565,7 @@ impl Shared {
                 writer_idle: false,
                 writer_lazy: false,
                 acks_unsent: 0,
+                reply_bait: false,
                 inline_tcp: None,
                 inline_writing: false,
                 last_inline_write: None,
@@ -666,6 +674,7 @@ impl Shared {
                 let n = inner.proto.poll_transmit(now, &mut chunks);
                 inner.in_flight += n;
                 inner.acks_unsent = 0;
+                inner.reply_bait = false;
                 (tcp, chunks)
             };
             let stream = tcp.stream();
@@ -942,6 +951,7 @@ impl Inner {
     #[inline]
     fn note_app_sent(&mut self, shared: &Shared) {
         self.app_sent = true;
+        self.reply_bait = true;
         if self.napping {
             self.napping = false;
             shared.nap_cut.notify_one();
@@ -1002,6 +1012,7 @@ impl Inner {
     pub(crate) fn wake_writer_for_ack(&mut self, shared: &Shared, channel: u16) {
         if self.ack_may_wait(channel) {
             self.acks_unsent += 1;
+            self.stats.deferred_acks += 1;
         } else {
             self.kick_writer(shared);
         }
@@ -1278,10 +1289,16 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         let mut link = shared.session.subscribe();
         let session = self.session;
         let delay = shared.options.write_coalescing;
-        // Re-armed (pushed later) on every lazy wait; it only fires after a quiet spell.
+        // Fires once the writer has been idle for `delay`. It is armed when a lazy wait begins
+        // and left alone by later ones (moving a timer on every wait costs a trip through the
+        // runtime's timer wheel per round trip of a request/reply loop); when it fires early,
+        // it is moved to `delay` past the start of the current wait.
         let mut lazy_timer = std::pin::pin!(tokio::time::sleep(delay));
-        // Wrote recently: stays set until the timer finds nothing to send.
+        let mut armed = false;
+        // Wrote a batch recently: stays set until the timer finds nothing to send.
         let mut lazy = false;
+        // The output last taken held something the broker may answer.
+        let mut bait = false;
         loop {
             let wait = {
                 let mut inner = shared.lock();
@@ -1303,6 +1320,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                     let n = inner.proto.poll_transmit(Instant::now(), &mut self.chunks);
                     inner.in_flight += n;
                     inner.acks_unsent = 0;
+                    bait = std::mem::take(&mut inner.reply_bait);
                     if self.chunks.is_empty() {
                         if inner.proto.is_closed() {
                             break;
@@ -1317,13 +1335,31 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             };
             if let Some(notified) = wait {
                 if lazy {
-                    lazy_timer.as_mut().reset(later(delay));
-                    tokio::select! {
-                        biased;
-                        () = notified => {}
-                        () = lazy_timer.as_mut() => {
+                    let idle_until = later(delay);
+                    if !armed {
+                        lazy_timer.as_mut().reset(idle_until);
+                        armed = true;
+                    }
+                    let mut notified = std::pin::pin!(notified);
+                    let quiet = loop {
+                        tokio::select! {
+                            biased;
+                            () = notified.as_mut() => break false,
+                            () = lazy_timer.as_mut() => {
+                                if tokio::time::Instant::now() >= idle_until {
+                                    armed = false;
+                                    break true;
+                                }
+                                // Armed by an earlier wait: not idle for long enough yet.
+                                lazy_timer.as_mut().reset(idle_until);
+                            }
+                        }
+                    };
+                    if quiet {
+                        {
                             let mut inner = shared.lock();
-                            // Callers writing inline keep the writer lazy: it is their safety net.
+                            // Callers writing inline keep the writer lazy: it is their safety
+                            // net.
                             lazy = inner
                                 .last_inline_write
                                 .is_some_and(|at| at.elapsed() < delay);
@@ -1338,7 +1374,10 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 }
                 continue;
             }
-            lazy = !delay.is_zero();
+            // Lazy only after writing acknowledgements (or publishes far ahead of their
+            // confirms): an application waiting for an answer to what it sent is in a
+            // request/reply loop, where the lazy wait costs more than the wake-ups it saves.
+            lazy = !delay.is_zero() && !bait;
             while !self.chunks.is_empty() {
                 // The slices are made on each poll, on the stack: kept in the task, they would
                 // cost every connection a kilobyte.

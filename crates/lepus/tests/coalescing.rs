@@ -243,3 +243,44 @@ async fn a_link_cut_during_delayed_reads_ends_the_consumer() {
     assert!(cut);
     assert!(!conn.is_open());
 }
+
+/// Write coalescing only where it pays: acks of a stream of deliveries wait for a write
+/// already coming, while in a request/reply loop (publish, wait for the delivery, ack) the
+/// writer never turns lazy, so no ack waits and no timer runs per round trip.
+#[tokio::test]
+async fn acks_wait_for_a_coming_write_only_when_nobody_awaits_an_answer() {
+    let conn = support::connect().await;
+    let ch = conn.open_channel().await.unwrap();
+    ch.basic_qos(1000, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let q = support::exclusive_queue(&ch, "pingpong").await;
+    let mut consumer = ch
+        .basic_consume(&q, "", BasicConsumeOptions::default())
+        .await
+        .unwrap();
+    let before = conn.stats();
+    for i in 0..300u32 {
+        support::publish(&ch, &q, i.to_be_bytes().to_vec()).await;
+        let delivery = consumer.recv().await.unwrap().unwrap();
+        assert_eq!(delivery.body.as_ref(), i.to_be_bytes());
+        delivery.ack().unwrap();
+    }
+    let ping_pong = conn.stats().deferred_acks - before.deferred_acks;
+    // The first round trips may find the writer lazy from the set-up.
+    assert!(
+        ping_pong <= 3,
+        "{ping_pong} acks of a request/reply loop waited"
+    );
+
+    ch.basic_cancel(consumer.tag()).await.unwrap();
+    let filled = filled_queue(&ch, 3000).await;
+    let before = conn.stats();
+    consume_in_order(&ch, &filled, 3000).await;
+    let streamed = conn.stats().deferred_acks - before.deferred_acks;
+    assert!(
+        streamed > 300,
+        "only {streamed} of 3000 streamed acks waited"
+    );
+    conn.close().await.unwrap();
+}

@@ -36,10 +36,11 @@ impl Window {
         } else {
             format!(",\"body_size\":{}", body_size())
         };
-        let coalescing = if coalescing_off() {
-            "; coalescing off"
-        } else {
-            ""
+        let coalescing = match coalescing() {
+            (true, true) => "",
+            (false, false) => "; coalescing off",
+            (false, true) => "; read coalescing off",
+            (true, false) => "; write coalescing off",
         };
         println!(
             "{{\"client\":\"{}\",\"workload\":\"{workload}\",\"n\":{n},\"wall_s\":{wall:.6},\
@@ -123,9 +124,15 @@ pub(crate) fn body_size() -> usize {
     body_size_env().unwrap_or(64)
 }
 
-/// `LEPUS_COALESCING=0`: read and write coalescing off.
-pub(crate) fn coalescing_off() -> bool {
-    std::env::var("LEPUS_COALESCING").is_ok_and(|v| v == "0")
+/// Which coalescing stays on, as (read, write): `LEPUS_COALESCING=0` turns both off,
+/// `read-off` and `write-off` one of them; unset, both are on (the defaults).
+pub(crate) fn coalescing() -> (bool, bool) {
+    match std::env::var("LEPUS_COALESCING").as_deref() {
+        Ok("0") => (false, false),
+        Ok("read-off") => (false, true),
+        Ok("write-off") => (true, false),
+        _ => (true, true),
+    }
 }
 
 /// The harness's body: the 64-byte pattern (`a..z`, `a..z`, `a..l`) repeated and cut to
@@ -137,12 +144,15 @@ pub(crate) fn body() -> lepus::bytes::Bytes {
         .into()
 }
 
-/// Connection options from `url`, with coalescing off when `LEPUS_COALESCING=0`.
+/// Connection options from `url`, with coalescing as `LEPUS_COALESCING` says.
 pub(crate) fn options(url: &str) -> Result<lepus::ConnectionOptions, lepus::Error> {
     let mut o = lepus::ConnectionOptions::from_uri(url)?;
-    if coalescing_off() {
-        o.read_coalescing(std::time::Duration::ZERO)
-            .write_coalescing(std::time::Duration::ZERO);
+    let (read, write) = coalescing();
+    if !read {
+        o.read_coalescing(std::time::Duration::ZERO);
+    }
+    if !write {
+        o.write_coalescing(std::time::Duration::ZERO);
     }
     Ok(o)
 }
