@@ -1680,6 +1680,37 @@ async fn until_close_ok<R: AsyncRead + Unpin>(io: &mut R, frame_max: u32) {
     }
 }
 
+/// Makes room in `buf` for the next read: `room` bytes when it runs low, or all that the
+/// frame begun at its front still needs, so that a large frame is read straight into one
+/// buffer instead of being moved each time the buffer grows (its body is then a slice of
+/// that buffer, never copied).
+fn reserve_for_next_read(buf: &mut BytesMut, room: usize) {
+    let spare = buf.capacity() - buf.len();
+    let frame_rest = match buf.get(3..lepus_wire::frame::FRAME_HEADER_SIZE) {
+        Some(&[s0, s1, s2, s3]) => {
+            let total =
+                u32::from_be_bytes([s0, s1, s2, s3]) as usize + lepus_wire::frame::FRAME_OVERHEAD;
+            // Beyond this the frame grows the buffer step by step: the protocol core has
+            // checked the size against frame_max, but the memory is not reserved up front.
+            if total <= RESERVE_FRAME_MAX {
+                total.saturating_sub(buf.len())
+            } else {
+                0
+            }
+        }
+        _ => 0,
+    };
+    if frame_rest > spare {
+        // The frame, and room for what follows it.
+        buf.reserve(frame_rest + room / 4);
+    } else if spare < room / 4 {
+        buf.reserve(room);
+    }
+}
+
+/// The largest frame whose bytes the reader reserves at once.
+const RESERVE_FRAME_MAX: usize = 4 * 1024 * 1024;
+
 /// The reader's loop, until the connection ends or the link is replaced.
 async fn read<R: AsyncRead + Unpin>(shared: &Arc<Shared>, io: &mut R, session: u64) {
     let mut buf = BytesMut::with_capacity(READ_MIN);
@@ -1760,9 +1791,7 @@ async fn read<R: AsyncRead + Unpin>(shared: &Arc<Shared>, io: &mut R, session: u
                 if matches!(result, Ok(n) if n >= spare) {
                     room = READ_CHUNK;
                 }
-                if buf.capacity() - buf.len() < room / 4 {
-                    buf.reserve(room);
-                }
+                reserve_for_next_read(&mut buf, room);
             }
             () = sleep => {
                 let mut inner = shared.lock();

@@ -11,6 +11,8 @@ pub(crate) struct Counting;
 static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
 /// Heap bytes allocated and not yet freed.
 static LIVE: AtomicIsize = AtomicIsize::new(0);
+/// Heap bytes ever allocated (a reallocation counts its new size).
+static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
 
 /// Allocations (and reallocations) made so far by the process.
 pub(crate) fn allocations() -> usize {
@@ -22,11 +24,18 @@ pub(crate) fn live() -> isize {
     LIVE.load(Ordering::Relaxed)
 }
 
+/// Heap bytes the process allocated so far (a reallocation counts its new size, since it may
+/// move what it holds).
+pub(crate) fn allocated() -> usize {
+    ALLOCATED.load(Ordering::Relaxed)
+}
+
 // SAFETY: forwards to the system allocator unchanged; only counts.
 #[allow(unsafe_code)]
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        ALLOCATED.fetch_add(layout.size(), Ordering::Relaxed);
         LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(layout) }
@@ -40,6 +49,7 @@ unsafe impl GlobalAlloc for Counting {
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        ALLOCATED.fetch_add(new_size, Ordering::Relaxed);
         LIVE.fetch_add(
             new_size as isize - layout.size() as isize,
             Ordering::Relaxed,
