@@ -1686,24 +1686,26 @@ async fn until_close_ok<R: AsyncRead + Unpin>(io: &mut R, frame_max: u32) {
 /// that buffer, never copied).
 fn reserve_for_next_read(buf: &mut BytesMut, room: usize) {
     let spare = buf.capacity() - buf.len();
-    let frame_rest = match buf.get(3..lepus_wire::frame::FRAME_HEADER_SIZE) {
+    let (frame, frame_rest) = match buf.get(3..lepus_wire::frame::FRAME_HEADER_SIZE) {
         Some(&[s0, s1, s2, s3]) => {
             let total =
                 u32::from_be_bytes([s0, s1, s2, s3]) as usize + lepus_wire::frame::FRAME_OVERHEAD;
             // Beyond this the frame grows the buffer step by step: the protocol core has
             // checked the size against frame_max, but the memory is not reserved up front.
             if total <= RESERVE_FRAME_MAX {
-                total.saturating_sub(buf.len())
+                (total, total.saturating_sub(buf.len()))
             } else {
-                0
+                (0, 0)
             }
         }
-        _ => 0,
+        _ => (0, 0),
     };
-    if frame_rest > spare {
-        // The frame, and room for what follows it.
+    if frame > room && frame_rest > spare {
+        // A large frame: all of it, and a little room for what follows it.
         buf.reserve(frame_rest + room / 4);
-    } else if spare < room / 4 {
+    } else if frame_rest > spare || spare < room / 4 {
+        // A full read's room: less would make every read a small one (and read coalescing
+        // then holds off after each).
         buf.reserve(room);
     }
 }
@@ -2208,6 +2210,34 @@ pub(crate) fn terminate(shared: &Arc<Shared>, inner: &mut Inner, err: Error) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A frame header at the front of a buffer, for a frame of `size` payload bytes.
+    fn partial_frame(size: u32, have: usize) -> BytesMut {
+        let mut buf = BytesMut::with_capacity(have);
+        buf.extend_from_slice(&[3, 0, 1]);
+        buf.extend_from_slice(&size.to_be_bytes());
+        buf.resize(have, 0);
+        buf
+    }
+
+    #[test]
+    fn a_large_frame_gets_its_whole_size_reserved_and_a_small_one_a_full_read() {
+        // 100 KiB of a 1 MiB frame are in: the rest is reserved at once.
+        let mut buf = partial_frame(1 << 20, 100 * 1024);
+        reserve_for_next_read(&mut buf, READ_CHUNK);
+        assert!(buf.capacity() >= (1 << 20) + lepus_wire::frame::FRAME_OVERHEAD);
+        assert!(buf.capacity() < (1 << 20) + READ_CHUNK);
+        // A small frame that does not fit the spare room: a full read's room, not just what
+        // the frame needs (small reads would each be followed by a coalescing pause).
+        let mut buf = partial_frame(200, 100);
+        assert!(buf.capacity() - buf.len() < 200);
+        reserve_for_next_read(&mut buf, READ_CHUNK);
+        assert!(buf.capacity() - buf.len() >= READ_CHUNK);
+        // A frame larger than the reservation limit grows the buffer a read at a time.
+        let mut buf = partial_frame(u32::MAX - 8, 100);
+        reserve_for_next_read(&mut buf, READ_CHUNK);
+        assert!(buf.capacity() < 2 * READ_CHUNK);
+    }
 
     fn lazy_writer_with(slot: ChannelSlot) -> Arc<Shared> {
         let options = ConnectionOptions::default();
