@@ -33,6 +33,10 @@ use crate::error::{Error, HumanDuration, Result};
 
 /// Frames decoded per acquisition of the state lock.
 const FRAMES_PER_LOCK: usize = 48;
+/// The fewest acks (and pipelined confirmed publishes) a write must carry for the writer to
+/// turn lazy after it: a consumer streaming writes many per write, while a request/reply
+/// loop writes its ack alone or with the next request.
+const LAZY_MIN_BATCH: u32 = 2;
 /// Size of each socket read.
 const READ_CHUNK: usize = 64 * 1024;
 /// What a quiet connection reads into; a read that fills it moves up to [`READ_CHUNK`].
@@ -382,6 +386,10 @@ pub(crate) struct Inner {
     /// Something the broker may answer (a publish, a method) was queued since output was last
     /// taken for writing. The writer turns lazy only after writing output without it.
     reply_bait: bool,
+    /// Acks and deeply pipelined confirmed publishes queued since output was last taken: the
+    /// frames laziness lets wait. The writer turns lazy only after writing a batch of them
+    /// ([`LAZY_MIN_BATCH`]).
+    patient: u32,
     /// The socket, for writing from the caller's thread while the writer is idle (plain TCP
     /// only; see [`Shared::flush_inline`]).
     pub(crate) inline_tcp: Option<crate::transport::SharedTcp>,
@@ -566,6 +574,7 @@ impl Shared {
                 writer_lazy: false,
                 acks_unsent: 0,
                 reply_bait: false,
+                patient: 0,
                 inline_tcp: None,
                 inline_writing: false,
                 last_inline_write: None,
@@ -675,6 +684,7 @@ impl Shared {
                 inner.in_flight += n;
                 inner.acks_unsent = 0;
                 inner.reply_bait = false;
+                inner.patient = 0;
                 (tcp, chunks)
             };
             let stream = tcp.stream();
@@ -1010,6 +1020,7 @@ impl Inner {
     /// while the broker can keep sending: if every delivery the prefetch limit allows is
     /// unacknowledged or waiting here, the broker waits for acks, so they go out at once.
     pub(crate) fn wake_writer_for_ack(&mut self, shared: &Shared, channel: u16) {
+        self.patient = self.patient.saturating_add(1);
         if self.ack_may_wait(channel) {
             self.acks_unsent += 1;
             self.stats.deferred_acks += 1;
@@ -1031,7 +1042,9 @@ impl Inner {
             .channels
             .get(&channel)
             .is_some_and(|slot| slot.confirms.unsettled() >= NAP_DEEP_CONFIRMS);
-        if !deep {
+        if deep {
+            self.patient = self.patient.saturating_add(1);
+        } else {
             self.note_app_sent(shared);
         }
         let may_wait = self.writer_idle && self.writer_lazy && self.inline_tcp.is_some();
@@ -1299,6 +1312,8 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         let mut lazy = false;
         // The output last taken held something the broker may answer.
         let mut bait = false;
+        // Acks and pipelined publishes in it.
+        let mut patient = 0;
         loop {
             let wait = {
                 let mut inner = shared.lock();
@@ -1321,6 +1336,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                     inner.in_flight += n;
                     inner.acks_unsent = 0;
                     bait = std::mem::take(&mut inner.reply_bait);
+                    patient = std::mem::take(&mut inner.patient);
                     if self.chunks.is_empty() {
                         if inner.proto.is_closed() {
                             break;
@@ -1377,7 +1393,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             // Lazy only after writing acknowledgements (or publishes far ahead of their
             // confirms): an application waiting for an answer to what it sent is in a
             // request/reply loop, where the lazy wait costs more than the wake-ups it saves.
-            lazy = !delay.is_zero() && !bait;
+            lazy = !delay.is_zero() && !bait && patient >= LAZY_MIN_BATCH;
             while !self.chunks.is_empty() {
                 // The slices are made on each poll, on the stack: kept in the task, they would
                 // cost every connection a kilobyte.

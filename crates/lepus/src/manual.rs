@@ -73,13 +73,13 @@
 //!   would fill the window), the writer is woken at once: with `basic.qos(1)` every ack goes
 //!   out immediately.
 //!
-//! The writer turns lazy only after a write that held nothing the broker may answer: acks,
-//! and publishes far ahead of their confirms. After a write with a request, a publish
-//! without confirms or a confirmed publish with few outstanding, it is not lazy: the
-//! application is then probably waiting for an answer (a request/reply loop publishes,
-//! waits for the delivery and acks, one at a time), so its next ack goes out at once, and
-//! the writer does not keep the timer that laziness needs. In a ping-pong through the
-//! broker that took a round trip from 64 to 50 µs of CPU (`bench_client latency`);
+//! The writer turns lazy only after a write that carried a batch (at least two) of acks or
+//! publishes far ahead of their confirms, and nothing the broker may answer. After a write
+//! with a request, a publish without confirms, a confirmed publish with few outstanding, or
+//! a lone ack, it is not lazy: the application is then probably in a request/reply loop
+//! (publish, wait for the delivery, ack, one at a time), where its next ack should go out at
+//! once and the timer that laziness needs costs more than it saves. In a ping-pong through
+//! the broker that took a round trip from about 65 to 40 µs of CPU (`bench_client latency`);
 //! [`ConnectionStats::deferred_acks`](crate::ConnectionStats::deferred_acks) counts the acks
 //! that waited.
 //!

@@ -422,10 +422,11 @@ async fn acks_lost_when_cut(queue: &str, n: usize, coalescing: Option<Duration>)
             .unwrap()
             .unwrap();
         delivery.ack().unwrap();
-        if i == 0 {
-            // The writer sends the first ack (it last wrote basic.consume, whose answer the
-            // application awaited, so it was not lazy); having written only an ack, it then
-            // turns lazy, and the following acks may wait.
+        if i == 9 {
+            // The writer sends the first ten acks together (it last wrote basic.consume,
+            // whose answer the application awaited, so it was not lazy; this task does not
+            // yield while deliveries are ready). Having written a batch of acks only, it
+            // then turns lazy, and the following acks may wait.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
