@@ -39,6 +39,8 @@ const FRAMES_PER_LOCK: usize = 48;
 const LAZY_MIN_BATCH: u32 = 2;
 /// Size of each socket read.
 const READ_CHUNK: usize = 64 * 1024;
+/// The most a read gets room for, after reads kept filling what they had.
+const READ_MAX: usize = 512 * 1024;
 /// What a quiet connection reads into; a read that fills it moves up to [`READ_CHUNK`].
 const READ_MIN: usize = 2 * 1024;
 /// A connection with no reads and no writes for this long gives back the memory a burst of
@@ -1732,7 +1734,8 @@ const RESERVE_FRAME_MAX: usize = 4 * 1024 * 1024;
 /// The reader's loop, until the connection ends or the link is replaced.
 async fn read<R: AsyncRead + Unpin>(shared: &Arc<Shared>, io: &mut R, session: u64) {
     let mut buf = BytesMut::with_capacity(READ_MIN);
-    // The room a read gets: small while reads are small, a full chunk once one filled it.
+    // The room a read gets: small while reads are small, a full chunk once one filled it,
+    // doubling (up to READ_MAX) while reads keep filling it.
     let mut room = READ_MIN;
     let mut wake: Vec<Waker> = Vec::new();
     let mut link = shared.session.subscribe();
@@ -1807,7 +1810,7 @@ async fn read<R: AsyncRead + Unpin>(shared: &Arc<Shared>, io: &mut R, session: u
                     }
                 }
                 if matches!(result, Ok(n) if n >= spare) {
-                    room = READ_CHUNK;
+                    room = if room < READ_CHUNK { READ_CHUNK } else { (2 * room).min(READ_MAX) };
                 }
                 reserve_for_next_read(&mut buf, room);
             }

@@ -1,7 +1,7 @@
 //! Receiving large bodies: a body that fits one frame is a slice of the bytes read from the
 //! socket (no copy), and one split over many frames is assembled with one copy. Measured as
-//! the heap bytes allocated while consuming, counted by a global allocator, against the real
-//! broker. One test in this binary, so nothing else allocates meanwhile.
+//! the heap bytes allocated while consuming (read buffers and assembly buffers; a copy needs
+//! somewhere to go), counted by a global allocator, against the real broker. One test in this binary, so nothing else allocates meanwhile.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod support;
@@ -58,12 +58,13 @@ async fn large_bodies_are_received_with_at_most_one_copy() {
         per < 1.5 * single as f64,
         "{per:.0} B allocated per {single} B message: more than its read buffers"
     );
-    // Eight frames: the read buffers, and one body-sized buffer it is assembled in.
+    // Nine frames: the read buffers they arrive in (at most the body's size again), and the
+    // one body-sized buffer they are assembled in.
     let multi = 8 * frame_max;
     let per = allocated_per_message(&ch, multi, 40).await;
     eprintln!("{multi} B in 9 frames: {per:.0} B allocated per message");
     assert!(
-        per < 1.5 * multi as f64,
+        per < 2.0 * multi as f64,
         "{per:.0} B allocated per {multi} B message: more than its read buffers and one copy"
     );
     conn.close().await.unwrap();
