@@ -82,7 +82,7 @@
 //! a lone ack, it is not lazy: the application is then probably in a request/reply loop
 //! (publish, wait for the delivery, ack, one at a time), where its next ack should go out at
 //! once and the timer that laziness needs costs more than it saves. In a ping-pong through
-//! the broker that took a round trip from about 65 to 40 µs of CPU (`bench_client latency`);
+//! the broker that took a round trip from 55–65 to about 40 µs of CPU (`bench_client latency`);
 //! [`ConnectionStats::deferred_acks`](crate::ConnectionStats::deferred_acks) counts the acks
 //! that waited.
 //!
