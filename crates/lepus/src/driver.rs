@@ -1304,12 +1304,8 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         let mut link = shared.session.subscribe();
         let session = self.session;
         let delay = shared.options.write_coalescing;
-        // Fires once the writer has been idle for `delay`. It is armed when a lazy wait begins
-        // and left alone by later ones (moving a timer on every wait costs a trip through the
-        // runtime's timer wheel per round trip of a request/reply loop); when it fires early,
-        // it is moved to `delay` past the start of the current wait.
+        // Re-armed (pushed later) on every lazy wait; it only fires after a quiet spell.
         let mut lazy_timer = std::pin::pin!(tokio::time::sleep(delay));
-        let mut armed = false;
         // Wrote a batch recently: stays set until the timer finds nothing to send.
         let mut lazy = false;
         // The output last taken held something the broker may answer.
@@ -1353,31 +1349,13 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             };
             if let Some(notified) = wait {
                 if lazy {
-                    let idle_until = later(delay);
-                    if !armed {
-                        lazy_timer.as_mut().reset(idle_until);
-                        armed = true;
-                    }
-                    let mut notified = std::pin::pin!(notified);
-                    let quiet = loop {
-                        tokio::select! {
-                            biased;
-                            () = notified.as_mut() => break false,
-                            () = lazy_timer.as_mut() => {
-                                if tokio::time::Instant::now() >= idle_until {
-                                    armed = false;
-                                    break true;
-                                }
-                                // Armed by an earlier wait: not idle for long enough yet.
-                                lazy_timer.as_mut().reset(idle_until);
-                            }
-                        }
-                    };
-                    if quiet {
-                        {
+                    lazy_timer.as_mut().reset(later(delay));
+                    tokio::select! {
+                        biased;
+                        () = notified => {}
+                        () = lazy_timer.as_mut() => {
                             let mut inner = shared.lock();
-                            // Callers writing inline keep the writer lazy: it is their safety
-                            // net.
+                            // Callers writing inline keep the writer lazy: it is their safety net.
                             lazy = inner
                                 .last_inline_write
                                 .is_some_and(|at| at.elapsed() < delay);
@@ -1392,9 +1370,10 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 }
                 continue;
             }
-            // Lazy only after writing acknowledgements (or publishes far ahead of their
-            // confirms): an application waiting for an answer to what it sent is in a
-            // request/reply loop, where the lazy wait costs more than the wake-ups it saves.
+            // Lazy only after writing a batch of acknowledgements (or publishes far ahead of
+            // their confirms) and nothing else: an application waiting for an answer to what
+            // it sent, or acking one message at a time, is in a request/reply loop, where the
+            // lazy wait costs more than the wake-ups it saves.
             lazy = !delay.is_zero() && !bait && patient >= LAZY_MIN_BATCH;
             while !self.chunks.is_empty() {
                 // The slices are made on each poll, on the stack: kept in the task, they would

@@ -64,6 +64,35 @@ fn publish(ch: &Channel, queue: &str, body: &'static str) {
         .unwrap();
 }
 
+/// A queue that holds at most `limit` messages and refuses (nacks) publishes beyond.
+fn refusing_queue(ch: &Channel, prefix: &str, limit: u32) -> String {
+    let name = unique(prefix);
+    ch.queue_declare(
+        &name,
+        QueueDeclareOptions {
+            arguments: FieldTable::new()
+                .with("x-max-length", limit)
+                .with("x-overflow", "reject-publish")
+                .with("x-expires", 60_000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    name
+}
+
+/// Publishes to an exchange that does not exist: the broker closes the channel with 404.
+fn publish_to_missing_exchange(ch: &Channel) -> lepus::blocking::PublisherConfirm {
+    ch.basic_publish(
+        &unique("no-such-exchange"),
+        "k",
+        BasicPublishOptions::default(),
+        &props(),
+        "x",
+    )
+    .unwrap()
+}
+
 fn delete(ch: &Channel, queue: &str) {
     ch.queue_delete(queue, QueueDeleteOptions::default())
         .unwrap();
@@ -402,18 +431,7 @@ fn publish_with_mandatory_and_properties_round_trips() {
 fn publish_confirm_waits_for_each_verdict() {
     let (conn, ch) = channel();
     // Without confirm mode there is nothing to wait for, and that is not an ack.
-    let q = unique("bconfirm");
-    ch.queue_declare(
-        &q,
-        QueueDeclareOptions {
-            arguments: FieldTable::new()
-                .with("x-max-length", 1)
-                .with("x-overflow", "reject-publish")
-                .with("x-expires", 60_000),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let q = refusing_queue(&ch, "bconfirm", 1);
     let c = ch
         .basic_publish_confirm(
             "",
@@ -491,18 +509,7 @@ fn a_sliding_window_waits_for_each_confirm_in_turn() {
     const LIMIT: u32 = 300;
     const N: u32 = 1000;
     let (conn, ch) = channel();
-    let q = unique("bwindow");
-    ch.queue_declare(
-        &q,
-        QueueDeclareOptions {
-            arguments: FieldTable::new()
-                .with("x-max-length", LIMIT)
-                .with("x-overflow", "reject-publish")
-                .with("x-expires", 60_000),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let q = refusing_queue(&ch, "bwindow", LIMIT);
     ch.confirm_select().unwrap();
     let mut window = std::collections::VecDeque::new();
     let mut verdicts = Vec::new();
@@ -543,15 +550,7 @@ fn a_confirm_handle_ends_with_the_channel_error() {
     ch.confirm_select().unwrap();
     // A publish to a missing exchange: the broker closes the channel (404), and the handle
     // resolves with the channel's error instead of waiting.
-    let doomed = ch
-        .basic_publish(
-            &unique("no-such-exchange"),
-            "k",
-            BasicPublishOptions::default(),
-            &props(),
-            "x",
-        )
-        .unwrap();
+    let doomed = publish_to_missing_exchange(&ch);
     let err = doomed.wait_timeout(Duration::from_secs(10)).unwrap_err();
     assert!(
         matches!(&err, Error::ChannelClosed(c) if c.code == ReplyCode::NOT_FOUND),
@@ -1131,15 +1130,7 @@ fn server_events_reach_drain_events() {
     doomed
         .basic_consume(&q, "", BasicConsumeOptions::default(), recorder(&seen))
         .unwrap();
-    doomed
-        .basic_publish(
-            &unique("no-such-exchange"),
-            "k",
-            BasicPublishOptions::default(),
-            &props(),
-            "x",
-        )
-        .unwrap();
+    publish_to_missing_exchange(&doomed);
     let events = drain_until(&conn, "the channel's closing", |e| !e.is_empty());
     let [Event::ChannelClosed {
         channel,
