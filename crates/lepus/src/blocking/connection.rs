@@ -67,6 +67,24 @@ impl Drop for Inner {
 }
 
 impl Connection {
+    /// The async connection underneath: the same connection, for a layer built on the async
+    /// API (such as `lepus-messaging`'s blocking API) that runs its futures here with
+    /// [`block_on`](Self::block_on).
+    pub fn as_async(&self) -> &crate::Connection {
+        &self.inner.conn
+    }
+
+    /// Runs a future of the async API to completion on the calling thread, inside this
+    /// connection's runtime (the I/O thread keeps driving the socket and timers meanwhile).
+    ///
+    /// # Panics
+    ///
+    /// When called from inside an async runtime, as every blocking method.
+    #[track_caller]
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.inner.io.block_on(future)
+    }
+
     /// Starts the I/O thread and connects to the broker at `uri` (see
     /// [`ConnectionOptions::from_uri`]).
     ///
