@@ -30,5 +30,6 @@ echo "== examples against the broker"
 for example in consume_acks publish_confirms error_handling; do
   cargo run -q --locked -p lepus --example "$example"
 done
+cargo run -q --locked -p lepus-messaging --example orders
 
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"

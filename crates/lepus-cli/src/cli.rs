@@ -137,6 +137,16 @@ pub(crate) struct PublishArgs {
     /// content_encoding property
     #[arg(long, value_name = "E", value_parser = short_str)]
     pub(crate) content_encoding: Option<ShortStr>,
+    /// Serialize the body, read as one JSON value (one per line with --lines), as kombu does:
+    /// json, msgpack, yaml, raw (a JSON string, or a bytes marker) or text (a JSON string);
+    /// sets content_type and content_encoding, which may then not be given
+    #[arg(long, value_name = "NAME", value_parser = crate::codec::parse_serializer,
+          conflicts_with_all = ["content_type", "content_encoding"])]
+    pub(crate) serializer: Option<String>,
+    /// Compress the body (after --serializer) as kombu does: zlib, bzip2, lzma, brotli or
+    /// zstd; sets the `compression` header to the method's MIME type
+    #[arg(long, value_name = "METHOD", value_parser = crate::codec::parse_compression)]
+    pub(crate) compression: Option<&'static str>,
     /// A header, always sent as a string; splits at the first '=' (repeatable)
     #[arg(long = "header", value_name = "KEY=VALUE", value_parser = parse_header)]
     pub(crate) headers: Vec<(ShortStr, FieldValue)>,
@@ -203,6 +213,9 @@ pub(crate) struct ConsumeArgs {
     /// Output format
     #[arg(long, value_enum, default_value_t = Output::Json)]
     pub(crate) output: Output,
+    /// Decoding kombu messages.
+    #[command(flatten)]
+    pub(crate) decode: DecodeArgs,
 }
 
 /// `lepus get`.
@@ -220,6 +233,25 @@ pub(crate) struct GetArgs {
     /// Output format
     #[arg(long, value_enum, default_value_t = Output::Json)]
     pub(crate) output: Output,
+    /// Decoding kombu messages.
+    #[command(flatten)]
+    pub(crate) decode: DecodeArgs,
+}
+
+/// `--decode` and `--accept`, for `consume` and `get`.
+#[derive(Debug, Args)]
+pub(crate) struct DecodeArgs {
+    /// Decode each body as a kombu consumer does (inflate it per its compression header, check
+    /// its content type against --accept, deserialize it) and add it as "payload" to the JSON
+    /// line (--output body prints it instead of the body); a message that is refused or does
+    /// not decode is requeued, and lepus exits 1
+    #[arg(long)]
+    pub(crate) decode: bool,
+    /// A serializer name (json, msgpack, yaml, ...) or content type --decode decodes
+    /// (repeatable) [default: json]; raw and text bodies are always decoded, pickle never
+    #[arg(long, value_name = "NAME_OR_TYPE", requires = "decode",
+          value_parser = crate::codec::parse_accept)]
+    pub(crate) accept: Vec<String>,
 }
 
 /// Entity arguments shared by declare and bind: `--arg` and `--args-json`.

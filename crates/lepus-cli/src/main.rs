@@ -9,6 +9,7 @@
 //! connect.rs     --url / $AMQP_URL / default, --connect-timeout, --heartbeat
 //! table.rs       field tables <-> JSON, --header and --arg
 //! properties.rs  --property NAME=VALUE, properties as JSON
+//! codec.rs       kombu's serializers and compression: publish --serializer, --decode
 //! output.rs      consume/get output (JSON lines or raw bodies)
 //! error.rs       one-line errors naming the broker's reply code and text
 //! signal.rs      SIGINT and SIGTERM: consume, publish and perf stop cleanly
@@ -22,6 +23,7 @@
 //! its message or a backtrace.
 
 mod cli;
+mod codec;
 mod commands;
 mod connect;
 mod error;

@@ -1,4 +1,5 @@
-//! Printing messages for `consume` and `get`: one JSON object per line, or the raw body.
+//! Printing messages for `consume` and `get`: one JSON object per line, or the raw body;
+//! with `--decode`, the decoded payload too (see [`crate::codec`]).
 
 use std::borrow::Cow;
 use std::io::{self, BufWriter, Write};
@@ -6,15 +7,18 @@ use std::io::{self, BufWriter, Write};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use lepus::Delivery;
+use lepus_messaging::Payload;
 use serde::Serialize;
 
 use crate::cli::Output;
+use crate::codec::PayloadJson;
 use crate::error::CliError;
 use crate::properties::PropertiesJson;
 
 /// One message in the JSON output format.
 ///
-/// Field order is the documented one; `message_count` is present only for `get`.
+/// Field order is the documented one; `message_count` is present only for `get`, `payload`
+/// only with `--decode`.
 #[derive(Serialize)]
 struct MessageJson<'a> {
     exchange: Cow<'a, str>,
@@ -26,10 +30,17 @@ struct MessageJson<'a> {
     properties: PropertiesJson<'a>,
     body: Cow<'a, str>,
     body_encoding: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<PayloadJson<'a>>,
 }
 
-/// Renders a delivery as one line of JSON (without the newline).
-pub(crate) fn message_json(d: &Delivery, message_count: Option<u32>) -> String {
+/// Renders a delivery, and its decoded payload if given, as one line of JSON (without the
+/// newline).
+pub(crate) fn message_json(
+    d: &Delivery,
+    message_count: Option<u32>,
+    payload: Option<&Payload>,
+) -> String {
     let (body, body_encoding) = match std::str::from_utf8(&d.body) {
         Ok(text) => (Cow::Borrowed(text), "utf8"),
         Err(_) => (Cow::Owned(BASE64.encode(&d.body)), "base64"),
@@ -43,6 +54,7 @@ pub(crate) fn message_json(d: &Delivery, message_count: Option<u32>) -> String {
         properties: PropertiesJson(&d.properties),
         body,
         body_encoding,
+        payload: payload.map(PayloadJson),
     };
     // Serializing these types cannot fail: every map key is a string and floats that JSON
     // cannot hold are written as tagged values.
@@ -64,7 +76,8 @@ impl Printer {
         }
     }
 
-    /// Prints one message.
+    /// Prints one message. With `--output body`, a decoded payload is printed instead of the
+    /// body: a value as one line of JSON, text and bytes as they are.
     ///
     /// # Errors
     ///
@@ -74,12 +87,19 @@ impl Printer {
         &mut self,
         d: &Delivery,
         message_count: Option<u32>,
+        payload: Option<&Payload>,
     ) -> Result<(), CliError> {
-        let result = match self.format {
-            Output::Json => writeln!(self.out, "{}", message_json(d, message_count)),
-            Output::Body => self
+        let result = match (self.format, payload) {
+            (Output::Json, _) => writeln!(self.out, "{}", message_json(d, message_count, payload)),
+            (Output::Body, None) => self
                 .out
                 .write_all(&d.body)
+                .and_then(|()| self.out.write_all(b"\n")),
+            (Output::Body, Some(Payload::Value(v))) => writeln!(self.out, "{v}"),
+            (Output::Body, Some(Payload::Text(t))) => writeln!(self.out, "{t}"),
+            (Output::Body, Some(Payload::Bytes(b))) => self
+                .out
+                .write_all(b)
                 .and_then(|()| self.out.write_all(b"\n")),
         };
         result.and_then(|()| self.out.flush()).map_err(stdout_error)

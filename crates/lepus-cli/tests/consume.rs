@@ -21,17 +21,9 @@ fn expected(range: std::ops::RangeInclusive<usize>) -> Vec<String> {
 
 /// Runs `consume` with extra args and returns the printed messages.
 fn consume(q: &TempQueue, extra: &[&str]) -> Vec<serde_json::Value> {
-    let out = lepus()
-        .args(["consume", "--queue", q.name()])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    json_lines(&out.stdout)
+    let mut args = vec!["consume", "--queue", q.name()];
+    args.extend_from_slice(extra);
+    support::lepus_lines(&args)
 }
 
 #[test]

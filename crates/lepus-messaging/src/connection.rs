@@ -84,7 +84,8 @@ struct Inner {
 /// and name, with their whole definition.
 #[derive(Default)]
 struct Cache {
-    recoveries: u64,
+    /// The link epoch (see [`lepus::Connection::link_epoch`]) the entries were declared on.
+    epoch: u64,
     exchanges: HashMap<String, Exchange>,
     queues: HashMap<String, Queue>,
 }
@@ -117,12 +118,12 @@ impl Connection {
     /// Wraps a client connection with a serializer registry of one's own (for a serializer
     /// registered by the application).
     pub fn with_registry(client: lepus::Connection, registry: Registry) -> Self {
+        let max_message_size = usize::try_from(client.max_message_size()).unwrap_or(usize::MAX);
         Self {
             inner: Arc::new(Inner {
                 client,
                 registry,
-                max_message_size: usize::try_from(lepus::lepus_proto::DEFAULT_MAX_MESSAGE_SIZE)
-                    .unwrap_or(usize::MAX),
+                max_message_size,
                 cache: Mutex::new(Cache::default()),
                 default_channel: tokio::sync::Mutex::new(None),
             }),
@@ -131,7 +132,8 @@ impl Connection {
 
     /// Sets the largest body a compressed message may inflate to; a larger one is refused
     /// as [`DecompressedTooLarge`](crate::Error::DecompressedTooLarge) instead of being
-    /// allocated. Default: the client's largest message (128 MiB).
+    /// allocated. Default: the client's largest message
+    /// ([`lepus::ConnectionOptions::max_message_size`], 128 MiB unless set).
     ///
     /// Takes effect for producers and consumers made afterwards; call it first.
     #[must_use]
@@ -206,12 +208,12 @@ impl Connection {
             return Ok(false);
         }
         let channel = self.default_channel().await?;
-        let recoveries = self.inner.client.stats().recoveries;
+        let epoch = self.inner.client.link_epoch();
         match &entity {
             Entity::Exchange(e) => {
                 e.declare(&channel).await?;
                 if e.can_cache_declaration() {
-                    self.remember(recoveries, |c| {
+                    self.remember(epoch, |c| {
                         c.exchanges.insert(e.name().to_owned(), e.clone());
                     });
                 }
@@ -219,7 +221,7 @@ impl Connection {
             Entity::Queue(q) => {
                 let declared = q.declare(&channel).await?;
                 if q.can_cache_declaration() && declared.name == q.name() {
-                    self.remember(recoveries, |c| {
+                    self.remember(epoch, |c| {
                         c.queues.insert(q.name().to_owned(), (**q).clone());
                     });
                 }
@@ -243,11 +245,11 @@ impl Connection {
     }
 
     fn is_cached(&self, entity: &Entity) -> bool {
-        let recoveries = self.inner.client.stats().recoveries;
+        let epoch = self.inner.client.link_epoch();
         let mut cache = self.cache();
-        if cache.recoveries != recoveries {
-            // The link was re-established since: the broker may have lost anything transient.
-            cache.recoveries = recoveries;
+        if cache.epoch != epoch {
+            // The link was lost since: the broker may have lost anything transient.
+            cache.epoch = epoch;
             cache.exchanges.clear();
             cache.queues.clear();
             return false;
@@ -258,11 +260,10 @@ impl Connection {
         }
     }
 
-    /// Records a declaration made while the recovery count was `recoveries`, unless a recovery
-    /// happened since.
-    fn remember(&self, recoveries: u64, record: impl FnOnce(&mut Cache)) {
+    /// Records a declaration made on the link of `epoch`, unless that link was lost since.
+    fn remember(&self, epoch: u64, record: impl FnOnce(&mut Cache)) {
         let mut cache = self.cache();
-        if cache.recoveries == recoveries && self.inner.client.stats().recoveries == recoveries {
+        if cache.epoch == epoch && self.inner.client.link_epoch() == epoch {
             record(&mut cache);
         }
     }

@@ -1,5 +1,6 @@
 //! [`Producer`]: publishes values with a serializer, compression and confirms.
 
+use std::borrow::Cow;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -157,13 +158,18 @@ impl ProducerBuilder {
             check_compression(c)?;
         }
         let pool = (0..self.channels)
-            .map(|_| tokio::sync::Mutex::new(None))
+            .map(|_| std::sync::Mutex::new(None))
             .collect();
+        let exchange_name = short(self.exchange.name())?;
+        let routing_key_short = short(&self.routing_key)?;
         Ok(Producer {
             shared: Arc::new(Shared {
                 conn: self.conn,
+                exchange_name,
+                routing_key_short,
                 exchange: self.exchange,
-                routing_key: self.routing_key,
+                declared_epoch: AtomicU64::new(u64::MAX),
+                opening: tokio::sync::Mutex::new(()),
                 serializer: self.serializer,
                 compression: self.compression,
                 auto_declare: self.auto_declare,
@@ -239,13 +245,20 @@ pub struct Producer {
 struct Shared {
     conn: Connection,
     exchange: Exchange,
-    routing_key: String,
+    /// The exchange's name, ready to send.
+    exchange_name: ShortStr,
+    /// The routing key, ready to send.
+    routing_key_short: ShortStr,
+    /// The link epoch the exchange was last declared on (`u64::MAX`: never).
+    declared_epoch: AtomicU64,
+    /// Held while a channel of the pool is being opened.
+    opening: tokio::sync::Mutex<()>,
     serializer: String,
     compression: Option<String>,
     auto_declare: bool,
     confirms: bool,
     retry: Option<RetryPolicy>,
-    pool: Vec<tokio::sync::Mutex<Option<Channel>>>,
+    pool: Vec<std::sync::Mutex<Option<Channel>>>,
     next: AtomicUsize,
     retried: AtomicU64,
 }
@@ -301,17 +314,49 @@ impl Producer {
                 "empty channel pool",
             )));
         };
-        let mut slot = slot.lock().await;
-        if let Some(ch) = slot.as_ref().filter(|ch| ch.is_open()) {
-            return Ok(ch.clone());
+        let open = |slot: &std::sync::Mutex<Option<Channel>>| {
+            slot.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_ref()
+                .filter(|ch| ch.is_open())
+                .cloned()
+        };
+        if let Some(ch) = open(slot) {
+            return Ok(ch);
+        }
+        let _opening = self.shared.opening.lock().await;
+        if let Some(ch) = open(slot) {
+            return Ok(ch);
         }
         let ch = self.shared.conn.client().open_channel().await?;
         if self.shared.confirms {
             ch.confirm_select().await?;
             ch.replay_on_recovery(true)?;
         }
-        *slot = Some(ch.clone());
+        *slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ch.clone());
         Ok(ch)
+    }
+
+    /// Whether the producer's own exchange is to be declared on the current link.
+    fn own_exchange_undeclared(&self) -> bool {
+        let shared = &self.shared;
+        shared.auto_declare
+            && shared.exchange.needs_declare()
+            && shared.declared_epoch.load(Ordering::Acquire) != shared.conn.client().link_epoch()
+    }
+
+    /// Declares the producer's own exchange once per link (kombu's `auto_declare`).
+    async fn declare_own_exchange(&self) -> Result<()> {
+        let shared = &self.shared;
+        if !self.own_exchange_undeclared() {
+            return Ok(());
+        }
+        let epoch = shared.conn.client().link_epoch();
+        shared.conn.maybe_declare(shared.exchange.clone()).await?;
+        shared.declared_epoch.store(epoch, Ordering::Release);
+        Ok(())
     }
 }
 
@@ -526,22 +571,9 @@ impl<'a> Publish<'a> {
     pub async fn pipelined(self) -> Result<Confirm> {
         let producer = self.producer.clone();
         let prepared = self.prepare()?;
-        let (retry, declare) = (prepared.retry.clone(), prepared.declare.clone());
-        producer.declare_all(&prepared.exchange, &declare).await?;
-        let first = producer.send(&prepared).await;
+        let first = producer.first_send(&prepared).await;
         Ok(Confirm {
-            fut: Box::pin(async move {
-                let outcome = match first {
-                    Ok(confirm) => producer.outcome(&prepared, confirm).await,
-                    Err(e) => Err(e),
-                };
-                match (outcome, retry) {
-                    (Err(e), Some(policy)) if e.is_recoverable() => {
-                        producer.retry_loop(&prepared, &policy, e).await
-                    }
-                    (outcome, _) => outcome,
-                }
-            }),
+            fut: Box::pin(async move { producer.settle(&prepared, first).await }),
         })
     }
 
@@ -552,26 +584,23 @@ impl<'a> Publish<'a> {
         }
         let shared = &self.producer.shared;
         let registry = shared.conn.registry();
+        let given = self
+            .content_type
+            .map(|(t, e)| (Cow::Owned(t), Cow::Owned(e)));
         let (body, content_type, content_encoding) = match self.body {
             Body::Value(encode) => {
                 let name = self.serializer.as_deref().unwrap_or(&shared.serializer);
                 let encoded = encode(registry, name)?;
-                (
-                    encoded.body,
-                    encoded.content_type.to_string(),
-                    encoded.content_encoding.to_string(),
-                )
+                (encoded.body, encoded.content_type, encoded.content_encoding)
             }
             Body::Bytes(b) => {
-                let (ct, ce) = self
-                    .content_type
-                    .unwrap_or_else(|| ("application/data".into(), "binary".into()));
+                let (ct, ce) =
+                    given.unwrap_or((Cow::Borrowed("application/data"), Cow::Borrowed("binary")));
                 (b, ct, ce)
             }
             Body::Text(t) => {
-                let (ct, ce) = self
-                    .content_type
-                    .unwrap_or_else(|| ("text/plain".into(), "utf-8".into()));
+                let (ct, ce) =
+                    given.unwrap_or((Cow::Borrowed("text/plain"), Cow::Borrowed("utf-8")));
                 (Bytes::from(t), ct, ce)
             }
         };
@@ -588,18 +617,23 @@ impl<'a> Publish<'a> {
             }
             None => body,
         };
-        let exchange = self.exchange.unwrap_or_else(|| shared.exchange.clone());
-        let routing_key = self
-            .routing_key
-            .unwrap_or_else(|| shared.routing_key.clone());
+        let (own_exchange, exchange, exchange_mode) = match &self.exchange {
+            Some(e) => (false, short(e.name())?, e.default_delivery_mode()),
+            None => (true, shared.exchange_name.clone(), None),
+        };
+        let routing_key = match self.routing_key {
+            // An owned name becomes a short string without a copy.
+            Some(k) => ShortStr::try_from(k).map_err(|e| Error::Amqp(e.into()))?,
+            None => shared.routing_key_short.clone(),
+        };
         let mode = self
             .delivery_mode
-            .or(exchange.default_delivery_mode())
+            .or(exchange_mode)
             .or(shared.exchange.default_delivery_mode())
             .unwrap_or(DeliveryMode::Persistent);
         let mut properties = self.properties;
-        properties.content_type = Some(short(&content_type)?);
-        properties.content_encoding = Some(short(&content_encoding)?);
+        properties.content_type = Some(short_cow(content_type)?);
+        properties.content_encoding = Some(short_cow(content_encoding)?);
         properties.delivery_mode = Some(mode.into());
         properties.priority = Some(self.priority);
         if let Some(ttl) = self.expiration {
@@ -612,17 +646,14 @@ impl<'a> Publish<'a> {
             }
             properties.headers = Some(all);
         }
-        let mut declare = self.declare;
-        if shared.auto_declare && exchange.needs_declare() && exchange == shared.exchange {
-            declare.insert(0, Entity::Exchange(exchange.clone()));
-        }
         Ok(Prepared {
+            own_exchange,
             exchange,
             routing_key,
             properties,
             body,
             mandatory: self.mandatory,
-            declare,
+            declare: self.declare,
             retry: match self.retry {
                 Some(r) => r,
                 None => shared.retry.clone(),
@@ -635,10 +666,20 @@ fn short(s: &str) -> Result<ShortStr> {
     ShortStr::try_from(s).map_err(|e| Error::Amqp(e.into()))
 }
 
+/// A short string without a copy for the static strings serializers use.
+fn short_cow(s: Cow<'static, str>) -> Result<ShortStr> {
+    match s {
+        Cow::Borrowed(s) if s.len() <= ShortStr::MAX_LEN => Ok(ShortStr::from_static(s)),
+        s => short(&s),
+    }
+}
+
 /// A publish ready to send (and to send again).
 struct Prepared {
-    exchange: Exchange,
-    routing_key: String,
+    /// Whether it goes to the producer's own exchange (declared by `auto_declare`).
+    own_exchange: bool,
+    exchange: ShortStr,
+    routing_key: ShortStr,
     properties: BasicProperties,
     body: Bytes,
     mandatory: bool,
@@ -647,11 +688,26 @@ struct Prepared {
 }
 
 impl Producer {
-    async fn declare_all(&self, _exchange: &Exchange, declare: &[Entity]) -> Result<()> {
-        for entity in declare {
+    /// Declares what the publish needs: the producer's exchange (once per link), then the
+    /// entities the call named (through the connection's cache).
+    async fn declare_all(&self, p: &Prepared) -> Result<()> {
+        if p.own_exchange {
+            self.declare_own_exchange().await?;
+        }
+        for entity in &p.declare {
             self.shared.conn.maybe_declare(entity.clone()).await?;
         }
         Ok(())
+    }
+
+    /// Declares, then queues the message on a channel of the pool.
+    async fn first_send(&self, p: &Prepared) -> Result<lepus::PublisherConfirm> {
+        if (p.own_exchange && self.own_exchange_undeclared()) || !p.declare.is_empty() {
+            // Boxed: declaring is rare, and its future is large; the common path stays small
+            // (a publish's future is moved a few times on its way to the socket).
+            Box::pin(self.declare_all(p)).await?;
+        }
+        self.send(p).await
     }
 
     /// Queues the message on a channel of the pool.
@@ -659,8 +715,8 @@ impl Producer {
         let channel = self.channel().await?;
         Ok(channel
             .basic_publish(
-                p.exchange.name(),
-                p.routing_key.as_str(),
+                &p.exchange,
+                &p.routing_key,
                 BasicPublishOptions {
                     mandatory: p.mandatory,
                 },
@@ -668,6 +724,20 @@ impl Producer {
                 p.body.clone(),
             )
             .await?)
+    }
+
+    /// Waits for the verdict on the first send, and retries per the policy.
+    async fn settle(&self, p: &Prepared, first: Result<lepus::PublisherConfirm>) -> Result<()> {
+        let outcome = match first {
+            Ok(confirm) => self.outcome(p, confirm).await,
+            Err(e) => Err(e),
+        };
+        match (outcome, &p.retry) {
+            (Err(e), Some(policy)) if e.is_recoverable() => {
+                Box::pin(self.retry_loop(p, policy, e)).await
+            }
+            (outcome, _) => outcome,
+        }
     }
 
     /// Waits for the broker's verdict on one publish.
@@ -678,12 +748,12 @@ impl Producer {
                 Err(Error::Returned(returned))
             }
             Confirmation::Nack(None) => Err(Error::Nacked {
-                exchange: p.exchange.name().to_owned(),
-                routing_key: p.routing_key.clone(),
+                exchange: p.exchange.to_string_lossy().into_owned(),
+                routing_key: p.routing_key.to_string_lossy().into_owned(),
             }),
             _ => Err(Error::Uncertain {
-                exchange: p.exchange.name().to_owned(),
-                routing_key: p.routing_key.clone(),
+                exchange: p.exchange.to_string_lossy().into_owned(),
+                routing_key: p.routing_key.to_string_lossy().into_owned(),
             }),
         }
     }
@@ -710,8 +780,7 @@ impl Producer {
             }
             self.shared.retried.fetch_add(1, Ordering::Relaxed);
             let attempt = async {
-                self.declare_all(&p.exchange, &p.declare).await?;
-                let confirm = self.send(p).await?;
+                let confirm = self.first_send(p).await?;
                 self.outcome(p, confirm).await
             };
             match attempt.await {
@@ -729,7 +798,12 @@ impl<'a> IntoFuture for Publish<'a> {
 
     /// Publishes and waits for the confirm (at once without confirms).
     fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move { self.pipelined().await?.await })
+        Box::pin(async move {
+            let producer = self.producer;
+            let prepared = self.prepare()?;
+            let first = producer.first_send(&prepared).await;
+            producer.settle(&prepared, first).await
+        })
     }
 }
 

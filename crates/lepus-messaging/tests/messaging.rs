@@ -881,3 +881,130 @@ async fn unknown_serializers_and_compressions_fail_at_build() {
         Err(Error::SerializerNotInstalled(_))
     ));
 }
+
+#[tokio::test]
+async fn properties_follow_the_call_then_the_exchange_then_kombus_defaults() {
+    let conn = connect().await;
+    let transient = Exchange::with_kind(unique("transient"), ExchangeKind::Direct)
+        .transient()
+        .auto_delete(true);
+    let q = Queue::server_named()
+        .exchange(transient.clone())
+        .routing_key("k")
+        .max_priority(9);
+    let ch = conn.default_channel().await.unwrap();
+    let name = q.declare(&ch).await.unwrap().name;
+    let producer = conn.producer().exchange(transient.clone()).build().unwrap();
+    // The exchange says transient; the call says persistent for the second one.
+    producer
+        .publish(&1)
+        .routing_key("k")
+        .priority(7)
+        .expiration(Duration::from_secs(30))
+        .await
+        .unwrap();
+    producer
+        .publish(&2)
+        .routing_key("k")
+        .delivery_mode(lepus::DeliveryMode::Persistent)
+        .message_id("m-2")
+        .reply_to("replies")
+        .await
+        .unwrap();
+    depth_eventually(&ch, &name, 2).await;
+
+    let mut consumer = conn
+        .consumer([Queue::new(name.clone()).no_declare(true)])
+        .tag_prefix("orders-")
+        .exclusive(true)
+        .consume()
+        .await
+        .unwrap();
+    assert_eq!(
+        consumer.subscriptions().next(),
+        Some((name.as_str(), "orders-1"))
+    );
+    // An exclusive consumer keeps others out: 403 ACCESS_REFUSED.
+    let other = conn
+        .consumer([Queue::new(name.clone()).no_declare(true)])
+        .consume()
+        .await
+        .unwrap_err();
+    assert_eq!(err_code(&other), Some(ReplyCode::ACCESS_REFUSED), "{other}");
+
+    let m = next(&mut consumer).await;
+    assert_eq!(m.consumer_tag(), "orders-1");
+    assert_eq!(m.properties().delivery_mode, Some(1));
+    assert_eq!(m.properties().priority, Some(7));
+    assert_eq!(
+        m.properties().expiration.as_ref().and_then(|e| e.as_str()),
+        Some("30000")
+    );
+    m.nack(true).unwrap();
+    assert_eq!(m.state(), MessageState::Requeued);
+    // Requeued: it comes again, marked redelivered.
+    let again = next(&mut consumer).await;
+    let (first, second) = if again.redelivered() {
+        (again, next(&mut consumer).await)
+    } else {
+        let first = next(&mut consumer).await;
+        (first, again)
+    };
+    assert_eq!(first.decode::<u32>().unwrap(), 1);
+    first.ack().unwrap();
+    assert_eq!(second.decode::<u32>().unwrap(), 2);
+    assert_eq!(second.properties().delivery_mode, Some(2));
+    assert_eq!(second.properties().priority, Some(0));
+    assert_eq!(
+        second
+            .properties()
+            .message_id
+            .as_ref()
+            .and_then(|v| v.as_str()),
+        Some("m-2")
+    );
+    assert_eq!(
+        second
+            .properties()
+            .reply_to
+            .as_ref()
+            .and_then(|v| v.as_str()),
+        Some("replies")
+    );
+    second.reject().unwrap();
+    assert!(matches!(
+        second.ack(),
+        Err(Error::MessageState(MessageState::Rejected))
+    ));
+}
+
+#[tokio::test]
+async fn a_consumer_of_several_queues_merges_them() {
+    let conn = connect().await;
+    let (a, b) = (scratch_queue("merge.a"), scratch_queue("merge.b"));
+    let producer = conn.producer().build().unwrap();
+    producer
+        .publish(&"a")
+        .to_queue(&a)
+        .declare(a.clone())
+        .await
+        .unwrap();
+    producer
+        .publish(&"b")
+        .to_queue(&b)
+        .declare(b.clone())
+        .await
+        .unwrap();
+    let mut consumer = conn
+        .consumer([a.clone(), b.clone()])
+        .consume()
+        .await
+        .unwrap();
+    let mut got = vec![
+        next(&mut consumer).await.decode::<String>().unwrap(),
+        next(&mut consumer).await.decode::<String>().unwrap(),
+    ];
+    got.sort();
+    assert_eq!(got, ["a", "b"]);
+    assert_eq!(consumer.subscriptions().count(), 2);
+}

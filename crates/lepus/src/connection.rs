@@ -291,6 +291,20 @@ impl Connection {
         self.shared.lock().proto.server_properties()
     }
 
+    /// A number that changes every time the link to the broker is lost: equal numbers at two
+    /// moments mean the same link carried everything in between, so what was declared then is
+    /// still there (unless deleted). Reading it takes no lock.
+    pub fn link_epoch(&self) -> u64 {
+        self.shared.epoch()
+    }
+
+    /// The largest message body this connection accepts from the broker
+    /// ([`ConnectionOptions::max_message_size`]); layers above use it to bound what a body
+    /// may grow to (such as decompression).
+    pub fn max_message_size(&self) -> u64 {
+        self.shared.options.max_message_size
+    }
+
     /// The negotiated channel_max, frame_max and heartbeat.
     pub fn negotiated(&self) -> Negotiated {
         self.shared.lock().proto.negotiated()

@@ -23,12 +23,23 @@
 //! limit; with `--count` that would let the broker push (and drop) messages beyond the N-th, so
 //! lepus then consumes with acknowledgements and acks each message as it arrives instead
 //! (deferring the last `p` as above).
+//!
+//! # Refused messages
+//!
+//! With `--decode`, a message that is outside `--accept`, or does not inflate or decode, is
+//! neither printed nor settled: the consumer stops there, is cancelled, the messages printed
+//! before are settled as usual (acked, rejected or requeued), deliveries that arrived after
+//! the refused one are requeued, and the refused message is requeued last; lepus exits 1. No
+//! message is ever lost to a refusal: `--no-ack` with `--decode` consumes with
+//! acknowledgements and acks each message on arrival once it has decoded (as with `--count`),
+//! since a message the broker has already forgotten could not be put back.
 
 use std::time::Duration;
 
 use lepus::{BasicConsumeOptions, BasicQosOptions, Channel, Consumer, Delivery};
 
 use crate::cli::ConsumeArgs;
+use crate::codec::{DecodeError, Decoder};
 use crate::commands::finish;
 use crate::connect::Target;
 use crate::error::{CliError, OnChannel, Settled};
@@ -40,7 +51,7 @@ use crate::signal::Stop;
 enum Settle {
     /// `basic.ack` after printing.
     Ack,
-    /// `basic.ack` on arrival, before printing (`--no-ack --count N`).
+    /// `basic.ack` on arrival, before printing (`--no-ack --count N`, `--no-ack --decode`).
     AckOnArrival,
     /// Nothing: the broker forgot the message when it sent it (`--no-ack`).
     None,
@@ -51,7 +62,7 @@ enum Settle {
 }
 
 /// Why the consume loop stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 enum Why {
     /// `--count` messages arrived, or the requeue window is full.
     Done,
@@ -59,6 +70,16 @@ enum Why {
     Idle,
     /// Ctrl-C (SIGINT) or SIGTERM.
     Interrupted,
+    /// `--decode` refused a message (boxed: a delivery is large).
+    Refused(Box<Refused>),
+}
+
+/// A message `--decode` refused or could not decode: not printed, and left unsettled until
+/// the consumer is cancelled, then requeued (see the module docs).
+#[derive(Debug)]
+struct Refused {
+    delivery: Delivery,
+    error: DecodeError,
 }
 
 /// The consumer's bookkeeping of the "never more than N" scheme (see the module docs).
@@ -78,8 +99,12 @@ struct Window {
 
 impl Window {
     fn new(args: &ConsumeArgs) -> Self {
+        // A message refused by --decode must go back to the queue: the broker must not have
+        // forgotten it on delivery.
+        let decode = args.decode.decode;
         let settle = match (args.no_ack, args.requeue, args.reject, args.count) {
             (true, _, _, Some(_)) => Settle::AckOnArrival,
+            (true, _, _, None) if decode => Settle::AckOnArrival,
             (true, _, _, None) => Settle::None,
             (false, true, _, _) => Settle::Requeue,
             (false, false, true, _) => Settle::Reject,
@@ -137,13 +162,20 @@ impl Window {
 /// # Errors
 ///
 /// Connection errors; 404 when the queue is missing; the broker cancelling the consumer (queue
-/// deleted) or closing the channel; a failed write to stdout (unsettled messages then go back
-/// to the queue when the connection closes).
+/// deleted) or closing the channel; with `--decode`, a message refused or not decodable (it is
+/// requeued); a failed write to stdout (unsettled messages then go back to the queue when the
+/// connection closes).
 pub(crate) async fn run(
     args: ConsumeArgs,
     target: &Target,
     mut stop: Stop,
 ) -> Result<(), CliError> {
+    let decoder = if args.decode.decode {
+        Some(Decoder::new(&args.decode.accept)?)
+    } else {
+        None
+    };
+    let decoder = decoder.as_ref();
     let mut window = Window::new(&args);
     let prefetch = window.prefetch;
     let options = BasicConsumeOptions {
@@ -173,22 +205,36 @@ pub(crate) async fn run(
     let mut printer = Printer::new(args.output);
     let idle = args.idle_timeout.map(Duration::from_secs_f64);
 
-    let why = receive(&ch, &mut consumer, &mut window, &mut printer, idle, stop).await?;
+    let why = receive(
+        &ch,
+        &mut consumer,
+        &mut window,
+        &mut printer,
+        decoder,
+        idle,
+        stop,
+    )
+    .await?;
     tracing::debug!(?why, received = window.received, "stopping the consumer");
+    let mut refused = match why {
+        Why::Refused(refused) => Some(*refused),
+        Why::Done | Why::Idle | Why::Interrupted => None,
+    };
 
     // Cancel first: only once cancel-ok is in may the deferred messages be settled (an ack
     // while the consumer is active makes room for one more delivery).
     let tag = consumer.tag().to_string_lossy().into_owned();
     ch.basic_cancel(&tag).await.on(ch.id())?;
     // Deliveries that arrived before cancel-ok (after an idle timeout or a signal) are printed
-    // and settled like the others; with --count none can be here.
+    // and settled like the others; with --count none can be here. After a refusal they are
+    // requeued unseen.
     while let Some(next) = consumer.recv().await {
         let delivery = next.on(ch.id())?;
-        if window.limit.is_some_and(|n| window.received >= n) {
+        if refused.is_some() || window.limit.is_some_and(|n| window.received >= n) {
             delivery.nack(true).settled(ch.id())?;
             continue;
         }
-        handle(&ch, &delivery, &mut window, &mut printer)?;
+        refused = handle(&ch, delivery, &mut window, &mut printer, decoder)?;
     }
     if let Some(tag) = window.deferred.take() {
         match window.settle {
@@ -199,15 +245,25 @@ pub(crate) async fn run(
         }
         .settled(ch.id())?;
     }
+    // The deferred tag is below the refused message's: the multiple settle above left it be.
+    if let Some(Refused { delivery, error }) = refused {
+        delivery.reject(true).settled(ch.id())?;
+        finish(conn).await?;
+        return Err(CliError::failed(format!(
+            "{error} (the message was requeued)"
+        )));
+    }
     finish(conn).await
 }
 
-/// Receives and prints until the window is done, the idle timeout passes or a signal comes.
+/// Receives and prints until the window is done, the idle timeout passes, a signal comes or
+/// `--decode` refuses a message.
 async fn receive(
     ch: &Channel,
     consumer: &mut Consumer,
     window: &mut Window,
     printer: &mut Printer,
+    decoder: Option<&Decoder>,
     idle: Option<Duration>,
     mut stop: Stop,
 ) -> Result<Why, CliError> {
@@ -233,37 +289,45 @@ async fn receive(
                 )))
             }
         };
-        handle(ch, &delivery, window, printer)?;
+        if let Some(refused) = handle(ch, delivery, window, printer, decoder)? {
+            return Ok(Why::Refused(Box::new(refused)));
+        }
     }
     Ok(Why::Done)
 }
 
-/// Prints one delivery and settles it now or defers it.
+/// Decodes (with `--decode`) and prints one delivery, and settles it now or defers it; a
+/// message the decoder refuses comes back unsettled and unprinted.
 fn handle(
     ch: &Channel,
-    delivery: &Delivery,
+    delivery: Delivery,
     window: &mut Window,
     printer: &mut Printer,
-) -> Result<(), CliError> {
+    decoder: Option<&Decoder>,
+) -> Result<Option<Refused>, CliError> {
+    let payload = match decoder.map(|d| d.decode(&delivery)).transpose() {
+        Ok(payload) => payload,
+        Err(error) => return Ok(Some(Refused { delivery, error })),
+    };
     window.received += 1;
     let now = window.may_settle_now();
     if window.settle == Settle::AckOnArrival && now {
         delivery.ack().settled(ch.id())?;
         window.settled += 1;
     }
-    printer.print(delivery, None)?;
+    printer.print(&delivery, None, payload.as_ref())?;
     if !now {
         window.deferred = Some(delivery.delivery_tag);
         window.deferred_count += 1;
-        return Ok(());
+        return Ok(None);
     }
     match window.settle {
         Settle::Ack => delivery.ack().settled(ch.id())?,
         Settle::Reject => delivery.reject(false).settled(ch.id())?,
-        Settle::AckOnArrival | Settle::None | Settle::Requeue => return Ok(()),
+        Settle::AckOnArrival | Settle::None | Settle::Requeue => return Ok(None),
     }
     window.settled += 1;
-    Ok(())
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -353,6 +417,13 @@ mod tests {
         assert_eq!(window(&["--no-ack"]).settle, Settle::None);
         assert_eq!(
             window(&["--no-ack", "--count", "3"]).settle,
+            Settle::AckOnArrival
+        );
+        // A refused message must be requeued: --decode never consumes without acks.
+        let w = window(&["--no-ack", "--decode"]);
+        assert_eq!((w.settle, w.prefetch), (Settle::AckOnArrival, 100));
+        assert_eq!(
+            window(&["--no-ack", "--decode", "--count", "3"]).settle,
             Settle::AckOnArrival
         );
     }

@@ -19,42 +19,76 @@
 //! On SIGINT or SIGTERM, `publish` stops reading its input and publishing, waits (at most
 //! [`CLOSE_TIMEOUT`], closing included) for the confirms of what it sent, and reports how many
 //! messages were published and confirmed in a [`CliError::Stopped`] (exit code 130 or 143).
+//!
+//! # kombu's formats
+//!
+//! With `--serializer`, each body (each line with `--lines`) is read as one JSON value and
+//! serialized as kombu does, which sets `content_type` and `content_encoding`; `--compression`
+//! then compresses it and sets the `compression` header (see [`crate::codec`]). Bodies read
+//! before connecting (`--body`, `--file`, stdin without `--lines`) are all encoded first, so a
+//! bad one is a usage error and nothing is sent; stdin with `--lines` is encoded line by line
+//! as it is read, and a bad line stops `publish` there (exit 1), after the lines before it
+//! were published and confirmed.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 use lepus::bytes::Bytes;
 use lepus::{
-    BasicProperties, BasicPublishOptions, Channel, Confirmation, PublisherConfirm, ReturnedMessage,
-    ShortStr,
+    BasicProperties, BasicPublishOptions, Channel, Confirmation, FieldTable, PublisherConfirm,
+    ReturnedMessage, ShortStr,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::time::Instant;
 
 use crate::cli::PublishArgs;
+use crate::codec::{EncodeError, Encoder, COMPRESSION_HEADER};
 use crate::commands::finish;
 use crate::connect::{Target, CLOSE_TIMEOUT};
 use crate::error::{self, CliError, OnChannel};
+use crate::properties::Property;
 use crate::signal::{Signal, Stop};
 
 /// Most unconfirmed messages with `--confirm`; the oldest is awaited when there are more.
 const CONFIRM_WINDOW: usize = 1000;
 
-/// Where the message bodies come from.
+/// Where the messages come from.
 enum Bodies {
-    /// Everything read already: one body, or its lines with `--lines`.
-    Ready(Vec<Bytes>),
+    /// Everything read (and encoded) already: one message, or one per line with `--lines`.
+    Ready(Vec<Message>),
     /// `--lines` from stdin: published as they are read, so `tail -f | lepus publish --lines`
     /// works.
     StdinLines(BufReader<tokio::io::Stdin>),
+}
+
+/// One message to publish: its body and its properties, shared between messages (they differ
+/// only where `--serializer raw` sets content encoding `utf-8` for a string and `binary` for
+/// bytes).
+#[derive(Debug, Clone)]
+struct Message {
+    body: Bytes,
+    props: Arc<BasicProperties>,
+}
+
+/// Turns bodies as read into messages: as they are, or through `--serializer` and
+/// `--compression`.
+struct Prepare {
+    encoder: Option<Encoder>,
+    /// The properties asked for, with the `compression` header.
+    base: Arc<BasicProperties>,
+    /// `base` with each content type and encoding the serializer has set so far.
+    by_content: Vec<(Cow<'static, str>, Cow<'static, str>, Arc<BasicProperties>)>,
 }
 
 /// Publishes the message(s) and waits until the broker has processed them all.
 ///
 /// # Errors
 ///
-/// A file or stdin that cannot be read; connection errors; the broker closing the channel
+/// A file or stdin that cannot be read; with `--serializer`, a body that is not JSON (a usage
+/// error when found before connecting); connection errors; the broker closing the channel
 /// (missing exchange: 404); with `--mandatory`, any message returned (`312 NO_ROUTE`); with
 /// `--confirm`, any message nacked; [`CliError::Stopped`] after SIGINT or SIGTERM.
 pub(crate) async fn run(
@@ -62,12 +96,12 @@ pub(crate) async fn run(
     target: &Target,
     mut stop: Stop,
 ) -> Result<(), CliError> {
-    let props = properties(&args);
+    let mut prepare = Prepare::new(&args)?;
     if let Some(hint) = stdin_hint(&args, std::io::stdin().is_terminal()) {
         let _ = writeln!(std::io::stderr().lock(), "lepus: {hint}");
     }
     let setup = async {
-        let bodies = bodies(&args).await?;
+        let bodies = bodies(&args, &mut prepare).await?;
         let (conn, ch) = target.channel_recovering("publish").await?;
         let returns = ch.returns().on(ch.id())?;
         ch.confirm_select().await.on(ch.id())?;
@@ -90,7 +124,6 @@ pub(crate) async fn run(
         options: BasicPublishOptions {
             mandatory: args.mandatory,
         },
-        props: &props,
         count: args.count,
         wait_for_each: args.confirm,
         stop: stop.clone(),
@@ -100,11 +133,13 @@ pub(crate) async fn run(
         nacked: 0,
         republished: 0,
     };
+    // A line of stdin that does not encode: publishing stops there.
+    let mut bad_line = None;
     let stopped_by = match &mut bodies {
         Bodies::Ready(list) => {
             let mut stopped_by = None;
-            for body in list.iter() {
-                stopped_by = publisher.publish(body).await?;
+            for message in list.iter() {
+                stopped_by = publisher.publish(message).await?;
                 if stopped_by.is_some() {
                     break;
                 }
@@ -113,6 +148,7 @@ pub(crate) async fn run(
         }
         Bodies::StdinLines(reader) => {
             let mut line = Vec::new();
+            let mut number = 0u64;
             loop {
                 line.clear();
                 let n = tokio::select! {
@@ -128,7 +164,15 @@ pub(crate) async fn run(
                 if line.last() == Some(&b'\n') {
                     line.pop();
                 }
-                if let Some(signal) = publisher.publish(&Bytes::copy_from_slice(&line)).await? {
+                number += 1;
+                let message = match prepare.message(Bytes::copy_from_slice(&line)) {
+                    Ok(message) => message,
+                    Err(e) => {
+                        bad_line = Some(format!("line {number} of stdin: {}", e.describe(true)));
+                        break None;
+                    }
+                };
+                if let Some(signal) = publisher.publish(&message).await? {
                     break Some(signal);
                 }
             }
@@ -160,6 +204,12 @@ pub(crate) async fn run(
     let (returned, first_return) = count_returns(&mut returns);
     tracing::debug!(published, nacked, returned, republished, "publish done");
     let mut problems = Vec::new();
+    if let Some(bad) = bad_line {
+        problems.push(format!(
+            "{bad} ({} published before it)",
+            messages(published)
+        ));
+    }
     if let Some(r) = &first_return {
         problems.push(format!(
             "{returned} of {published} messages returned by the broker: {}",
@@ -210,16 +260,15 @@ struct Publisher<'a> {
     exchange: &'a str,
     routing_key: &'a str,
     options: BasicPublishOptions,
-    props: &'a BasicProperties,
-    /// Times to publish each body.
+    /// Times to publish each message.
     count: u64,
     /// `--confirm`: await every confirm and count nacks; otherwise only the latest is kept.
     wait_for_each: bool,
     /// Checked before each publish and while waiting.
     stop: Stop,
-    /// Confirms not awaited yet, each with its body, to publish it again if its confirm is
+    /// Confirms not awaited yet, each with its message, to publish it again if its confirm is
     /// lost with the connection.
-    pending: VecDeque<(PublisherConfirm, Bytes)>,
+    pending: VecDeque<(PublisherConfirm, Message)>,
     published: u64,
     /// Acks counted: all of them with `--confirm`, else at most the latest.
     acked: u64,
@@ -230,8 +279,9 @@ struct Publisher<'a> {
 }
 
 impl Publisher<'_> {
-    /// Publishes `body` `count` times; returns the signal that stopped it early, if one did.
-    async fn publish(&mut self, body: &Bytes) -> Result<Option<Signal>, CliError> {
+    /// Publishes `message` `count` times; returns the signal that stopped it early, if one
+    /// did.
+    async fn publish(&mut self, message: &Message) -> Result<Option<Signal>, CliError> {
         for _ in 0..self.count {
             if let Some(signal) = self.stop.signal() {
                 return Ok(Some(signal));
@@ -245,8 +295,8 @@ impl Publisher<'_> {
                     self.exchange,
                     self.routing_key,
                     self.options,
-                    self.props,
-                    body.clone(),
+                    &message.props,
+                    message.body.clone(),
                 ) => published,
             };
             // On a channel the broker has closed, the error carries its reason.
@@ -255,7 +305,7 @@ impl Publisher<'_> {
             if !self.wait_for_each {
                 self.pending.clear();
             }
-            self.pending.push_back((confirm, body.clone()));
+            self.pending.push_back((confirm, message.clone()));
             while self.pending.len() > CONFIRM_WINDOW {
                 let Some((oldest, _)) = self.pending.front_mut() else {
                     break;
@@ -266,8 +316,8 @@ impl Publisher<'_> {
                     signal = self.stop.wait() => return Ok(Some(signal)),
                     confirmed = oldest => confirmed,
                 };
-                if let Some((_, body)) = self.pending.pop_front() {
-                    self.count(confirmed, body).await?;
+                if let Some((_, message)) = self.pending.pop_front() {
+                    self.count(confirmed, message).await?;
                 }
             }
         }
@@ -276,9 +326,9 @@ impl Publisher<'_> {
 
     /// Waits for every kept confirm (and for those of what it publishes again).
     async fn drain(&mut self) -> Result<(), CliError> {
-        while let Some((confirm, body)) = self.pending.pop_front() {
+        while let Some((confirm, message)) = self.pending.pop_front() {
             let confirmed = confirm.await;
-            self.count(confirmed, body).await?;
+            self.count(confirmed, message).await?;
         }
         Ok(())
     }
@@ -297,8 +347,8 @@ impl Publisher<'_> {
                 let Ok(confirmed) = tokio::time::timeout_at(deadline, oldest).await else {
                     break;
                 };
-                if let Some((_, body)) = self.pending.pop_front() {
-                    self.count(confirmed, body).await?;
+                if let Some((_, message)) = self.pending.pop_front() {
+                    self.count(confirmed, message).await?;
                 }
             }
             let confirmed = self.acked + self.nacked;
@@ -336,19 +386,19 @@ impl Publisher<'_> {
     }
 
     /// Counts one confirm, or fails with the broker's reason for closing the channel. With
-    /// `--confirm`, a confirm lost with the connection publishes `body` again (at least once:
-    /// the first copy may have reached the broker).
+    /// `--confirm`, a confirm lost with the connection publishes `message` again (at least
+    /// once: the first copy may have reached the broker).
     async fn count(
         &mut self,
         confirmed: lepus::Result<Confirmation>,
-        body: Bytes,
+        message: Message,
     ) -> Result<(), CliError> {
         match confirmed {
-            Err(e) if e.is_retryable() && self.wait_for_each => return self.again(body).await,
+            Err(e) if e.is_retryable() && self.wait_for_each => return self.again(message).await,
             other => match other.map_err(|e| fail(self.ch, e))? {
                 Confirmation::Nack(_) => self.nacked += 1,
                 Confirmation::Ack(_) => self.acked += 1,
-                Confirmation::Uncertain if self.wait_for_each => return self.again(body).await,
+                Confirmation::Uncertain if self.wait_for_each => return self.again(message).await,
                 // Without --confirm only the latest is kept; the caller checks recoveries.
                 _ => {}
             },
@@ -356,8 +406,8 @@ impl Publisher<'_> {
         Ok(())
     }
 
-    /// Publishes `body` again, its first confirm lost in a recovery.
-    async fn again(&mut self, body: Bytes) -> Result<(), CliError> {
+    /// Publishes `message` again, its first confirm lost in a recovery.
+    async fn again(&mut self, message: Message) -> Result<(), CliError> {
         self.republished += 1;
         tracing::info!(
             republished = self.republished,
@@ -369,12 +419,12 @@ impl Publisher<'_> {
                 self.exchange,
                 self.routing_key,
                 self.options,
-                self.props,
-                body.clone(),
+                &message.props,
+                message.body.clone(),
             )
             .await
             .map_err(|e| fail(self.ch, e))?;
-        self.pending.push_back((confirm, body));
+        self.pending.push_back((confirm, message));
         Ok(())
     }
 }
@@ -440,11 +490,20 @@ fn properties(args: &PublishArgs) -> BasicProperties {
     props
 }
 
-/// Reads `--body`, `--file` or stdin (stdin with `--lines` is read as it is published).
-async fn bodies(args: &PublishArgs) -> Result<Bodies, CliError> {
-    let whole = match (&args.body, &args.file) {
-        (Some(text), _) => Bytes::from(text.clone().into_bytes()),
-        (None, Some(path)) => read_file(path)?,
+/// Reads `--body`, `--file` or stdin (stdin with `--lines` is read as it is published) and
+/// makes messages of what it read.
+///
+/// # Errors
+///
+/// A file or stdin that cannot be read; a body (a line with `--lines`) that `--serializer`
+/// cannot encode, which is a [`CliError::Usage`]: nothing was sent.
+async fn bodies(args: &PublishArgs, prepare: &mut Prepare) -> Result<Bodies, CliError> {
+    let (whole, source) = match (&args.body, &args.file) {
+        (Some(text), _) => (
+            Bytes::from(text.clone().into_bytes()),
+            Cow::Borrowed("--body"),
+        ),
+        (None, Some(path)) => (read_file(path)?, Cow::Owned(path.display().to_string())),
         (None, None) if args.lines => {
             return Ok(Bodies::StdinLines(BufReader::new(tokio::io::stdin())))
         }
@@ -454,14 +513,110 @@ async fn bodies(args: &PublishArgs) -> Result<Bodies, CliError> {
                 .read_to_end(&mut buf)
                 .await
                 .map_err(|e| CliError::failed(format!("reading stdin: {e}")))?;
-            Bytes::from(buf)
+            (Bytes::from(buf), Cow::Borrowed("stdin"))
         }
     };
-    Ok(Bodies::Ready(if args.lines {
+    let inputs = if args.lines {
         split_lines(&whole)
     } else {
         vec![whole]
-    }))
+    };
+    let mut messages = Vec::with_capacity(inputs.len());
+    for (i, input) in inputs.into_iter().enumerate() {
+        let message = prepare.message(input).map_err(|e| {
+            CliError::Usage(if args.lines {
+                format!("line {} of {source}: {}", i + 1, e.describe(true))
+            } else {
+                format!("{source}: {}", e.describe(false))
+            })
+        })?;
+        messages.push(message);
+    }
+    Ok(Bodies::Ready(messages))
+}
+
+impl Prepare {
+    /// Checks `--serializer` and `--compression` against the other flags, and sets the
+    /// properties asked for and the `compression` header.
+    ///
+    /// # Errors
+    ///
+    /// [`CliError::Usage`] when `--property` sets what `--serializer` sets (content type or
+    /// encoding), or `--header`/`--headers-json` the header `--compression` sets.
+    fn new(args: &PublishArgs) -> Result<Self, CliError> {
+        let mut props = properties(args);
+        let sets_content =
+            |p: &Property| matches!(p, Property::ContentType(_) | Property::ContentEncoding(_));
+        if args.serializer.is_some() && args.properties.iter().any(sets_content) {
+            return Err(CliError::Usage(
+                "--serializer sets content_type and content_encoding: they cannot be given with \
+                 --property too"
+                    .into(),
+            ));
+        }
+        if let Some(mime) = args.compression {
+            let headers = props.headers.get_or_insert_with(FieldTable::default);
+            if headers.contains_key(COMPRESSION_HEADER) {
+                return Err(CliError::Usage(
+                    "--compression sets the compression header: it cannot be given with \
+                     --header or --headers-json too"
+                        .into(),
+                ));
+            }
+            headers.insert(ShortStr::from_static(COMPRESSION_HEADER), mime);
+        }
+        Ok(Self {
+            encoder: Encoder::new(args.serializer.clone(), args.compression),
+            base: Arc::new(props),
+            by_content: Vec::new(),
+        })
+    }
+
+    /// The message for one body as read: the same bytes without `--serializer` and
+    /// `--compression` (no copy), else the body they make.
+    fn message(&mut self, input: Bytes) -> Result<Message, EncodeError> {
+        let Some(encoder) = &self.encoder else {
+            return Ok(Message {
+                body: input,
+                props: Arc::clone(&self.base),
+            });
+        };
+        let encoded = encoder.encode(&input)?;
+        let props = match encoded.content {
+            None => Arc::clone(&self.base),
+            Some((content_type, content_encoding)) => {
+                self.props_for(content_type, content_encoding)
+            }
+        };
+        Ok(Message {
+            body: encoded.body,
+            props,
+        })
+    }
+
+    /// The properties with this content type and encoding, made once.
+    fn props_for(
+        &mut self,
+        content_type: Cow<'static, str>,
+        content_encoding: Cow<'static, str>,
+    ) -> Arc<BasicProperties> {
+        let known = self
+            .by_content
+            .iter()
+            .find(|(t, e, _)| *t == content_type && *e == content_encoding);
+        if let Some((_, _, props)) = known {
+            return Arc::clone(props);
+        }
+        let mut props = BasicProperties::clone(&self.base);
+        // The registry's content types and encodings are short constants (`application/json`,
+        // `binary`): never past a short string's 255 bytes.
+        props.content_type = ShortStr::try_from(content_type.as_ref()).ok();
+        props.content_encoding = ShortStr::try_from(content_encoding.as_ref()).ok();
+        let props = Arc::new(props);
+        self.by_content
+            .push((content_type, content_encoding, Arc::clone(&props)));
+        props
+    }
 }
 
 fn read_file(path: &Path) -> Result<Bytes, CliError> {

@@ -131,17 +131,19 @@ impl TempQueue {
 
     /// Takes every message off the queue with `get` and returns them as JSON values.
     pub(crate) fn drain(&self) -> Vec<serde_json::Value> {
-        let out = lepus()
-            .args(["get", "--queue", &self.0, "--count", "100000"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        json_lines(&out.stdout)
+        lepus_lines(&["get", "--queue", &self.0, "--count", "100000"])
     }
+}
+
+/// Runs `lepus` with `args`, checks that it succeeded, and returns its JSON output lines.
+pub(crate) fn lepus_lines(args: &[&str]) -> Vec<serde_json::Value> {
+    let out = lepus().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "lepus {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json_lines(&out.stdout)
 }
 
 impl Drop for TempQueue {

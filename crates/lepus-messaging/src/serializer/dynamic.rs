@@ -25,8 +25,15 @@ impl<'de> Deserialize<'de> for Dynamic {
     }
 }
 
-/// kombu's JSON form of a Python `bytes` value.
-pub(crate) fn bytes_marker(bytes: &[u8]) -> Value {
+/// kombu's JSON form of a Python `bytes` value: `{"__type__": "bytes", "__value__": text}`
+/// when the bytes are UTF-8, else `{"__type__": "base64", "__value__": base64}`; kombu's JSON
+/// decoder turns either back into `bytes`.
+///
+/// ```
+/// let v = lepus_messaging::serializer::bytes_marker(b"\xff");
+/// assert_eq!(v, serde_json::json!({"__type__": "base64", "__value__": "/w=="}));
+/// ```
+pub fn bytes_marker(bytes: &[u8]) -> Value {
     let (kind, text) = match std::str::from_utf8(bytes) {
         Ok(text) => ("bytes", text.to_owned()),
         Err(_) => (

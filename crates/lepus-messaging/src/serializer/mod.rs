@@ -109,6 +109,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
+pub use dynamic::bytes_marker;
 pub use erased_serde;
 
 use self::capture::{capture, Captured};
