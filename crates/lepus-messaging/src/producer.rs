@@ -305,8 +305,9 @@ impl Producer {
         self.shared.retried.load(Ordering::Relaxed)
     }
 
-    /// A channel of the pool, opened (in confirm mode, with replay on recovery) when needed.
-    async fn channel(&self) -> Result<Channel> {
+    /// A channel of the pool and its slot, opened (in confirm mode, with replay on recovery)
+    /// when the slot has none.
+    async fn channel(&self) -> Result<(usize, Channel)> {
         let n = self.shared.pool.len().max(1);
         let i = self.shared.next.fetch_add(1, Ordering::Relaxed) % n;
         let Some(slot) = self.shared.pool.get(i) else {
@@ -314,19 +315,19 @@ impl Producer {
                 "empty channel pool",
             )));
         };
-        let open = |slot: &std::sync::Mutex<Option<Channel>>| {
+        // Whether the channel is still open is not asked here (that takes the connection's
+        // lock): a publish on a closed one fails at once, and `send` then opens another.
+        let cached = |slot: &std::sync::Mutex<Option<Channel>>| {
             slot.lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .as_ref()
-                .filter(|ch| ch.is_open())
-                .cloned()
+                .clone()
         };
-        if let Some(ch) = open(slot) {
-            return Ok(ch);
+        if let Some(ch) = cached(slot) {
+            return Ok((i, ch));
         }
         let _opening = self.shared.opening.lock().await;
-        if let Some(ch) = open(slot) {
-            return Ok(ch);
+        if let Some(ch) = cached(slot) {
+            return Ok((i, ch));
         }
         let ch = self.shared.conn.client().open_channel().await?;
         if self.shared.confirms {
@@ -336,7 +337,18 @@ impl Producer {
         *slot
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ch.clone());
-        Ok(ch)
+        Ok((i, ch))
+    }
+
+    /// Forgets pool slot `i`'s channel if it is still `closed`, so that the next use opens
+    /// another.
+    fn forget(&self, i: usize, closed: &Channel) {
+        if let Some(slot) = self.shared.pool.get(i) {
+            let mut slot = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if slot.as_ref().is_some_and(|ch| ch.id() == closed.id()) {
+                *slot = None;
+            }
+        }
     }
 
     /// Whether the producer's own exchange is to be declared on the current link.
@@ -572,9 +584,21 @@ impl<'a> Publish<'a> {
         let producer = self.producer.clone();
         let prepared = self.prepare()?;
         let first = producer.first_send(&prepared).await;
-        Ok(Confirm {
-            fut: Box::pin(async move { producer.settle(&prepared, first).await }),
-        })
+        // What waits for the confirm keeps the message only when it may have to send it again:
+        // the future stays small, and so does the memory of thousands in flight.
+        let names = Names {
+            exchange: prepared.exchange.clone(),
+            routing_key: prepared.routing_key.clone(),
+        };
+        let state =
+            match (prepared.retry.is_some(), first) {
+                (false, Ok(confirm)) => ConfirmState::Direct { confirm, names },
+                (false, Err(e)) => ConfirmState::Failed(Some(e)),
+                (true, first) => ConfirmState::Retrying(Box::pin(async move {
+                    producer.settle(&prepared, first).await
+                })),
+            };
+        Ok(Confirm { state })
     }
 
     /// Serializes, compresses and sets the properties.
@@ -674,6 +698,21 @@ fn short_cow(s: Cow<'static, str>) -> Result<ShortStr> {
     }
 }
 
+/// Where a publish went, for the errors that name it.
+struct Names {
+    exchange: ShortStr,
+    routing_key: ShortStr,
+}
+
+impl Prepared {
+    fn names(&self) -> Names {
+        Names {
+            exchange: self.exchange.clone(),
+            routing_key: self.routing_key.clone(),
+        }
+    }
+}
+
 /// A publish ready to send (and to send again).
 struct Prepared {
     /// Whether it goes to the producer's own exchange (declared by `auto_declare`).
@@ -710,26 +749,39 @@ impl Producer {
         self.send(p).await
     }
 
-    /// Queues the message on a channel of the pool.
+    /// Queues the message on a channel of the pool; on one found closed (by an earlier
+    /// channel error), on a new one.
     async fn send(&self, p: &Prepared) -> Result<lepus::PublisherConfirm> {
-        let channel = self.channel().await?;
-        Ok(channel
-            .basic_publish(
-                &p.exchange,
-                &p.routing_key,
-                BasicPublishOptions {
-                    mandatory: p.mandatory,
-                },
-                &p.properties,
-                p.body.clone(),
-            )
-            .await?)
+        let publish = |channel: Channel| async move {
+            channel
+                .basic_publish(
+                    &p.exchange,
+                    &p.routing_key,
+                    BasicPublishOptions {
+                        mandatory: p.mandatory,
+                    },
+                    &p.properties,
+                    p.body.clone(),
+                )
+                .await
+        };
+        let (i, channel) = self.channel().await?;
+        match publish(channel.clone()).await {
+            // Nothing was sent: the channel had closed before this publish.
+            Err(lepus::Error::ChannelClosed(_) | lepus::Error::ChannelNotOpen(_))
+            | Err(lepus::Error::InvalidState("channel is closed")) => {
+                self.forget(i, &channel);
+                let (_, channel) = self.channel().await?;
+                Ok(publish(channel).await?)
+            }
+            result => Ok(result?),
+        }
     }
 
     /// Waits for the verdict on the first send, and retries per the policy.
     async fn settle(&self, p: &Prepared, first: Result<lepus::PublisherConfirm>) -> Result<()> {
         let outcome = match first {
-            Ok(confirm) => self.outcome(p, confirm).await,
+            Ok(confirm) => self.outcome(&p.names(), confirm).await,
             Err(e) => Err(e),
         };
         match (outcome, &p.retry) {
@@ -741,23 +793,30 @@ impl Producer {
     }
 
     /// Waits for the broker's verdict on one publish.
-    async fn outcome(&self, p: &Prepared, confirm: lepus::PublisherConfirm) -> Result<()> {
-        match confirm.await? {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
-                Err(Error::Returned(returned))
-            }
-            Confirmation::Nack(None) => Err(Error::Nacked {
-                exchange: p.exchange.to_string_lossy().into_owned(),
-                routing_key: p.routing_key.to_string_lossy().into_owned(),
-            }),
-            _ => Err(Error::Uncertain {
-                exchange: p.exchange.to_string_lossy().into_owned(),
-                routing_key: p.routing_key.to_string_lossy().into_owned(),
-            }),
-        }
+    async fn outcome(&self, p: &Names, confirm: lepus::PublisherConfirm) -> Result<()> {
+        verdict(p, confirm.await)
     }
+}
 
+/// What the broker's confirm means for the publish.
+fn verdict(p: &Names, confirmation: lepus::Result<Confirmation>) -> Result<()> {
+    match confirmation? {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+            Err(Error::Returned(returned))
+        }
+        Confirmation::Nack(None) => Err(Error::Nacked {
+            exchange: p.exchange.to_string_lossy().into_owned(),
+            routing_key: p.routing_key.to_string_lossy().into_owned(),
+        }),
+        _ => Err(Error::Uncertain {
+            exchange: p.exchange.to_string_lossy().into_owned(),
+            routing_key: p.routing_key.to_string_lossy().into_owned(),
+        }),
+    }
+}
+
+impl Producer {
     /// Publishes `p` again after `first` failed, per `policy`.
     async fn retry_loop(&self, p: &Prepared, policy: &RetryPolicy, first: Error) -> Result<()> {
         let mut last = first;
@@ -781,7 +840,7 @@ impl Producer {
             self.shared.retried.fetch_add(1, Ordering::Relaxed);
             let attempt = async {
                 let confirm = self.first_send(p).await?;
-                self.outcome(p, confirm).await
+                self.outcome(&p.names(), confirm).await
             };
             match attempt.await {
                 Ok(()) => return Ok(()),
@@ -811,7 +870,20 @@ impl<'a> IntoFuture for Publish<'a> {
 /// once without confirms), after the publish's retries.
 #[must_use = "the publish was sent; await this to learn whether the broker took it"]
 pub struct Confirm {
-    fut: Pin<Box<dyn Future<Output = Result<()>> + Send + 'static>>,
+    state: ConfirmState,
+}
+
+enum ConfirmState {
+    /// The common case, without a retry policy: the client's confirm and the names for the
+    /// errors. No allocation.
+    Direct {
+        confirm: lepus::PublisherConfirm,
+        names: Names,
+    },
+    /// The publish could not even be queued.
+    Failed(Option<Error>),
+    /// With a retry policy: the confirm, then the retries.
+    Retrying(Pin<Box<dyn Future<Output = Result<()>> + Send + 'static>>),
 }
 
 impl std::fmt::Debug for Confirm {
@@ -827,6 +899,16 @@ impl Future for Confirm {
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
-        self.fut.as_mut().poll(cx)
+        use std::task::Poll;
+        match &mut self.state {
+            ConfirmState::Direct { confirm, names } => match Pin::new(confirm).poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(result) => Poll::Ready(verdict(names, result)),
+            },
+            ConfirmState::Failed(e) => Poll::Ready(Err(e.take().unwrap_or(Error::Amqp(
+                lepus::Error::InvalidState("confirm polled after completion"),
+            )))),
+            ConfirmState::Retrying(fut) => fut.as_mut().poll(cx),
+        }
     }
 }

@@ -820,6 +820,7 @@ impl Channel {
         properties: &BasicProperties,
         body: impl Into<Bytes>,
     ) -> Result<PublisherConfirm> {
+        let (exchange_arg, routing_key_arg) = (&exchange, &routing_key);
         let exchange = text(&exchange, "exchange name")?;
         let routing_key = text(&routing_key, "routing key")?;
         let mut body = Some(body.into());
@@ -867,11 +868,12 @@ impl Channel {
                         slot.published_seq = seq;
                         slot.confirms.push(seq);
                         if let Some(kept) = &mut slot.replay {
+                            // Names the caller passed as short strings are kept by reference.
                             kept.insert(
                                 seq,
                                 crate::confirm::Replay {
-                                    exchange: exchange.to_string(),
-                                    routing_key: routing_key.to_string(),
+                                    exchange: exchange_arg.to_short_str()?,
+                                    routing_key: routing_key_arg.to_short_str()?,
                                     mandatory: options.mandatory,
                                     properties: properties.clone(),
                                     body: kept_body.take().unwrap_or_default(),

@@ -32,11 +32,57 @@ pub struct ReturnedMessage {
 /// A confirmed publish kept to be published again after a recovery.
 #[derive(Debug, Clone)]
 pub(crate) struct Replay {
-    pub(crate) exchange: String,
-    pub(crate) routing_key: String,
+    /// UTF-8, checked when it was published.
+    pub(crate) exchange: ShortStr,
+    /// UTF-8, checked when it was published.
+    pub(crate) routing_key: ShortStr,
     pub(crate) mandatory: bool,
     pub(crate) properties: BasicProperties,
     pub(crate) body: Bytes,
+}
+
+/// The confirmed publishes kept for replay, by confirm number, oldest first.
+///
+/// Numbers only grow and the broker confirms mostly in order (often with `multiple`), so a
+/// ring buffer serves: a publish is a push at the back, a confirm a pop at the front; only an
+/// out-of-order single confirm removes from the middle. No allocation per message.
+#[derive(Debug, Default)]
+pub(crate) struct Kept {
+    items: VecDeque<(u64, Replay)>,
+}
+
+impl Kept {
+    /// Keeps publish `seq`.
+    pub(crate) fn insert(&mut self, seq: u64, replay: Replay) {
+        match self.items.back() {
+            Some((last, _)) if *last >= seq => {
+                let at = self.items.partition_point(|(n, _)| *n < seq);
+                self.items.insert(at, (seq, replay));
+            }
+            _ => self.items.push_back((seq, replay)),
+        }
+    }
+
+    /// Forgets what confirm `tag` (and, with `multiple`, every earlier number) settled.
+    pub(crate) fn settle(&mut self, tag: u64, multiple: bool) {
+        if multiple {
+            while self.items.front().is_some_and(|(n, _)| *n <= tag) {
+                self.items.pop_front();
+            }
+        } else if let Ok(at) = self.items.binary_search_by_key(&tag, |(n, _)| *n) {
+            self.items.remove(at);
+        }
+    }
+
+    /// Whether publish `seq` is kept.
+    pub(crate) fn contains(&self, seq: u64) -> bool {
+        self.items.binary_search_by_key(&seq, |(n, _)| *n).is_ok()
+    }
+
+    /// The kept publishes, oldest first.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &(u64, Replay)> {
+        self.items.iter()
+    }
 }
 
 /// How the broker settled a published message.
@@ -536,5 +582,43 @@ mod tests {
         }
         assert!(q.entries.is_empty());
         assert!(q.entries.capacity() <= 16);
+    }
+}
+
+#[cfg(test)]
+mod kept_tests {
+    use super::*;
+
+    fn replay(n: u8) -> Replay {
+        Replay {
+            exchange: ShortStr::from_static(""),
+            routing_key: ShortStr::from_static("q"),
+            mandatory: false,
+            properties: BasicProperties::default(),
+            body: Bytes::from(vec![n]),
+        }
+    }
+
+    fn numbers(k: &Kept) -> Vec<u64> {
+        k.iter().map(|(n, _)| *n).collect()
+    }
+
+    #[test]
+    fn confirms_in_order_out_of_order_and_multiple() {
+        let mut k = Kept::default();
+        for n in 1..=6 {
+            k.insert(n, replay(n as u8));
+        }
+        k.settle(1, false);
+        k.settle(4, false); // out of order
+        assert_eq!(numbers(&k), [2, 3, 5, 6]);
+        assert!(k.contains(5) && !k.contains(4));
+        k.settle(5, true); // 2, 3 and 5
+        assert_eq!(numbers(&k), [6]);
+        k.settle(9, false); // unknown: nothing
+        k.insert(3, replay(3)); // an older number still lands in order
+        assert_eq!(numbers(&k), [3, 6]);
+        k.settle(6, true);
+        assert!(numbers(&k).is_empty());
     }
 }

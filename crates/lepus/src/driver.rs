@@ -335,7 +335,7 @@ pub(crate) struct ChannelSlot {
     pub(crate) published_seq: u64,
     /// With replay on ([`Channel::replay_on_recovery`](crate::Channel::replay_on_recovery)),
     /// every confirmed publish not settled yet, by number, to publish again after a recovery.
-    pub(crate) replay: Option<std::collections::BTreeMap<u64, crate::confirm::Replay>>,
+    pub(crate) replay: Option<crate::confirm::Kept>,
     /// The numbers of the messages published again on the current link, in order: the
     /// broker's numbers 1 to `replayed.len()` stand for them.
     pub(crate) replayed: Vec<u64>,
@@ -2049,11 +2049,7 @@ fn on_confirm(inner: &mut Inner, channel: u16, tag: u64, multiple: bool, ack: bo
     let before = slot.confirms.unsettled();
     let tag = slot.confirm_number(tag);
     if let Some(kept) = &mut slot.replay {
-        if multiple {
-            *kept = kept.split_off(&tag.saturating_add(1));
-        } else {
-            kept.remove(&tag);
-        }
+        kept.settle(tag, multiple);
     }
     if slot.confirms.settle(tag, multiple, ack, returned, wake) {
         slot.nacked_since_wait = true;

@@ -89,7 +89,7 @@ fn settle_in_flight(inner: &mut Inner, cause: &Error) {
         // Kept publishes wait on: they are published again on the new link.
         let kept = slot.replay.as_ref();
         slot.confirms.uncertain(
-            |n| kept.is_some_and(|k| k.contains_key(&n)),
+            |n| kept.is_some_and(|k| k.contains(n)),
             &mut inner.wake_later,
         );
         if let Some(drained) = &slot.confirms_drained {
@@ -327,8 +327,8 @@ fn replay(shared: &Arc<Shared>, id: u16) -> Result<()> {
         Some(slot) => slot
             .replay
             .iter()
-            .flatten()
-            .map(|(&n, m)| (n, m.clone()))
+            .flat_map(crate::confirm::Kept::iter)
+            .map(|(n, m)| (*n, m.clone()))
             .collect(),
         None => return Ok(()),
     };
@@ -336,8 +336,8 @@ fn replay(shared: &Arc<Shared>, id: u16) -> Result<()> {
     for (number, m) in kept {
         inner.proto.publish(
             id,
-            &m.exchange,
-            &m.routing_key,
+            m.exchange.as_str().unwrap_or_default(),
+            m.routing_key.as_str().unwrap_or_default(),
             m.mandatory,
             &m.properties,
             m.body,
