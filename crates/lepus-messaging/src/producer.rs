@@ -344,7 +344,9 @@ impl Producer {
     /// another.
     fn forget(&self, i: usize, closed: &Channel) {
         if let Some(slot) = self.shared.pool.get(i) {
-            let mut slot = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut slot = slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if slot.as_ref().is_some_and(|ch| ch.id() == closed.id()) {
                 *slot = None;
             }
