@@ -20,6 +20,11 @@ use crate::entity::{Exchange, Queue};
 use crate::error::{Error, Result};
 use crate::serializer::{Encoded, Registry};
 
+/// A producer's JSON buffer takes a new block of this size when less than `ARENA_LOW` is left;
+/// a block is freed once every body written into it was sent and confirmed.
+const ARENA_BLOCK: usize = 64 * 1024;
+const ARENA_LOW: usize = 4 * 1024;
+
 /// How a publish retries when the connection is lost under it (kombu's `retry_policy`).
 ///
 /// Only a lost connection (or an outcome made uncertain by it) is retried; a refusal such as
@@ -177,6 +182,7 @@ impl ProducerBuilder {
                 retry: self.retry,
                 pool,
                 next: AtomicUsize::new(0),
+                arena: std::sync::Mutex::new(bytes::BytesMut::new()),
                 retried: AtomicU64::new(0),
             }),
         })
@@ -260,6 +266,8 @@ struct Shared {
     retry: Option<RetryPolicy>,
     pool: Vec<std::sync::Mutex<Option<Channel>>>,
     next: AtomicUsize,
+    /// Where JSON bodies are written (see `Producer::publish`).
+    arena: std::sync::Mutex<bytes::BytesMut>,
     retried: AtomicU64,
 }
 
@@ -273,7 +281,17 @@ impl Producer {
         Publish::new(
             self,
             Body::Value(Box::new(move |registry: &Registry, name: &str| {
-                registry.encode(name, value)
+                // JSON bodies are written into a buffer of the producer's that many bodies
+                // share: no allocation per message, and clones (kept for replay) only count.
+                let mut arena = self
+                    .shared
+                    .arena
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if arena.capacity() < ARENA_LOW {
+                    arena.reserve(ARENA_BLOCK);
+                }
+                registry.encode_into(name, value, &mut arena)
             })),
         )
     }

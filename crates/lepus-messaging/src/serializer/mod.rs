@@ -433,6 +433,40 @@ impl Registry {
         })
     }
 
+    /// As [`encode`](Self::encode), writing a JSON body into `buf` (a buffer many bodies
+    /// share) instead of a fresh allocation; the body returned is split off `buf`. Other
+    /// serializers encode as `encode` does.
+    ///
+    /// # Errors
+    ///
+    /// As [`encode`](Self::encode).
+    pub fn encode_into<T: serde::Serialize + ?Sized>(
+        &self,
+        serializer: &str,
+        value: &T,
+        buf: &mut bytes::BytesMut,
+    ) -> Result<Encoded> {
+        let entry = self
+            .entry(serializer)
+            .ok_or_else(|| Error::SerializerNotInstalled(serializer.to_owned()))?;
+        if !matches!(entry.codec, Codec::Json) {
+            return self.encode(serializer, value);
+        }
+        buf.clear();
+        if let Err(e) = serde_json::to_writer(bytes::BufMut::writer(&mut *buf), value) {
+            buf.clear();
+            return Err(Error::Encode {
+                serializer: entry.name.to_string(),
+                source: e.into(),
+            });
+        }
+        Ok(Encoded {
+            body: buf.split().freeze(),
+            content_type: entry.content_type.clone(),
+            content_encoding: entry.content_encoding.clone(),
+        })
+    }
+
     /// Decodes a body into `T`, as kombu's `loads` (see [the module docs](self)); JSON type
     /// markers are unwrapped.
     ///

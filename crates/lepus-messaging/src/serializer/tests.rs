@@ -1063,3 +1063,33 @@ fn custom_serializers() {
         )
         .is_err());
 }
+
+#[test]
+fn encode_into_shares_one_buffer_and_matches_encode() {
+    let registry = Registry::default();
+    let mut buf = bytes::BytesMut::with_capacity(1024);
+    let a = registry
+        .encode_into("json", &json!({"a": 1}), &mut buf)
+        .unwrap();
+    let b = registry.encode_into("json", &[1, 2, 3], &mut buf).unwrap();
+    assert_eq!(&a.body[..], br#"{"a":1}"#);
+    assert_eq!(&b.body[..], b"[1,2,3]");
+    assert_eq!(
+        a.body,
+        registry.encode("json", &json!({"a": 1})).unwrap().body
+    );
+    assert_eq!(a.content_type, "application/json");
+    // Both bodies live in the buffer's one allocation.
+    assert_eq!(
+        b.body.as_ptr() as usize,
+        a.body.as_ptr() as usize + a.body.len()
+    );
+    // Other serializers encode as `encode` does.
+    let m = registry.encode_into("msgpack", &1u8, &mut buf).unwrap();
+    assert_eq!(m.body, registry.encode("msgpack", &1u8).unwrap().body);
+    // A value that cannot be encoded leaves the buffer empty.
+    let mut map = BTreeMap::new();
+    map.insert(vec![1u8], 1);
+    assert!(registry.encode_into("json", &map, &mut buf).is_err());
+    assert!(buf.is_empty());
+}
