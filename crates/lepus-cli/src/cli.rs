@@ -480,6 +480,10 @@ pub(crate) struct PerfArgs {
     /// Print the summary as one JSON object on stdout
     #[arg(long)]
     pub(crate) json: bool,
+    /// At the end, write the run's metrics to this file in Prometheus text format (counters
+    /// and latency summaries, named after OpenTelemetry's messaging metrics)
+    #[arg(long, value_name = "PATH")]
+    pub(crate) metrics_file: Option<std::path::PathBuf>,
 }
 
 /// A non-negative number of seconds.

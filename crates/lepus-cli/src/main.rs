@@ -32,6 +32,7 @@ mod perf;
 mod properties;
 mod signal;
 mod table;
+mod trace;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -44,7 +44,9 @@ fn perf(extra: &[&str]) -> Value {
         ",\"p95\":",
         ",\"p99\":",
         ",\"max\":",
-        "},\"recoveries\":",
+        "},\"confirm_latency_us\":",
+        ",\"nacked\":",
+        ",\"recoveries\":",
         ",\"republished\":",
         ",\"duplicates\":",
         ",\"missing\":",
@@ -59,7 +61,7 @@ fn perf(extra: &[&str]) -> Value {
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "{line}");
     assert!(line.ends_with('}'), "{line}");
     let v: Value = serde_json::from_str(line).unwrap();
-    assert_eq!(v.as_object().unwrap().len(), 11);
+    assert_eq!(v.as_object().unwrap().len(), 13);
     assert_eq!(v["latency_us"].as_object().unwrap().len(), 4);
     v
 }
@@ -221,4 +223,52 @@ fn perf_usage_errors() {
         2,
     );
     assert!(line.contains("--multi-ack"), "{line}");
+}
+
+#[test]
+fn confirm_latency_and_a_prometheus_metrics_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("perf.prom");
+    let v = perf(&[
+        "--producers",
+        "1",
+        "--consumers",
+        "1",
+        "--count",
+        "2000",
+        "--confirm",
+        "100",
+        "--metrics-file",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(v["confirmed"], 2000);
+    assert_eq!(v["nacked"], 0);
+    let c = &v["confirm_latency_us"];
+    let (p50, max) = (c["p50"].as_u64().unwrap(), c["max"].as_u64().unwrap());
+    assert!(p50 >= 1 && p50 <= max, "{c}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        text.contains("\nmessaging_client_sent_messages_total 2000\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nmessaging_client_consumed_messages_total 2000\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\nlepus_confirms_acked_total 2000\n"),
+        "{text}"
+    );
+    // One publish in 16 is timed to its confirm.
+    assert!(
+        text.contains("\nlepus_confirm_latency_seconds_count 125\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lepus_consume_latency_seconds_count 2000\n"),
+        "{text}"
+    );
+    // Without confirms there is no confirm latency.
+    let v = perf(&["--producers", "1", "--consumers", "0", "--count", "100"]);
+    assert!(v["confirm_latency_us"].is_null(), "{v}");
 }

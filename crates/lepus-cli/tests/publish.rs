@@ -447,3 +447,29 @@ fn confirm_reports_nacks() {
     );
     assert!(line.contains("2 of 3 messages nacked"), "{line}");
 }
+
+#[test]
+fn publish_continues_the_trace_in_traceparent() {
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let q = TempQueue::new("trace");
+    lepus()
+        .env("TRACEPARENT", parent)
+        .env("TRACESTATE", "vendor=1")
+        .args(["publish", "--routing-key", q.name(), "--body", "traced"])
+        .assert()
+        .success();
+    // An invalid one is ignored with a warning; the message goes out without it.
+    lepus()
+        .env("TRACEPARENT", "not-a-traceparent")
+        .args(["publish", "--routing-key", q.name(), "--body", "untraced"])
+        .assert()
+        .success()
+        .stderr(predicates::str::contains("ignoring TRACEPARENT"));
+    let messages = q.drain();
+    assert_eq!(messages[0]["properties"]["headers"]["traceparent"], parent);
+    assert_eq!(
+        messages[0]["properties"]["headers"]["tracestate"],
+        "vendor=1"
+    );
+    assert_eq!(messages[1]["properties"], json!({}));
+}

@@ -100,6 +100,26 @@
 //! - `message.headers`, `message.properties`, `message.content_type`, `message.content_encoding` → the same, as methods
 //! - `message.delivery_info['routing_key']` (and `exchange`, `consumer_tag`, `delivery_tag`, `redelivered`) → `message.routing_key()`, …
 //!
+//! # Pools
+//!
+//! kombu pools connections and producers because a Python connection serves one thread at a
+//! time. Here the types are the pool:
+//!
+//! - A [`Connection`] is `Clone + Send + Sync` and multiplexes every task of the process over
+//!   one socket: make one at start-up and clone it where needed (`kombu.pools.connections` →
+//!   a clone). Channels are opened per producer or consumer, not per task.
+//! - A [`Producer`] is `Clone + Send + Sync` and spreads concurrent publishes over a bounded
+//!   set of channels ([`ProducerBuilder::channels`](crate::ProducerBuilder::channels),
+//!   default 1), opened on first use and replaced after a channel error
+//!   (`kombu.pools.producers[conn].acquire()` → a clone of one producer). Publishes never
+//!   wait for a free channel: they are pipelined on the channels there are.
+//! - The limit is the broker's: a connection has at most the negotiated `channel_max`
+//!   channels (2,047 unless `ConnectionOptions::channel_max` or the broker says fewer); one more fails with
+//!   [`lepus::Error::InvalidArgument`] ("all N channels are in use") instead of kombu's
+//!   `ChannelLimitExceeded`. A consumer takes one channel, a producer at most its `channels`.
+//! - A second connection is worth it for publishers that must not stall consumers while the
+//!   broker blocks publishing (`connection.blocked`), as kombu's `ConsumerProducerMixin` does.
+//!
 //! # Serialization and compression
 //!
 //! - `kombu.serialization.registry.register('proto', encoder, decoder, content_type, content_encoding)` → implement [`serializer::Serializer`](crate::serializer::Serializer) and `registry.register(it)`, then `Connection::with_registry`

@@ -545,6 +545,14 @@ impl Prepare {
     /// encoding), or `--header`/`--headers-json` the header `--compression` sets.
     fn new(args: &PublishArgs) -> Result<Self, CliError> {
         let mut props = properties(args);
+        let env = |name: &str| std::env::var(name).ok();
+        if let Err(warning) = crate::trace::inject(
+            &mut props,
+            env("TRACEPARENT").as_deref(),
+            env("TRACESTATE").as_deref(),
+        ) {
+            eprintln!("lepus: warning: {warning}");
+        }
         let sets_content =
             |p: &Property| matches!(p, Property::ContentType(_) | Property::ContentEncoding(_));
         if args.serializer.is_some() && args.properties.iter().any(sets_content) {

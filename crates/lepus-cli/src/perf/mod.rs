@@ -93,6 +93,8 @@ struct Shared {
     /// Which messages producers got acked, and how often consumers received each: merged by
     /// every task as it ends.
     tally: std::sync::Mutex<Tally>,
+    /// Confirm latencies timed by the producers (microseconds), merged as each ends.
+    confirm_latency: std::sync::Mutex<Option<Histogram<u64>>>,
 }
 
 /// A set of message numbers, one bit each.
@@ -174,6 +176,7 @@ impl Shared {
             recoveries: AtomicU64::new(0),
             republished: AtomicU64::new(0),
             tally: std::sync::Mutex::new(Tally::default()),
+            confirm_latency: std::sync::Mutex::new(None),
         }
     }
 
@@ -214,6 +217,11 @@ pub(crate) async fn run(args: PerfArgs, target: &Target, stop: Stop) -> Result<(
     }
     let summary = result?;
     finish(control).await?;
+    if let Some(path) = &args.metrics_file {
+        std::fs::write(path, summary.prometheus()).map_err(|e| {
+            CliError::failed(format!("writing the metrics to {}: {e}", path.display()))
+        })?;
+    }
     summary.print(args.json)
 }
 
@@ -395,6 +403,10 @@ async fn measure(
             failure.get_or_insert(e);
         }
     }
+    let confirm_histogram = match shared.confirm_latency.lock().ok().and_then(|h| h.clone()) {
+        Some(h) => h,
+        None => report::new_histogram()?,
+    };
     while let Some(joined) = consumers.join_next().await {
         match flatten(joined) {
             Ok(h) => {
@@ -413,6 +425,7 @@ async fn measure(
         args.consumers > 0,
         args.producers > 0 && args.confirm.is_some(),
         &histogram,
+        &confirm_histogram,
     ))
 }
 

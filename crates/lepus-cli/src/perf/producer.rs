@@ -5,9 +5,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use lepus::bytes::Bytes;
 use lepus::{BasicProperties, BasicPublishOptions, Confirmation, PublisherConfirm};
 use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
 
 use super::{Phase, Shared, Stamper};
 use crate::connect::Target;
@@ -15,6 +17,10 @@ use crate::error::{CliError, OnChannel};
 
 /// The shared counter of published messages is brought up to date every this many publishes.
 const COUNT_BATCH: u64 = 64;
+/// Every this many confirmed publishes, one is timed from the publish to its confirm (by a
+/// task that waits for it alone, so the time is when the confirm came, not when the window
+/// reached it).
+const TIME_CONFIRM_EVERY: u64 = 16;
 /// Longest sleep of a rate-limited producer before it checks whether to stop.
 const MAX_PACING_SLEEP: Duration = Duration::from_millis(100);
 
@@ -45,6 +51,8 @@ pub(super) struct Settings {
 /// ([`lepus::ConnectionStats::messages_written`]), not when it was handed to the client's
 /// buffer: the live "sent" rate is what left for the broker.
 ///
+/// The confirm latencies it timed (microseconds) are merged into `shared` at the end.
+///
 /// # Errors
 ///
 /// Connection and channel errors, prefixed with the producer's number.
@@ -55,9 +63,18 @@ pub(super) async fn run(
     phase: watch::Receiver<Phase>,
     ready: oneshot::Sender<()>,
 ) -> Result<(), CliError> {
-    publish(&s, &target, &shared, phase, ready)
+    let latency = publish(&s, &target, &shared, phase, ready)
         .await
-        .map_err(|e| CliError::failed(format!("producer {}: {e}", s.id)))
+        .map_err(|e| CliError::failed(format!("producer {}: {e}", s.id)))?;
+    if let Ok(mut merged) = shared.confirm_latency.lock() {
+        match merged.as_mut() {
+            Some(all) => {
+                let _ = all.add(&latency);
+            }
+            None => *merged = Some(latency),
+        }
+    }
+    Ok(())
 }
 
 async fn publish(
@@ -66,7 +83,7 @@ async fn publish(
     shared: &Shared,
     mut phase: watch::Receiver<Phase>,
     ready: oneshot::Sender<()>,
-) -> Result<(), CliError> {
+) -> Result<Histogram<u64>, CliError> {
     let conn = target
         .connect_recovering(&format!("perf producer {}", s.id))
         .await?;
@@ -78,11 +95,12 @@ async fn publish(
         ch.confirm_select().await.on(ch.id())?;
     }
     let _ = ready.send(());
+    let mut latency = super::report::new_histogram()?;
     if !matches!(
         phase.wait_for(|p| *p >= Phase::Go).await.map(|p| *p),
         Ok(Phase::Go)
     ) {
-        return Ok(());
+        return Ok(latency);
     }
     let window = s.confirm.map_or(0, |w| w as usize);
     let mut props = BasicProperties::default();
@@ -94,6 +112,7 @@ async fn publish(
         acked: super::Bits::default(),
         queue: &s.queue,
         props: &props,
+        latency: &mut latency,
     };
     let paced_from = tokio::time::Instant::now();
     let mut stamper = Stamper::new(s.size, s.id);
@@ -144,6 +163,11 @@ async fn publish(
             uncounted = 0;
         }
         if window > 0 {
+            let confirm = if seq % TIME_CONFIRM_EVERY == 0 {
+                Pending::timed(confirm)
+            } else {
+                Pending::Plain(confirm)
+            };
             confirms.pending.push_back((confirm, body, seq));
             if confirms.pending.len() >= window {
                 confirms.settle_oldest(&ch, shared).await?;
@@ -180,17 +204,44 @@ async fn publish(
     shared
         .recoveries
         .fetch_add(conn.stats().recoveries, Ordering::Relaxed);
-    closed.map_err(|e| CliError::failed(format!("closing: {e}")))
+    closed.map_err(|e| CliError::failed(format!("closing: {e}")))?;
+    Ok(latency)
+}
+
+/// A confirm in the window: most are awaited when the window reaches them; a sample is
+/// awaited by a task of its own, which notes when it came.
+enum Pending {
+    Plain(PublisherConfirm),
+    Timed {
+        sent: Instant,
+        settled: oneshot::Receiver<(lepus::Result<Confirmation>, Instant)>,
+    },
+}
+
+impl Pending {
+    fn timed(confirm: PublisherConfirm) -> Self {
+        let (tx, settled) = oneshot::channel();
+        tokio::spawn(async move {
+            let outcome = confirm.await;
+            let _ = tx.send((outcome, Instant::now()));
+        });
+        Self::Timed {
+            sent: Instant::now(),
+            settled,
+        }
+    }
 }
 
 /// The confirms a producer waits for, and which of its messages were acked.
 struct Confirms<'a> {
     /// Each with the message's body and number, to publish it again if its confirm is lost.
-    pending: VecDeque<(PublisherConfirm, Bytes, u64)>,
+    pending: VecDeque<(Pending, Bytes, u64)>,
     /// The numbers of the acked messages.
     acked: super::Bits,
     queue: &'a str,
     props: &'a BasicProperties,
+    /// Confirm latencies of the timed sample, in microseconds.
+    latency: &'a mut Histogram<u64>,
 }
 
 impl Confirms<'_> {
@@ -204,7 +255,21 @@ impl Confirms<'_> {
         let Some((confirm, body, seq)) = self.pending.pop_front() else {
             return Ok(());
         };
-        let outcome = match confirm.await {
+        let result = match confirm {
+            Pending::Plain(confirm) => confirm.await,
+            Pending::Timed { sent, settled } => match settled.await {
+                Ok((result, at)) => {
+                    let us = u64::try_from(at.duration_since(sent).as_micros()).unwrap_or(u64::MAX);
+                    if result.as_ref().is_ok_and(Confirmation::is_ack) {
+                        self.latency.saturating_record(us.max(1));
+                    }
+                    result
+                }
+                // The task cannot end without sending, unless the runtime is shutting down.
+                Err(_) => Ok(Confirmation::Uncertain),
+            },
+        };
+        let outcome = match result {
             Err(e) if e.is_retryable() => Confirmation::Uncertain,
             other => other.on(ch.id())?,
         };
@@ -224,7 +289,7 @@ impl Confirms<'_> {
                     )
                     .await
                     .on(ch.id())?;
-                self.pending.push_back((confirm, body, seq));
+                self.pending.push_back((Pending::Plain(confirm), body, seq));
             }
             _ => {
                 shared.confirmed.fetch_add(1, Ordering::Relaxed);

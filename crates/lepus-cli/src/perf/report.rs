@@ -73,12 +73,32 @@ pub(super) fn end_live() {
 }
 
 /// Latency percentiles in microseconds; `null` in JSON when nothing was timed.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub(super) struct Latency {
     p50: Option<u64>,
     p95: Option<u64>,
     p99: Option<u64>,
     max: Option<u64>,
+    /// How many were timed, and their sum in microseconds (for the Prometheus summary).
+    #[serde(skip)]
+    count: u64,
+    #[serde(skip)]
+    sum_us: f64,
+}
+
+impl Latency {
+    fn of(histogram: &Histogram<u64>) -> Self {
+        let some = !histogram.is_empty();
+        let at = |q: f64| some.then(|| histogram.value_at_quantile(q));
+        Self {
+            p50: at(0.5),
+            p95: at(0.95),
+            p99: at(0.99),
+            max: some.then(|| histogram.max()),
+            count: histogram.len(),
+            sum_us: histogram.mean() * histogram.len() as f64,
+        }
+    }
 }
 
 /// The result of a run; serialized, it is exactly the documented `--json` object.
@@ -91,6 +111,11 @@ pub(super) struct Summary {
     publish_rate: f64,
     consume_rate: f64,
     latency_us: Latency,
+    /// From a publish to its confirm, timed on a sample of the confirmed publishes; `null`
+    /// without confirms.
+    confirm_latency_us: Option<Latency>,
+    /// Publishes the broker nacked.
+    nacked: u64,
     /// Connections of producers and consumers recovered after a loss.
     recoveries: u64,
     /// Messages published again because their confirm was lost in a recovery.
@@ -108,6 +133,7 @@ impl Summary {
         consuming: bool,
         confirming: bool,
         histogram: &Histogram<u64>,
+        confirm_histogram: &Histogram<u64>,
     ) -> Self {
         let (duplicates, missing) = match shared.tally.lock() {
             Ok(tally) => (
@@ -126,7 +152,6 @@ impl Summary {
         } else {
             elapsed_ns.min(publish_ns.max(1))
         };
-        let latency = |q: f64| (!histogram.is_empty()).then(|| histogram.value_at_quantile(q));
         Self {
             published,
             confirmed: shared.confirmed.load(Ordering::Relaxed),
@@ -134,17 +159,92 @@ impl Summary {
             elapsed_s: round(end_ns as f64 / 1e9, 3),
             publish_rate: rate(published, publish_ns),
             consume_rate: rate(consumed, consume_ns),
-            latency_us: Latency {
-                p50: latency(0.5),
-                p95: latency(0.95),
-                p99: latency(0.99),
-                max: (!histogram.is_empty()).then(|| histogram.max()),
-            },
+            latency_us: Latency::of(histogram),
+            confirm_latency_us: confirming.then(|| Latency::of(confirm_histogram)),
+            nacked: shared.nacked.load(Ordering::Relaxed),
             recoveries: shared.recoveries.load(Ordering::Relaxed),
             republished: shared.republished.load(Ordering::Relaxed),
             duplicates,
             missing,
         }
+    }
+
+    /// The run's figures in Prometheus text format (exposition format 0.0.4): counters named
+    /// after OpenTelemetry's messaging metrics (`messaging.client.sent.messages` becomes
+    /// `messaging_client_sent_messages_total`), latencies as summaries in seconds.
+    pub(super) fn prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, value: u64| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+            ));
+        };
+        counter(
+            "messaging_client_sent_messages_total",
+            "Messages published (written to the socket).",
+            self.published,
+        );
+        counter(
+            "messaging_client_consumed_messages_total",
+            "Messages consumed.",
+            self.consumed,
+        );
+        counter(
+            "lepus_confirms_acked_total",
+            "Publishes the broker confirmed.",
+            self.confirmed,
+        );
+        counter(
+            "lepus_confirms_nacked_total",
+            "Publishes the broker nacked.",
+            self.nacked,
+        );
+        counter(
+            "lepus_recoveries_total",
+            "Connections recovered after a loss.",
+            self.recoveries,
+        );
+        counter(
+            "lepus_republished_messages_total",
+            "Messages published again because their confirm was lost.",
+            self.republished,
+        );
+        counter(
+            "lepus_duplicate_messages_total",
+            "Copies consumed beyond the first of each message.",
+            self.duplicates,
+        );
+        let mut summary = |name: &str, help: &str, l: &Latency| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} summary\n"));
+            for (q, v) in [
+                ("0.5", l.p50),
+                ("0.95", l.p95),
+                ("0.99", l.p99),
+                ("1", l.max),
+            ] {
+                if let Some(us) = v {
+                    out.push_str(&format!("{name}{{quantile=\"{q}\"}} {}\n", us as f64 / 1e6));
+                }
+            }
+            out.push_str(&format!(
+                "{name}_sum {}\n{name}_count {}\n",
+                l.sum_us / 1e6,
+                l.count
+            ));
+        };
+        summary(
+            "lepus_consume_latency_seconds",
+            "From publish to consumer, per message.",
+            &self.latency_us,
+        );
+        if let Some(c) = &self.confirm_latency_us {
+            summary(
+                "lepus_confirm_latency_seconds",
+                "From publish to the broker's confirm, on a sample of publishes.",
+                c,
+            );
+        }
+        out
     }
 
     /// Prints the summary on stdout: one JSON object, or a few lines of text.
@@ -156,10 +256,23 @@ impl Summary {
         }
         let l = &self.latency_us;
         let us = |v: Option<u64>| v.map_or_else(|| "-".to_string(), readable_latency);
+        let confirm_line = self
+            .confirm_latency_us
+            .as_ref()
+            .map_or_else(String::new, |c| {
+                format!(
+                    "\nconfirm latency: p50 {}, p95 {}, p99 {}, max {}; nacked {}",
+                    us(c.p50),
+                    us(c.p95),
+                    us(c.p99),
+                    us(c.max),
+                    self.nacked
+                )
+            });
         print_line(&format!(
             "published {}, confirmed {}, consumed {} in {:.3} s\n\
              publish rate {:.1} msg/s, consume rate {:.1} msg/s\n\
-             latency: p50 {}, p95 {}, p99 {}, max {}\n\
+             latency: p50 {}, p95 {}, p99 {}, max {}{}\n\
              recoveries {}, republished {}, duplicates {}, missing {}",
             self.published,
             self.confirmed,
@@ -171,6 +284,7 @@ impl Summary {
             us(l.p95),
             us(l.p99),
             us(l.max),
+            confirm_line,
             self.recoveries,
             self.republished,
             self.duplicates,
@@ -243,7 +357,18 @@ mod tests {
                 p95: Some(200),
                 p99: Some(300),
                 max: Some(400),
+                count: 10,
+                sum_us: 2000.0,
             },
+            confirm_latency_us: Some(Latency {
+                p50: Some(50),
+                p95: Some(60),
+                p99: Some(70),
+                max: Some(80),
+                count: 2,
+                sum_us: 100.0,
+            }),
+            nacked: 0,
             recoveries: 1,
             republished: 2,
             duplicates: 3,
@@ -251,8 +376,47 @@ mod tests {
         };
         assert_eq!(
             serde_json::to_string(&summary).unwrap(),
-            r#"{"published":10,"confirmed":10,"consumed":10,"elapsed_s":1.5,"publish_rate":6.7,"consume_rate":6.7,"latency_us":{"p50":100,"p95":200,"p99":300,"max":400},"recoveries":1,"republished":2,"duplicates":3,"missing":0}"#
+            r#"{"published":10,"confirmed":10,"consumed":10,"elapsed_s":1.5,"publish_rate":6.7,"consume_rate":6.7,"latency_us":{"p50":100,"p95":200,"p99":300,"max":400},"confirm_latency_us":{"p50":50,"p95":60,"p99":70,"max":80},"nacked":0,"recoveries":1,"republished":2,"duplicates":3,"missing":0}"#
         );
+    }
+
+    #[test]
+    fn prometheus_text_has_counters_and_summaries() {
+        let summary = Summary {
+            published: 10,
+            confirmed: 9,
+            consumed: 10,
+            elapsed_s: 1.5,
+            publish_rate: 6.7,
+            consume_rate: 6.7,
+            latency_us: Latency {
+                p50: Some(100),
+                p95: Some(200),
+                p99: Some(300),
+                max: Some(400),
+                count: 10,
+                sum_us: 2000.0,
+            },
+            confirm_latency_us: None,
+            nacked: 1,
+            recoveries: 0,
+            republished: 0,
+            duplicates: 0,
+            missing: None,
+        };
+        let text = summary.prometheus();
+        assert!(text.contains("# TYPE messaging_client_sent_messages_total counter\nmessaging_client_sent_messages_total 10\n"));
+        assert!(text.contains("lepus_confirms_nacked_total 1\n"));
+        assert!(text.contains("lepus_consume_latency_seconds{quantile=\"0.99\"} 0.0003\n"));
+        assert!(text.contains(
+            "lepus_consume_latency_seconds_sum 0.002\nlepus_consume_latency_seconds_count 10\n"
+        ));
+        assert!(!text.contains("lepus_confirm_latency_seconds"));
+        // Every line is a comment or `name[{labels}] value`.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
     }
 
     #[test]

@@ -39,10 +39,14 @@ pub(crate) fn lepus_path() -> std::path::PathBuf {
     assert_cmd::cargo::cargo_bin("lepus")
 }
 
-/// `lepus` without `--url`, `$AMQP_URL` cleared.
+/// `lepus` without `--url`, `$AMQP_URL` cleared, and no trace context from the environment
+/// the tests run in.
 pub(crate) fn bare() -> Command {
     let mut cmd = Command::cargo_bin("lepus").unwrap();
-    cmd.env_remove("AMQP_URL").timeout(Duration::from_secs(60));
+    cmd.env_remove("AMQP_URL")
+        .env_remove("TRACEPARENT")
+        .env_remove("TRACESTATE")
+        .timeout(Duration::from_secs(60));
     cmd
 }
 
