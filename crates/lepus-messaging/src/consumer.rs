@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use futures_core::Stream;
 use futures_util::stream::{SelectAll, StreamExt};
 use futures_util::FutureExt;
+use tracing::Instrument;
 use lepus::{BasicConsumeOptions, BasicQosOptions, Channel, FieldTable, FieldValue, ShortStr};
 use serde::de::DeserializeOwned;
 
@@ -404,7 +405,11 @@ impl Consumer {
             };
             let message = message?;
             let settle = message.clone();
-            let outcome = AssertUnwindSafe(handler(message)).catch_unwind().await;
+            let span = message.delivery().span().clone();
+            let outcome = AssertUnwindSafe(handler(message))
+                .catch_unwind()
+                .instrument(span)
+                .await;
             self.after_handler(&settle, outcome.map(|r| r.map_err(|e| e.to_string())));
         }
     }
@@ -433,8 +438,10 @@ impl Consumer {
                 }
             };
             let settle = message.clone();
+            let span = message.delivery().span().clone();
             let outcome = AssertUnwindSafe(handler(value, message))
                 .catch_unwind()
+                .instrument(span)
                 .await;
             self.after_handler(&settle, outcome.map(|r| r.map_err(|e| e.to_string())));
         }

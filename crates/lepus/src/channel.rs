@@ -9,6 +9,8 @@ use lepus_wire::method::{basic, channel, confirm, exchange, queue, tx};
 use lepus_wire::{AsShortStr, BasicProperties, FieldTable, Method, ReplyCode, ShortStr};
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use tracing::Instrument;
+
 use crate::confirm::{PublisherConfirm, ReturnedMessage};
 use crate::consumer::{Consumer, ConsumerQueue, Delivery};
 use crate::driver::{HandleGuard, Shared, Waiter};
@@ -639,6 +641,7 @@ impl Channel {
                     self.id,
                     self.generation,
                     ok.consumer_tag,
+                    queue,
                 ))
             }
             _ => Err(Error::InvalidState("unexpected reply to basic.consume")),
@@ -746,10 +749,35 @@ impl Channel {
         queue: impl AsShortStr,
         no_ack: bool,
     ) -> Result<Option<GetMessage>> {
-        let method = basic::Get {
-            queue: short(queue)?,
-            no_ack,
-        };
+        let queue = short(queue)?;
+        let span = crate::telemetry::receive(queue.as_str().unwrap_or_default(), || {
+            self.shared.lock().address.clone()
+        });
+        let result = self
+            .get(queue.clone(), no_ack)
+            .instrument(span.clone())
+            .await;
+        match &result {
+            Ok(got) => crate::telemetry::record_received(
+                &span,
+                got.as_ref()
+                    .map(|g| crate::telemetry::Delivered {
+                        exchange: &g.delivery.exchange,
+                        routing_key: &g.delivery.routing_key,
+                        queue: queue.as_str().unwrap_or_default(),
+                        delivery_tag: g.delivery.delivery_tag,
+                        properties: &g.delivery.properties,
+                        body_size: g.delivery.body.len(),
+                    })
+                    .as_ref(),
+            ),
+            Err(e) => crate::telemetry::record_error(&span, e),
+        }
+        result
+    }
+
+    async fn get(&self, queue: ShortStr, no_ack: bool) -> Result<Option<GetMessage>> {
+        let method = basic::Get { queue, no_ack };
         match self.rpc(method.into(), "basic.get-ok").await? {
             Some(Reply::GetOk { get_ok, message }) => {
                 let message_count = get_ok.message_count;
@@ -820,10 +848,40 @@ impl Channel {
         properties: &BasicProperties,
         body: impl Into<Bytes>,
     ) -> Result<PublisherConfirm> {
-        let (exchange_arg, routing_key_arg) = (&exchange, &routing_key);
-        let exchange = text(&exchange, "exchange name")?;
-        let routing_key = text(&routing_key, "routing key")?;
-        let mut body = Some(body.into());
+        let body = body.into();
+        let span = crate::telemetry::publish(
+            std::str::from_utf8(exchange.as_short_bytes()).unwrap_or_default(),
+            std::str::from_utf8(routing_key.as_short_bytes()).unwrap_or_default(),
+            properties,
+            body.len(),
+            || self.shared.lock().address.clone(),
+        );
+        if span.is_disabled() {
+            return self
+                .publish_inner(&exchange, &routing_key, options, properties, body)
+                .await;
+        }
+        let result = self
+            .publish_inner(&exchange, &routing_key, options, properties, body)
+            .instrument(span.clone())
+            .await;
+        if let Err(e) = &result {
+            crate::telemetry::record_error(&span, e);
+        }
+        result
+    }
+
+    async fn publish_inner(
+        &self,
+        exchange_arg: &impl AsShortStr,
+        routing_key_arg: &impl AsShortStr,
+        options: BasicPublishOptions,
+        properties: &BasicProperties,
+        body: Bytes,
+    ) -> Result<PublisherConfirm> {
+        let exchange = text(exchange_arg, "exchange name")?;
+        let routing_key = text(routing_key_arg, "routing key")?;
+        let mut body = Some(body);
         let deadline = self
             .shared
             .options

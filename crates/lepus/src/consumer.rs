@@ -38,6 +38,9 @@ pub struct Delivery {
     /// The body. A single-frame body shares the socket read buffer: no copy.
     pub body: Bytes,
     acker: Acker,
+    /// The `process` span, from the hand-over to the application until the delivery is
+    /// dropped (see [`crate::telemetry`]); disabled unless a subscriber wants it.
+    span: tracing::Span,
 }
 
 /// What [`Delivery`] needs to acknowledge itself.
@@ -85,6 +88,7 @@ impl Delivery {
                 no_ack,
                 epoch: shared.epoch(),
             },
+            span: tracing::Span::none(),
         }
     }
 
@@ -111,12 +115,45 @@ impl Delivery {
                 no_ack,
                 epoch: shared.epoch(),
             },
+            span: tracing::Span::none(),
         }
     }
 
     /// The channel the message arrived on.
     pub fn channel_id(&self) -> u16 {
         self.acker.channel
+    }
+
+    /// The `process` span of this delivery, open from when the [`Consumer`] handed it over
+    /// until the delivery is dropped, with the message's attributes (see
+    /// [`telemetry`](crate::telemetry)); acknowledgements are its children. Enter it (or
+    /// `.instrument(delivery.span().clone())` a future) around the work on the message so
+    /// that the work's own spans nest under it. Disabled when no subscriber is interested,
+    /// and for messages from `basic.get`, whose `receive` span ends with the call.
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// A settle span (`ack`, `nack`, `reject`) under this delivery's span.
+    fn settle_span(&self, operation: &'static str) -> tracing::Span {
+        crate::telemetry::settle(
+            operation,
+            &self.span,
+            &self.exchange,
+            &self.routing_key,
+            self.delivery_tag,
+        )
+    }
+
+    /// Runs a settlement inside its span, recording a failure.
+    fn settling(&self, operation: &'static str, send: impl FnOnce() -> Result<()>) -> Result<()> {
+        let span = self.settle_span(operation);
+        let _entered = span.enter();
+        let result = send();
+        if let Err(e) = &result {
+            crate::telemetry::record_error(&span, e);
+        }
+        result
     }
 
     /// Acknowledges this message.
@@ -130,14 +167,16 @@ impl Delivery {
     ///
     /// When the delivering channel is closed, or the message was consumed with `no_ack`.
     pub fn ack(&self) -> Result<()> {
-        self.acker.send(
-            &basic::Ack {
-                delivery_tag: self.delivery_tag,
-                multiple: false,
-            },
-            self.delivery_tag,
-            false,
-        )
+        self.settling("ack", || {
+            self.acker.send(
+                &basic::Ack {
+                    delivery_tag: self.delivery_tag,
+                    multiple: false,
+                },
+                self.delivery_tag,
+                false,
+            )
+        })
     }
 
     /// Acknowledges this message and every earlier unacknowledged one on its channel.
@@ -146,14 +185,16 @@ impl Delivery {
     ///
     /// As [`ack`](Self::ack).
     pub fn ack_multiple(&self) -> Result<()> {
-        self.acker.send(
-            &basic::Ack {
-                delivery_tag: self.delivery_tag,
-                multiple: true,
-            },
-            self.delivery_tag,
-            true,
-        )
+        self.settling("ack", || {
+            self.acker.send(
+                &basic::Ack {
+                    delivery_tag: self.delivery_tag,
+                    multiple: true,
+                },
+                self.delivery_tag,
+                true,
+            )
+        })
     }
 
     /// Negatively acknowledges this message: requeued if `requeue`, else dropped or
@@ -163,15 +204,17 @@ impl Delivery {
     ///
     /// As [`ack`](Self::ack).
     pub fn nack(&self, requeue: bool) -> Result<()> {
-        self.acker.send(
-            &basic::Nack {
-                delivery_tag: self.delivery_tag,
-                multiple: false,
-                requeue,
-            },
-            self.delivery_tag,
-            false,
-        )
+        self.settling("nack", || {
+            self.acker.send(
+                &basic::Nack {
+                    delivery_tag: self.delivery_tag,
+                    multiple: false,
+                    requeue,
+                },
+                self.delivery_tag,
+                false,
+            )
+        })
     }
 
     /// Like [`nack`](Self::nack), for this and every earlier unacknowledged message.
@@ -180,15 +223,17 @@ impl Delivery {
     ///
     /// As [`ack`](Self::ack).
     pub fn nack_multiple(&self, requeue: bool) -> Result<()> {
-        self.acker.send(
-            &basic::Nack {
-                delivery_tag: self.delivery_tag,
-                multiple: true,
-                requeue,
-            },
-            self.delivery_tag,
-            true,
-        )
+        self.settling("nack", || {
+            self.acker.send(
+                &basic::Nack {
+                    delivery_tag: self.delivery_tag,
+                    multiple: true,
+                    requeue,
+                },
+                self.delivery_tag,
+                true,
+            )
+        })
     }
 
     /// Rejects this message (`basic.reject`): requeued if `requeue`, else dropped or
@@ -198,14 +243,16 @@ impl Delivery {
     ///
     /// As [`ack`](Self::ack).
     pub fn reject(&self, requeue: bool) -> Result<()> {
-        self.acker.send(
-            &basic::Reject {
-                delivery_tag: self.delivery_tag,
-                requeue,
-            },
-            self.delivery_tag,
-            false,
-        )
+        self.settling("reject", || {
+            self.acker.send(
+                &basic::Reject {
+                    delivery_tag: self.delivery_tag,
+                    requeue,
+                },
+                self.delivery_tag,
+                false,
+            )
+        })
     }
 }
 
@@ -357,6 +404,8 @@ pub struct Consumer {
     _guard: HandleGuard,
     local: VecDeque<Delivery>,
     tag: ShortStr,
+    /// The queue, for the deliveries' spans.
+    queue_name: ShortStr,
     done: bool,
 }
 
@@ -367,6 +416,7 @@ impl Consumer {
         channel: u16,
         generation: u64,
         tag: ShortStr,
+        queue_name: ShortStr,
     ) -> Self {
         Self {
             queue,
@@ -376,8 +426,26 @@ impl Consumer {
             shared,
             local: VecDeque::new(),
             tag,
+            queue_name,
             done: false,
         }
+    }
+
+    /// Opens the delivery's `process` span as it is handed to the application.
+    fn hand_over(&self, mut d: Delivery) -> Delivery {
+        d.span = crate::telemetry::delivered(
+            "process",
+            &crate::telemetry::Delivered {
+                exchange: &d.exchange,
+                routing_key: &d.routing_key,
+                queue: self.queue_name.as_str().unwrap_or_default(),
+                delivery_tag: d.delivery_tag,
+                properties: &d.properties,
+                body_size: d.body.len(),
+            },
+            || self.shared.lock().address.clone(),
+        );
+        d
     }
 
     /// The consumer tag.
@@ -401,7 +469,7 @@ impl Stream for Consumer {
         let epoch = this.shared.epoch();
         while let Some(d) = this.local.pop_front() {
             if d.acker.epoch == epoch {
-                return Poll::Ready(Some(Ok(d)));
+                return Poll::Ready(Some(Ok(this.hand_over(d))));
             }
         }
         if this.done {
@@ -420,7 +488,7 @@ impl Stream for Consumer {
             }
             while let Some(d) = this.local.pop_front() {
                 if d.acker.epoch == epoch {
-                    return Poll::Ready(Some(Ok(d)));
+                    return Poll::Ready(Some(Ok(this.hand_over(d))));
                 }
             }
             // Only stale ones: look again (the buffer may have filled meanwhile).

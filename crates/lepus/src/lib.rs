@@ -52,6 +52,13 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Observability
+//!
+//! Publishes, deliveries, `basic.get` and acknowledgements emit `tracing` spans named and
+//! attributed after OpenTelemetry's messaging conventions (see [`telemetry`]);
+//! [`Connection::stats`] counts reads, writes, bytes, messages, recoveries and replays without
+//! any subscriber. Without a subscriber the spans cost one cached check and no allocation.
+//!
 //! # Errors
 //!
 //! One [`Error`] type. A soft error from the broker closes only the channel
@@ -70,6 +77,7 @@ mod error;
 pub mod manual;
 mod options;
 mod recovery;
+pub mod telemetry;
 mod transport;
 pub mod uri;
 
