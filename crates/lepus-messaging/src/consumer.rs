@@ -10,9 +10,9 @@ use std::task::{Context, Poll};
 use futures_core::Stream;
 use futures_util::stream::{SelectAll, StreamExt};
 use futures_util::FutureExt;
-use tracing::Instrument;
 use lepus::{BasicConsumeOptions, BasicQosOptions, Channel, FieldTable, FieldValue, ShortStr};
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 use crate::connection::Connection;
 use crate::entity::Queue;
