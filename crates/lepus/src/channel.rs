@@ -861,6 +861,10 @@ impl Channel {
                 .publish_inner(&exchange, &routing_key, options, properties, body)
                 .await;
         }
+        #[cfg(feature = "otel")]
+        let injected = crate::telemetry::otel::inject(&span, properties);
+        #[cfg(feature = "otel")]
+        let properties = injected.as_ref().unwrap_or(properties);
         let result = self
             .publish_inner(&exchange, &routing_key, options, properties, body)
             .instrument(span.clone())

@@ -445,6 +445,10 @@ impl Consumer {
             },
             || self.shared.lock().address.clone(),
         );
+        #[cfg(feature = "otel")]
+        if !d.span.is_disabled() {
+            crate::telemetry::otel::continue_from(&d.span, &d.properties);
+        }
         d
     }
 

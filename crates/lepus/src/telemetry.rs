@@ -23,6 +23,32 @@
 //!
 //! With no subscriber interested, creating a span is one check of a cached flag: nothing is
 //! formatted or allocated on the hot path.
+//!
+//! # Trace context in messages (the `otel` cargo feature)
+//!
+//! With the `otel` feature, lepus carries the trace across the broker: a publish injects its
+//! span's OpenTelemetry context into the message's headers with the global propagator (W3C
+//! `traceparent` and `tracestate` as long strings with `TraceContextPropagator`, as
+//! OpenTelemetry's pika and Celery instrumentations and the Java and .NET clients write
+//! them), unless the headers carry the propagator's fields already; and each delivery's
+//! process span takes the context its message carries as its parent, so a consumer's work
+//! continues the publisher's trace, whichever client published. It needs
+//! `tracing-opentelemetry`'s layer on the subscriber and a propagator:
+//!
+//! ```ignore
+//! use opentelemetry::trace::TracerProvider as _;
+//! use tracing_subscriber::prelude::*;
+//!
+//! opentelemetry::global::set_text_map_propagator(
+//!     opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+//! );
+//! let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+//!     .with_batch_exporter(exporter) // OTLP, Jaeger, stdout, ...
+//!     .build();
+//! tracing_subscriber::registry()
+//!     .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("my-service")))
+//!     .init();
+//! ```
 
 use lepus_wire::{BasicProperties, ShortStr};
 use tracing::field::Empty;
@@ -296,5 +322,70 @@ mod tests {
         );
         assert_eq!(consume_destination("", "jobs", "jobs"), "jobs:jobs");
         assert_eq!(consume_destination("", "", ""), "amq.default");
+    }
+}
+
+/// Trace-context propagation through message headers, with the `otel` feature.
+#[cfg(feature = "otel")]
+pub(crate) mod otel {
+    use lepus_wire::{BasicProperties, FieldTable, FieldValue, LongStr, ShortStr};
+    use opentelemetry::propagation::{Extractor, Injector};
+    use tracing::Span;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    /// Writes propagation fields into AMQP headers as long strings, as OpenTelemetry's pika
+    /// instrumentation and the other AMQP clients' do.
+    struct Headers<'a>(&'a mut FieldTable);
+
+    impl Injector for Headers<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            if let Ok(key) = ShortStr::try_from(key) {
+                self.0
+                    .insert(key, FieldValue::LongStr(LongStr::from(value)));
+            }
+        }
+    }
+
+    /// Reads propagation fields from AMQP headers (long strings, or byte arrays of UTF-8).
+    struct Reader<'a>(&'a FieldTable);
+
+    impl Extractor for Reader<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(FieldValue::as_str)
+        }
+
+        fn keys(&self) -> Vec<&str> {
+            self.0.iter().filter_map(|(k, _)| k.as_str()).collect()
+        }
+    }
+
+    /// The properties with the publish span's context injected into the headers, unless the
+    /// span carries no context (no OpenTelemetry layer) or the caller set the propagator's
+    /// fields already.
+    pub(crate) fn inject(span: &Span, properties: &BasicProperties) -> Option<BasicProperties> {
+        let cx = span.context();
+        let mut headers = properties.headers.clone().unwrap_or_default();
+        let before = headers.len();
+        opentelemetry::global::get_text_map_propagator(|p| {
+            if p.fields().any(|f| headers.contains_key(f)) {
+                return;
+            }
+            p.inject_context(&cx, &mut Headers(&mut headers));
+        });
+        if headers.len() == before {
+            return None;
+        }
+        let mut with = properties.clone();
+        with.headers = Some(headers);
+        Some(with)
+    }
+
+    /// Makes the context a delivery carries the parent of its span.
+    pub(crate) fn continue_from(span: &Span, properties: &BasicProperties) {
+        let Some(headers) = &properties.headers else {
+            return;
+        };
+        let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Reader(headers)));
+        let _ = span.set_parent(cx);
     }
 }
