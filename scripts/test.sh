@@ -16,16 +16,17 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo clippy -p lepus --all-targets --locked --features otel -- -D warnings
+cargo clippy -p lepus --all-targets --locked --features otel,metrics -- -D warnings
 echo "== cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 echo "== cargo test"
 cargo test --workspace --locked 2>&1 | tee -a "$log"
-cargo test -p lepus --locked --features otel --test otel --test otel_interop 2>&1 | tee -a "$log"
+cargo test -p lepus --locked --features otel,metrics --test otel --test otel_interop --test metrics 2>&1 | tee -a "$log"
 echo "== serial tests (broker-wide state, one at a time)"
 cargo test -p lepus --locked --test serial_broker --test serial_recovery --test blocking -- --ignored --test-threads=1 \
   2>&1 | tee -a "$log"
 cargo test -p lepus-cli --locked --test serial_recovery -- --ignored --test-threads=1 2>&1 | tee -a "$log"
+cargo test -p lepus-messaging --locked --test serial_worker -- --ignored --test-threads=1 2>&1 | tee -a "$log"
 echo "== failover and cluster tests (extra broker nodes on 5681-5685, one test at a time)"
 cargo test -p lepus --locked --test cluster -- --ignored --test-threads=1 2>&1 | tee -a "$log"
 echo "== examples against the broker"
@@ -33,5 +34,6 @@ for example in consume_acks publish_confirms error_handling; do
   cargo run -q --locked -p lepus --example "$example"
 done
 cargo run -q --locked -p lepus-messaging --example orders
+cargo run -q --locked -p lepus-messaging --example worker
 
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"

@@ -753,10 +753,23 @@ impl Channel {
         let span = crate::telemetry::receive(queue.as_str().unwrap_or_default(), || {
             self.shared.lock().address.clone()
         });
+        #[cfg(feature = "metrics")]
+        let started = std::time::Instant::now();
         let result = self
             .get(queue.clone(), no_ack)
             .instrument(span.clone())
             .await;
+        #[cfg(feature = "metrics")]
+        {
+            let m = &self.shared.events.metrics;
+            m.receive_duration.record(started.elapsed());
+            if let Ok(Some(got)) = &result {
+                m.consumed_receive.increment(1);
+                if got.delivery.redelivered {
+                    m.redeliveries.increment(1);
+                }
+            }
+        }
         match &result {
             Ok(got) => crate::telemetry::record_received(
                 &span,
@@ -856,21 +869,32 @@ impl Channel {
             body.len(),
             || self.shared.lock().address.clone(),
         );
-        if span.is_disabled() {
-            return self
+        #[cfg(feature = "metrics")]
+        let started = std::time::Instant::now();
+        let result = if span.is_disabled() {
+            self.publish_inner(&exchange, &routing_key, options, properties, body)
+                .await
+        } else {
+            #[cfg(feature = "otel")]
+            let injected = crate::telemetry::otel::inject(&span, properties);
+            #[cfg(feature = "otel")]
+            let properties = injected.as_ref().unwrap_or(properties);
+            let result = self
                 .publish_inner(&exchange, &routing_key, options, properties, body)
+                .instrument(span.clone())
                 .await;
-        }
-        #[cfg(feature = "otel")]
-        let injected = crate::telemetry::otel::inject(&span, properties);
-        #[cfg(feature = "otel")]
-        let properties = injected.as_ref().unwrap_or(properties);
-        let result = self
-            .publish_inner(&exchange, &routing_key, options, properties, body)
-            .instrument(span.clone())
-            .await;
-        if let Err(e) = &result {
-            crate::telemetry::record_error(&span, e);
+            if let Err(e) = &result {
+                crate::telemetry::record_error(&span, e);
+            }
+            result
+        };
+        #[cfg(feature = "metrics")]
+        {
+            let m = &self.shared.events.metrics;
+            m.publish_duration.record(started.elapsed());
+            if result.is_ok() {
+                m.sent.increment(1);
+            }
         }
         result
     }

@@ -140,6 +140,9 @@ struct Pending {
     channel: u16,
     generation: u64,
     seq: u64,
+    /// When it was published, for `lepus.confirm.duration`.
+    #[cfg(feature = "metrics")]
+    published: std::time::Instant,
 }
 
 impl std::fmt::Debug for PublisherConfirm {
@@ -160,6 +163,8 @@ impl PublisherConfirm {
                 channel,
                 generation,
                 seq,
+                #[cfg(feature = "metrics")]
+                published: std::time::Instant::now(),
             }),
         }
     }
@@ -198,6 +203,14 @@ impl Future for PublisherConfirm {
                 .unwrap_or_else(|| inner.closed_error())),
         };
         drop(inner);
+        #[cfg(feature = "metrics")]
+        if matches!(result, Ok(Confirmation::Ack(_) | Confirmation::Nack(_))) {
+            p.shared
+                .events
+                .metrics
+                .confirm_duration
+                .record(p.published.elapsed());
+        }
         self.pending = None;
         Poll::Ready(result)
     }

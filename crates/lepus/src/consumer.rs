@@ -153,6 +153,16 @@ impl Delivery {
         if let Err(e) = &result {
             crate::telemetry::record_error(&span, e);
         }
+        #[cfg(feature = "metrics")]
+        if result.is_ok() {
+            let m = &self.acker.shared.events.metrics;
+            match operation {
+                "ack" => &m.acks,
+                "nack" => &m.nacks,
+                _ => &m.rejects,
+            }
+            .increment(1);
+        }
         result
     }
 
@@ -449,6 +459,14 @@ impl Consumer {
         if !d.span.is_disabled() {
             crate::telemetry::otel::continue_from(&d.span, &d.properties);
         }
+        #[cfg(feature = "metrics")]
+        {
+            let m = &self.shared.events.metrics;
+            m.consumed_process.increment(1);
+            if d.redelivered {
+                m.redeliveries.increment(1);
+            }
+        }
         d
     }
 
@@ -487,6 +505,11 @@ impl Stream for Consumer {
             // Take the whole batch under one lock; the buffer is then empty and reading may go on.
             std::mem::swap(&mut s.deliveries, &mut this.local);
             drop(s);
+            #[cfg(feature = "metrics")]
+            crate::metrics::consumer_buffered(
+                this.queue_name.as_str().unwrap_or_default(),
+                this.local.len(),
+            );
             if this.shared.read_paused.load(Ordering::Acquire) {
                 this.shared.reader_wake.notify_one();
             }

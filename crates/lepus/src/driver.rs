@@ -501,7 +501,12 @@ impl Drop for Locked<'_> {
 /// buffer is made on the first subscription: most connections never have a subscriber, and
 /// an event sent with no receiver is dropped either way.
 #[derive(Default)]
-pub(crate) struct Events(std::sync::OnceLock<broadcast::Sender<ConnectionEvent>>);
+pub(crate) struct Events {
+    tx: std::sync::OnceLock<broadcast::Sender<ConnectionEvent>>,
+    /// The connection's metric handles (the events are where most of them are counted).
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: crate::metrics::Metrics,
+}
 
 impl Events {
     /// How far a receiver may fall behind before it loses the oldest events.
@@ -509,14 +514,16 @@ impl Events {
 
     /// Sends `event` to every receiver there is.
     pub(crate) fn send(&self, event: ConnectionEvent) {
-        if let Some(tx) = self.0.get() {
+        #[cfg(feature = "metrics")]
+        self.metrics.on_event(&event);
+        if let Some(tx) = self.tx.get() {
             let _ = tx.send(event);
         }
     }
 
     /// A receiver of everything sent from now on.
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<ConnectionEvent> {
-        self.0
+        self.tx
             .get_or_init(|| broadcast::channel(Self::CAPACITY).0)
             .subscribe()
     }
@@ -757,6 +764,8 @@ fn wrote(inner: &mut Inner, shared: &Shared, written: usize, writes: u64) {
     inner.in_flight = inner.in_flight.saturating_sub(written);
     inner.stats.writes += writes;
     inner.stats.bytes_written += written as u64;
+    #[cfg(feature = "metrics")]
+    shared.events.metrics.bytes_sent.increment(written as u64);
     inner.last_write = Some(Instant::now());
     if std::mem::take(&mut inner.quiet) {
         shared.traffic.notify_one();
@@ -1776,6 +1785,8 @@ async fn read<R: AsyncRead + Unpin>(shared: &Arc<Shared>, io: &mut R, session: u
                             wake.append(&mut inner.wake_later);
                             if !more {
                                 nap = inner.nap_after_read(now, coalescing, n);
+                                #[cfg(feature = "metrics")]
+                                shared.events.metrics.bytes_received.increment(n as u64);
                                 break;
                             }
                         }
@@ -1886,6 +1897,8 @@ pub(crate) fn dispatch(shared: &Arc<Shared>, inner: &mut Inner) {
                 returned,
                 message,
             } => {
+                #[cfg(feature = "metrics")]
+                shared.events.metrics.returns.increment(1);
                 let Some(slot) = inner.channels.get_mut(&channel) else {
                     continue;
                 };
@@ -1908,7 +1921,14 @@ pub(crate) fn dispatch(shared: &Arc<Shared>, inner: &mut Inner) {
                 delivery_tag,
                 multiple,
                 ack,
-            } => on_confirm(inner, channel, delivery_tag, multiple, ack),
+            } => {
+                let _settled = on_confirm(inner, channel, delivery_tag, multiple, ack);
+                #[cfg(feature = "metrics")]
+                {
+                    let m = &shared.events.metrics;
+                    if ack { &m.confirm_ack } else { &m.confirm_nack }.increment(_settled);
+                }
+            }
             Event::ConsumerCancelled {
                 channel,
                 consumer_tag,
@@ -2038,9 +2058,9 @@ fn count_in_read(
     slot.read_confirms += confirms;
 }
 
-fn on_confirm(inner: &mut Inner, channel: u16, tag: u64, multiple: bool, ack: bool) {
+fn on_confirm(inner: &mut Inner, channel: u16, tag: u64, multiple: bool, ack: bool) -> u64 {
     let Some(slot) = inner.channels.get_mut(&channel) else {
-        return;
+        return 0;
     };
     // RabbitMQ sends basic.return right before the ack of an unroutable mandatory message;
     // that returned message belongs to the highest sequence number this confirm covers.
@@ -2063,6 +2083,7 @@ fn on_confirm(inner: &mut Inner, channel: u16, tag: u64, multiple: bool, ack: bo
             n.notify_waiters();
         }
     }
+    settled
 }
 
 fn on_channel_closed(inner: &mut Inner, channel: u16, close: Option<Close>) {

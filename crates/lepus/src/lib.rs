@@ -75,6 +75,8 @@ mod consumer;
 mod driver;
 mod error;
 pub mod manual;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod options;
 mod recovery;
 pub mod telemetry;

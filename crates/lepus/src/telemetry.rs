@@ -50,6 +50,38 @@
 //!     .init();
 //! ```
 
+//!
+//! # Metrics (the `metrics` cargo feature)
+//!
+//! Through the `metrics` crate's facade: whatever
+//! recorder the application installs (Prometheus, OpenTelemetry, StatsD, ...) receives them.
+//!
+//! Named after OpenTelemetry's messaging metrics where they exist, and `lepus.*` for what no
+//! convention has yet. Every series has the label `messaging.system = "rabbitmq"`; others as
+//! listed. Durations are in seconds.
+//!
+//! | name | kind | labels | what |
+//! |---|---|---|---|
+//! | `messaging.client.sent.messages` | counter | | messages published |
+//! | `messaging.client.consumed.messages` | counter | `messaging.operation.name` (`process`, `receive`) | deliveries handed to the application, messages fetched by `basic.get` |
+//! | `messaging.client.operation.duration` | histogram | `messaging.operation.name` (`publish`, `receive`) | a publish call (waits for a blocked broker included), a `basic.get` |
+//! | `lepus.confirms` | counter | `outcome` (`ack`, `nack`, `uncertain`) | publisher confirms settled |
+//! | `lepus.confirm.duration` | histogram | | from a publish to its confirm, for confirms awaited |
+//! | `lepus.returns` | counter | | mandatory messages the broker returned |
+//! | `lepus.redeliveries` | counter | | deliveries marked redelivered |
+//! | `lepus.settles` | counter | `messaging.operation.name` (`ack`, `nack`, `reject`) | acknowledgements sent |
+//! | `lepus.recovery.attempts` | counter | | reconnection attempts |
+//! | `lepus.recoveries` | counter | | connections recovered |
+//! | `lepus.recovery.duration` | histogram | | from the loss to the recovered connection |
+//! | `lepus.recovery.skipped_entities` | counter | | recorded entities the broker refused to declare again |
+//! | `lepus.connection.blocked.duration` | histogram | | how long the broker blocked publishing (`connection.blocked` to `unblocked`) |
+//! | `lepus.bytes.sent`, `lepus.bytes.received` | counter | | bytes written to and read from the socket |
+//! | `lepus.consumer.buffered` | gauge | `messaging.destination.name` (the queue) | deliveries a consumer took from lepus's buffer in its last batch |
+//!
+//! Handles are registered when a connection is made: install the recorder first. The
+//! per-message ones are kept, so the hot path costs what the recorder's handle costs (an
+//! atomic add for the common ones), and nothing without the feature.
+
 use lepus_wire::{BasicProperties, ShortStr};
 use tracing::field::Empty;
 use tracing::Span;

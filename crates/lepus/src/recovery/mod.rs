@@ -48,7 +48,13 @@ pub(crate) fn begin(shared: &Arc<Shared>, inner: &mut Inner, cause: Error) {
     // Told in the `Disconnected` event; the connection goes on, so a later close is not
     // about them.
     inner.lost = None;
-    settle_in_flight(inner, &cause);
+    let _uncertain = settle_in_flight(inner, &cause);
+    #[cfg(feature = "metrics")]
+    shared
+        .events
+        .metrics
+        .confirm_uncertain
+        .increment(_uncertain);
     shared.link.send_replace(Link::Recovering);
     shared.space.notify_waiters();
     tracing::warn!(
@@ -76,8 +82,9 @@ pub(crate) fn attempt_failed(shared: &Shared, inner: &mut Inner, cause: &Error) 
 /// Everything waiting on the lost link gets its outcome: requests fail as retryable, confirms
 /// become uncertain, buffered deliveries are dropped (the broker requeues them), and channels
 /// the application was closing are closed.
-fn settle_in_flight(inner: &mut Inner, cause: &Error) {
+fn settle_in_flight(inner: &mut Inner, cause: &Error) -> u64 {
     let lost = Error::ConnectionLost(Arc::new(cause.clone()));
+    let mut uncertain = 0u64;
     let mut closed = Vec::new();
     for (&id, slot) in inner.channels.iter_mut() {
         for waiter in slot.waiters.drain(..) {
@@ -88,10 +95,12 @@ fn settle_in_flight(inner: &mut Inner, cause: &Error) {
         }
         // Kept publishes wait on: they are published again on the new link.
         let kept = slot.replay.as_ref();
+        let before = slot.confirms.unsettled();
         slot.confirms.uncertain(
             |n| kept.is_some_and(|k| k.contains(n)),
             &mut inner.wake_later,
         );
+        uncertain += before.saturating_sub(slot.confirms.unsettled()) as u64;
         if let Some(drained) = &slot.confirms_drained {
             drained.notify_waiters();
         }
@@ -120,6 +129,7 @@ fn settle_in_flight(inner: &mut Inner, cause: &Error) {
     for tx in inner.update_secret_waiters.drain(..) {
         let _ = tx.send(Err(lost.clone()));
     }
+    uncertain
 }
 
 /// Reconnects with backoff until an attempt succeeds, the policy gives up, or the application
