@@ -33,6 +33,7 @@ echo "== examples against the broker"
 for example in consume_acks publish_confirms error_handling; do
   cargo run -q --locked -p lepus --example "$example"
 done
+cargo run -q --locked -p lepus --features otel --example trace_tree
 cargo run -q --locked -p lepus-messaging --example orders
 cargo run -q --locked -p lepus-messaging --example worker
 

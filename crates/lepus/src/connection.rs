@@ -92,7 +92,10 @@ impl Connection {
             };
             let addr = format!("{}:{}", attempt.host, attempt.port);
             match Self::connect_one(attempt).await {
-                Ok(conn) => return Ok(conn),
+                Ok(conn) => {
+                    tracing::debug!(address = %addr, "connection opened");
+                    return Ok(conn);
+                }
                 // Nothing another broker could change.
                 Err(e @ (Error::Uri(_) | Error::InvalidArgument(_))) => return Err(e),
                 Err(e) if failures.is_empty() && attempts.len() == 0 => break Some(e),
@@ -194,6 +197,7 @@ impl Connection {
         };
         let channel = Channel::new(Arc::clone(&self.shared), id, generation);
         channel.await_reply(rx, "channel.open-ok").await?;
+        tracing::debug!(channel = id, "channel opened");
         Ok(channel)
     }
 
