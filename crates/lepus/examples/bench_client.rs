@@ -10,8 +10,10 @@
 //! message through the broker: publish, wait for its delivery, ack) and `connections` (open n
 //! connections with a channel each; connections per second and resident memory per
 //! connection). Bodies are `BODY_SIZE` bytes (64 by default). `LEPUS_COALESCING=0` turns read
-//! and write coalescing off, for comparison (`read-off`, `write-off`: one of them). Prints
-//! exactly one JSON line on stdout; everything else goes to stderr.
+//! and write coalescing off, for comparison (`read-off`, `write-off`: one of them).
+//! `LEPUS_TRACE=1` installs a `tracing` subscriber that records lepus's spans (formatted into
+//! a sink), to measure what tracing costs when someone listens. Prints exactly one JSON line
+//! on stdout; everything else goes to stderr.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::VecDeque;
@@ -198,6 +200,19 @@ async fn run(workload: &str, n: u64, url: &str) -> Result<(), lepus::Error> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // LEPUS_TRACE=1: a subscriber that wants lepus's spans (formatted into a sink), to measure
+    // what tracing costs when someone listens; unset, no subscriber, as in production without
+    // one.
+    if std::env::var("LEPUS_TRACE").is_ok_and(|v| v == "1") {
+        use tracing_subscriber::prelude::*;
+        let fmt = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::sink)
+            .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+            .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+                m.target() == lepus::telemetry::TARGET
+            }));
+        tracing_subscriber::registry().with(fmt).init();
+    }
     let Some((workload, n)) = harness::args("bench_client") else {
         return ExitCode::from(2);
     };
