@@ -34,7 +34,7 @@ for example in consume_acks publish_confirms error_handling; do
   cargo run -q --locked -p lepus --example "$example"
 done
 cargo run -q --locked -p lepus --features otel --example trace_tree
-cargo run -q --locked -p lepus-messaging --example orders
+for example in orders simple_queue rpc; do cargo run -q --locked -p lepus-messaging --example "$example"; done
 cargo run -q --locked -p lepus-messaging --example worker
 
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"

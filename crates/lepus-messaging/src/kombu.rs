@@ -100,6 +100,42 @@
 //! - `message.headers`, `message.properties`, `message.content_type`, `message.content_encoding` → the same, as methods
 //! - `message.delivery_info['routing_key']` (and `exchange`, `consumer_tag`, `delivery_tag`, `redelivered`) → `message.routing_key()`, …
 //!
+//! # Simple queues, RPC, broadcast
+//!
+//! - `conn.SimpleQueue('jobs')` → `SimpleQueue::new(&conn, "jobs").await?` (`SimpleQueue::from_queue(&conn, queue).build().await?` for a `Queue` of your own; `.serializer(..)`, `.compression(..)`, `.accept(..)`, `.prefetch(..)` on the builder)
+//! - `q.put(body, serializer='msgpack', headers={...}, compression='zlib')` → `q.put(&body).serializer("msgpack").header("k", "v").compression("zlib").await?` (confirmed by the broker)
+//! - `q.get(timeout=5)` → `q.get(Duration::from_secs(5)).await?`; kombu's `Empty` → `Err(Error::Timeout(_))`; ack with `message.ack()?` as in kombu
+//! - `q.get_nowait()` / `q.get(block=False)` → `q.get_nowait().await?` (`None` instead of raising `Empty`)
+//! - `q.qsize()` / `len(q)` → `q.len().await?` (or `q.qsize()`); `q.clear()` → `q.clear().await?`; `q.close()` → `q.close().await?`
+//! - `conn.SimpleBuffer('progress')` → `SimpleBuffer::new(&conn, "progress").await?` (transient, exclusive, auto-delete, no-ack; the same methods)
+//! - `send_reply(exchange='', req=message, msg=reply, producer=producer)` → `send_reply(&producer, &message, &reply)?.await?` (the request's `reply_to`, `correlation_id` and serializer; more properties on the returned `Publish`)
+//! - a consumer loop that answers with `send_reply` and acks → `RpcServer::builder(&conn, queue).concurrency(n).build()?.serve(|req: Req, _message| async move { Ok::<_, E>(resp) }).await?`
+//! - publish with `reply_to` and `correlation_id`, then `collect_replies(conn, channel, reply_queue)` → `RpcClient::new(&conn).await?.call::<Req, Resp>("queue", &req, timeout).await?` (RabbitMQ's direct reply-to, consumed before the first request: no reply queue; many calls in flight on one client; `Error::Returned` means no queue took the request, `Error::Timeout` no reply)
+//! - `Broadcast('news')` → `Broadcast::new("news")`; `Consumer(conn, [Broadcast('news')])` → `Broadcast::new("news").consumer(&conn).consume().await?` (a fresh auto-delete `bcast.<id>` queue per consumer); publishing → `broadcast.producer(&conn).build()?.publish(&body).await?`; `Broadcast('news', queue='q', unique=True)` → `.queue("q").unique(true)`
+//! - `kombu.common.uuid()` correlation ids → made by `RpcClient` (a unique prefix per client and a counter)
+//!
+//! # Workers (`ConsumerMixin`)
+//!
+//! | kombu | lepus-messaging |
+//! |---|---|
+//! | `class W(ConsumerMixin)` with `self.connection` | `Worker::connect(uri)` / `Worker::builder(conn, options)` |
+//! | `get_consumers(Consumer, channel)` returning `[Consumer(queues, callbacks=[cb])]` | `.handle(builder.consumer(queues), handler)` or `.handle_typed(..)` (the handler gets `(body, message)`), once per consumer |
+//! | the callback calls `message.ack()` | return `Ok(())`: acked after the handler; `Err` or a panic: rejected or requeued per `.on_error(..)`, bounded by `.max_attempts(n)` |
+//! | `prefetch_count` | `.concurrency(n)`: n handlers at once, prefetch n |
+//! | `run()` / `should_stop = True` | `worker.run().await` / `worker.shutdown_handle().shutdown()`; `.stop_on_signals(true)` for SIGTERM and Ctrl-C |
+//! | the reconnect loop, `connect_max_retries`, "Connection to broker lost" | lepus's automatic recovery (`lepus::RecoveryPolicy`): the worker keeps running, and reports `WorkerEvent::ConnectionLost` / `ConnectionRevived` |
+//! | `on_connection_revived`, `on_consume_ready`, `on_consume_end` | `WorkerEvent::ConnectionRevived`, `ConsumeReady`, `ConsumeEnd` from `worker.events()` |
+//! | `on_decode_error` (default: log and **ack**) | the consumer's [`DecodeErrorPolicy`](crate::DecodeErrorPolicy) (default: **reject**, to the dead-letter exchange; `DecodeErrorPolicy::Ack` for kombu's behaviour) |
+//! | on exit, consumers cancelled | consumers cancelled, handlers in progress finished (within `.shutdown_timeout`) and settled, then the connections closed (`.keep_connection(true)` keeps it) |
+//!
+//! `ConsumerProducerMixin`'s `self.producer` (a producer on a second, lazily cloned
+//! connection, closed in `on_consume_end`) is `Worker::producer()` /
+//! `WorkerBuilder::producer()`: clone the `WorkerProducer` into the handler and call
+//! `.producer().await?`. The second connection is opened on first use with the worker's
+//! options, so a publisher blocked by the broker never stalls the consumers, and it closes
+//! with the worker. [`blocking::Worker`](crate::blocking::Worker) is the same without async,
+//! with handlers on a pool of `concurrency` threads.
+//!
 //! # Pools
 //!
 //! kombu pools connections and producers because a Python connection serves one thread at a

@@ -27,6 +27,11 @@
 //! - [`serializer`]: json (default), msgpack, yaml, raw bytes and text, plus your own through
 //!   [`serializer::Serializer`]; [`compression`]: zlib, bzip2, lzma, brotli, zstd behind cargo
 //!   features, with bounded decompression.
+//! - [`Worker`]: consumers with handlers under supervision (kombu's `ConsumerMixin`, done
+//!   properly): N handlers at once, settlement by result, bounded redeliveries, graceful
+//!   shutdown, recovery underneath, a lazily opened producer connection.
+//! - [`simple`]: `SimpleQueue` and `SimpleBuffer`; [`rpc`]: `RpcClient` over direct
+//!   reply-to and `RpcServer` (kombu's `send_reply`); [`broadcast`]: kombu's fanout pattern.
 //! - [`blocking`]: the same for plain threads.
 //! - [`kombu`]: each kombu call and its equivalent here.
 //!
@@ -113,6 +118,7 @@
 //! (every string quoted, floats as PyYAML writes them).
 
 pub mod blocking;
+pub mod broadcast;
 pub mod compression;
 mod connection;
 mod consumer;
@@ -121,8 +127,12 @@ pub mod error;
 pub mod kombu;
 mod message;
 mod producer;
+pub mod rpc;
 pub mod serializer;
+pub mod simple;
+mod worker;
 
+pub use broadcast::Broadcast;
 pub use connection::{Connection, Entity};
 pub use consumer::{
     Consumer, ConsumerBuilder, DecodeErrorCallback, DecodeErrorPolicy, HandlerErrorPolicy,
@@ -131,4 +141,10 @@ pub use entity::{Binding, Exchange, Overflow, Queue, QueueType};
 pub use error::{BoxError, Error, Result};
 pub use message::{Message, MessageState};
 pub use producer::{Confirm, Producer, ProducerBuilder, Publish, RetryPolicy};
+pub use rpc::{send_reply, Route, RpcClient, RpcClientBuilder, RpcServer, RpcServerBuilder};
 pub use serializer::{Accept, Payload, Registry};
+pub use simple::{SimpleBuffer, SimpleBufferBuilder, SimpleQueue, SimpleQueueBuilder};
+pub use worker::{
+    Handler, HandlerOutcome, Settlement, ShutdownHandle, TypedHandler, Worker, WorkerBuilder,
+    WorkerEvent, WorkerProducer,
+};

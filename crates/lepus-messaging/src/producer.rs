@@ -189,7 +189,8 @@ impl ProducerBuilder {
     }
 }
 
-fn check_serializer(conn: &Connection, name: &str) -> Result<()> {
+/// Refuses a serializer name or type that is not available.
+pub(crate) fn check_serializer(conn: &Connection, name: &str) -> Result<()> {
     if name == "raw" || name == "text" || conn.registry().content_type_of(name).is_some() {
         Ok(())
     } else {
@@ -197,7 +198,8 @@ fn check_serializer(conn: &Connection, name: &str) -> Result<()> {
     }
 }
 
-fn check_compression(method: &str) -> Result<()> {
+/// Refuses a compression method that is not compiled in.
+pub(crate) fn check_compression(method: &str) -> Result<()> {
     compression::resolve(method)
         .map(drop)
         .ok_or_else(|| Error::CompressionNotInstalled(method.to_owned()))

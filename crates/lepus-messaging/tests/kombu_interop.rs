@@ -14,9 +14,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
@@ -61,47 +59,6 @@ fn cases(serializer: &str) -> Vec<&'static str> {
         "text" => vec!["text"],
         other => panic!("no cases for {other}"),
     }
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The interpreter of the test environment, made once per test process.
-fn python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(repo().join("scripts/python-env.sh"))
-            .output()
-            .expect("run scripts/python-env.sh");
-        assert!(
-            out.status.success(),
-            "scripts/python-env.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    })
-}
-
-/// Runs the kombu peer and returns its JSON lines.
-async fn peer(args: &[&str]) -> Vec<Value> {
-    let script = repo().join("crates/lepus-messaging/tests/interop/kombu_peer.py");
-    let python = python().to_owned();
-    let mut cmd = tokio::process::Command::new(python);
-    cmd.arg(script).args(args);
-    let out = cmd.output().await.expect("run kombu_peer.py");
-    assert!(
-        out.status.success(),
-        "kombu_peer.py {args:?} exited {}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 // ---- the values, typed in Rust ----
@@ -369,7 +326,7 @@ async fn kombu_to_lepus(serializer: &str, compression: Option<&str>) -> Vec<Stri
     if let Some(c) = compression {
         args.extend(["--compression", c]);
     }
-    let published = peer(&args).await;
+    let published = support::kombu::peer(&args).await;
     let want = cases(serializer);
     assert_eq!(published.len(), want.len(), "{published:?}");
 
@@ -425,7 +382,7 @@ async fn lepus_to_kombu(serializer: &str, compression: Option<&str>) -> Vec<Stri
         "raw" => "application/data",
         s => s,
     };
-    let lines = peer(&[
+    let lines = support::kombu::peer(&[
         "consume",
         "--url",
         &url,
@@ -495,7 +452,7 @@ async fn a_disallowed_content_type_is_refused_on_both_sides() {
     // kombu publishes pickle and msgpack; lepus's default accept list refuses both.
     let q = scratch(&conn, "refuse.k2l").await;
     for s in ["pickle", "msgpack"] {
-        peer(&[
+        support::kombu::peer(&[
             "publish",
             "--url",
             &url,
@@ -545,7 +502,7 @@ async fn a_disallowed_content_type_is_refused_on_both_sides() {
     let producer = conn.producer().serializer("msgpack").build().unwrap();
     let q = scratch(&conn, "refuse.l2k.default").await;
     publish_case(&producer, &q, "msgpack", "unicode").await;
-    let lines = peer(&[
+    let lines = support::kombu::peer(&[
         "consume",
         "--url",
         &url,
@@ -562,7 +519,7 @@ async fn a_disallowed_content_type_is_refused_on_both_sides() {
         .contains("application/x-msgpack"));
     let q = scratch(&conn, "refuse.l2k.json").await;
     publish_case(&producer, &q, "msgpack", "unicode").await;
-    let lines = peer(&[
+    let lines = support::kombu::peer(&[
         "consume",
         "--url",
         &url,

@@ -546,3 +546,12 @@ impl Iterator for Consumer {
         self.recv()
     }
 }
+
+// After `forward!`, which they use.
+mod rpc;
+mod simple;
+mod worker;
+
+pub use rpc::{RpcClient, RpcClientBuilder, RpcServer, RpcServerBuilder};
+pub use simple::{SimpleBuffer, SimpleBufferBuilder, SimpleQueue, SimpleQueueBuilder};
+pub use worker::{Handler, TypedHandler, Worker, WorkerBuilder, WorkerEvents, WorkerProducer};

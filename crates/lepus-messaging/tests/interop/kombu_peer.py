@@ -13,6 +13,21 @@ See README.md beside this file for the contract. Subcommands:
       Consume N messages from Q through kombu's decode path, ack each, print one JSON line each:
       {"case", "ok": true} | {"case", "ok": false, "got", "expected"} | {"case", "error", "message"}.
       Exit 0 after N messages, 2 on timeout.
+  rpc-serve --url URL --queue Q --count N [--accept NAME ...] [--timeout SECS]
+      An RPC server: consume requests from Q (not declared), answer each with
+      kombu.common.send_reply(exchange='', req=message, msg={"echo": <decoded body>}, producer=...)
+      and ack it. Prints {"correlation_id": ID, "request": <decoded body>} per request.
+      Exit 0 after N requests, 2 on timeout.
+  rpc-call --url URL --queue Q --count N [--serializer S] [--timeout SECS]
+      An RPC client: declare an exclusive reply queue, publish N requests {"n": i} to Q through the
+      default exchange with reply_to=<reply queue> and a fresh correlation id, consume the replies.
+      Prints {"correlation_id": ID, "reply": <decoded>, "request": <the request sent with ID, or
+      null>} per reply. Exit 0 after N replies, 2 on timeout.
+  rpc-bench --url URL --n N --inflight K
+      RPC round trips with send_reply/collect_replies: a server thread on its own connection
+      answers {"echo": body}; the client keeps K requests in flight until N are answered. Prints
+      {"client": "kombu", "inflight", "n", "requests_per_s", "lat_p50_us", "lat_p99_us",
+      "lat_max_us"}.
 """
 
 import argparse
@@ -20,12 +35,15 @@ import json
 import math
 import socket
 import sys
+import threading
 import time as _time
+from collections import deque
 from datetime import date, datetime, time, timezone
 from decimal import Decimal
 from uuid import UUID
 
 from kombu import Connection, Consumer, Producer, Queue
+from kombu.common import collect_replies, send_reply, uuid
 
 # Pseudo-serializers of this peer besides kombu's registered names (json, msgpack, yaml, pickle):
 #   raw  -> Producer.publish(bytes, serializer='raw'): content_type application/data, encoding
@@ -210,6 +228,207 @@ def cmd_consume(args):
     return 0
 
 
+def drain_until(conn, done, deadline):
+    """Drains events until done() or the deadline; returns whether done()."""
+    while not done():
+        remaining = deadline - _time.monotonic()
+        if remaining <= 0:
+            return False
+        try:
+            conn.drain_events(timeout=remaining)
+        except socket.timeout:
+            return done()
+    return True
+
+
+def text(value):
+    return bytes(value).decode("utf-8", "replace") if isinstance(value, (bytes, bytearray)) else value
+
+
+def cmd_rpc_serve(args):
+    served = 0
+
+    deadline = _time.monotonic() + args.timeout
+    with Connection(args.url) as conn:
+        producer = Producer(conn.channel())
+
+        def on_request(body, message):
+            nonlocal served
+            send_reply("", message, {"echo": body}, producer=producer)
+            message.ack()
+            emit({"correlation_id": text(message.properties.get("correlation_id")), "request": body})
+            served += 1
+
+        consumer = Consumer(
+            conn.channel(),
+            queues=[Queue(args.queue, no_declare=True)],
+            accept=args.accept or None,
+            callbacks=[on_request],
+            prefetch_count=max(1, min(args.count, 100)),
+        )
+        with consumer:
+            finished = drain_until(conn, lambda: served >= args.count, deadline)
+    if not finished:
+        print(f"kombu_peer: timeout after {args.timeout}s: served {served} of {args.count}",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_rpc_call(args):
+    received = 0
+    sent = {}
+
+    deadline = _time.monotonic() + args.timeout
+    with Connection(args.url) as conn:
+        channel = conn.channel()
+        reply_queue = Queue(uuid(), durable=False, exclusive=True, auto_delete=True)(channel)
+        reply_queue.declare()
+
+        def on_reply(body, message):
+            nonlocal received
+            cid = text(message.properties.get("correlation_id"))
+            emit({"correlation_id": cid, "reply": body, "request": sent.pop(cid, None)})
+            received += 1
+
+        consumer = Consumer(
+            channel,
+            queues=[reply_queue],
+            no_ack=True,
+            accept=[args.serializer],
+            callbacks=[on_reply],
+        )
+        producer = Producer(channel)
+        with consumer:
+            for i in range(args.count):
+                cid = uuid()
+                sent[cid] = {"n": i}
+                producer.publish(
+                    {"n": i},
+                    exchange="",
+                    routing_key=args.queue,
+                    serializer=args.serializer,
+                    reply_to=reply_queue.name,
+                    correlation_id=cid,
+                )
+            finished = drain_until(conn, lambda: received >= args.count, deadline)
+    if not finished:
+        print(f"kombu_peer: timeout after {args.timeout}s: {received} of {args.count} replies",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
+def nearest_rank(sorted_values, q):
+    if not sorted_values:
+        return 0
+    rank = min(max(math.ceil(q * len(sorted_values)), 1), len(sorted_values))
+    return sorted_values[rank - 1]
+
+
+def cmd_rpc_bench(args):
+    n, inflight = max(1, args.n), max(1, args.inflight)
+    queue_name = f"kombu-peer.rpc-bench.{uuid()}"
+    ready, stop = threading.Event(), threading.Event()
+    failure = []
+
+    def server():
+        try:
+            with Connection(args.url) as conn:
+                producer = Producer(conn.channel())
+
+                def on_request(body, message):
+                    send_reply("", message, {"echo": body}, producer=producer)
+                    message.ack()
+
+                queue = Queue(queue_name, expires=60)
+                with Consumer(conn.channel(), queues=[queue], callbacks=[on_request],
+                              prefetch_count=min(inflight, 1000)):
+                    ready.set()
+                    while not stop.is_set():
+                        try:
+                            conn.drain_events(timeout=0.1)
+                        except socket.timeout:
+                            pass
+        except Exception as exc:  # reported by the main thread
+            failure.append(exc)
+            ready.set()
+
+    thread = threading.Thread(target=server, daemon=True)
+    thread.start()
+    if not ready.wait(30) or failure:
+        print(f"kombu_peer: the server did not start: {failure}", file=sys.stderr)
+        return 1
+
+    with Connection(args.url) as conn:
+        channel = conn.channel()
+        reply_queue = Queue(uuid(), durable=False, exclusive=True, auto_delete=True)(channel)
+        reply_queue.declare()
+        producer = Producer(channel)
+        # collect_replies yields at most one body per drain_events, and one drain_events can
+        # deliver several replies: the rest would wait in its buffer for the next event. Its
+        # `callbacks` see every reply as it arrives, so they are what is counted; the
+        # generator only drives the event loop.
+        arrived = deque()
+        replies = collect_replies(
+            conn,
+            channel,
+            reply_queue,
+            limit=None,
+            timeout=1,
+            callbacks=[lambda body, _message: arrived.append((_time.perf_counter(), body))],
+        )
+        sent_at = {}
+        next_n = 0
+
+        def send():
+            nonlocal next_n
+            sent_at[next_n] = _time.perf_counter()
+            producer.publish(
+                {"n": next_n},
+                exchange="",
+                routing_key=queue_name,
+                reply_to=reply_queue.name,
+                correlation_id=uuid(),
+            )
+            next_n += 1
+
+        # Ten untimed round trips first (connections warm, the server subscribed).
+        for _ in range(10):
+            send()
+            while not arrived:
+                next(replies)
+            arrived.clear()
+        sent_at.clear()
+        next_n = 0
+        latencies = []
+        start = _time.perf_counter()
+        for _ in range(min(inflight, n)):
+            send()
+        while len(latencies) < n:
+            next(replies)
+            while arrived:
+                at, body = arrived.popleft()
+                latencies.append(at - sent_at.pop(body["echo"]["n"]))
+                if next_n < n:
+                    send()
+        elapsed = _time.perf_counter() - start
+        replies.close()
+    stop.set()
+    thread.join(5)
+    trips = sorted(int(t * 1e6) for t in latencies)
+    emit({
+        "client": "kombu",
+        "inflight": inflight,
+        "n": n,
+        "requests_per_s": round(n / elapsed, 1),
+        "lat_p50_us": nearest_rank(trips, 0.50),
+        "lat_p99_us": nearest_rank(trips, 0.99),
+        "lat_max_us": trips[-1],
+    })
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="kombu_peer.py", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -226,8 +445,31 @@ def main(argv=None):
     con.add_argument("--count", required=True, type=int)
     con.add_argument("--accept", action="extend", nargs="+")
     con.add_argument("--timeout", type=float, default=20.0)
+    srv = sub.add_parser("rpc-serve", help="answer N RPC requests with send_reply")
+    srv.add_argument("--url", required=True)
+    srv.add_argument("--queue", required=True)
+    srv.add_argument("--count", required=True, type=int)
+    srv.add_argument("--accept", action="extend", nargs="+")
+    srv.add_argument("--timeout", type=float, default=20.0)
+    call = sub.add_parser("rpc-call", help="send N RPC requests and collect the replies")
+    call.add_argument("--url", required=True)
+    call.add_argument("--queue", required=True)
+    call.add_argument("--count", required=True, type=int)
+    call.add_argument("--serializer", default="json", choices=("json", "msgpack", "yaml"))
+    call.add_argument("--timeout", type=float, default=20.0)
+    bench = sub.add_parser("rpc-bench", help="RPC round trips with send_reply/collect_replies")
+    bench.add_argument("--url", required=True)
+    bench.add_argument("--n", required=True, type=int)
+    bench.add_argument("--inflight", type=int, default=1)
     args = p.parse_args(argv)
-    return {"cases": cmd_cases, "publish": cmd_publish, "consume": cmd_consume}[args.cmd](args)
+    return {
+        "cases": cmd_cases,
+        "publish": cmd_publish,
+        "consume": cmd_consume,
+        "rpc-serve": cmd_rpc_serve,
+        "rpc-call": cmd_rpc_call,
+        "rpc-bench": cmd_rpc_bench,
+    }[args.cmd](args)
 
 
 if __name__ == "__main__":

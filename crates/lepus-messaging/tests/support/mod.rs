@@ -83,3 +83,77 @@ pub(crate) async fn next(consumer: &mut lepus_messaging::Consumer) -> lepus_mess
         .expect("the consumer ended")
         .expect("the consumer failed")
 }
+
+/// Publishes `n` JSON numbers to `queue` with message ids `"{i}"`, every one confirmed.
+pub(crate) async fn publish_numbered(
+    conn: &lepus_messaging::Connection,
+    queue: &lepus_messaging::Queue,
+    n: u32,
+) {
+    let producer = conn.producer().build().unwrap();
+    let mut confirms = Vec::new();
+    for i in 0..n {
+        confirms.push(
+            producer
+                .publish(&i)
+                .to_queue(queue)
+                .message_id(&i.to_string())
+                .pipelined()
+                .await
+                .unwrap(),
+        );
+    }
+    for c in confirms {
+        c.await.unwrap();
+    }
+}
+
+/// The Python side of the kombu interop tests: `tests/interop/kombu_peer.py` in the
+/// environment `scripts/python-env.sh` makes.
+pub(crate) mod kombu {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::sync::OnceLock;
+
+    use serde_json::Value;
+
+    fn repo() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    }
+
+    /// The interpreter of the test environment, made once per test process.
+    pub(crate) fn python() -> &'static Path {
+        static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+        PYTHON.get_or_init(|| {
+            let out = Command::new("bash")
+                .arg(repo().join("scripts/python-env.sh"))
+                .output()
+                .expect("run scripts/python-env.sh");
+            assert!(
+                out.status.success(),
+                "scripts/python-env.sh failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+        })
+    }
+
+    /// Runs the kombu peer with `args` and returns its JSON lines.
+    pub(crate) async fn peer(args: &[&str]) -> Vec<Value> {
+        let script = repo().join("crates/lepus-messaging/tests/interop/kombu_peer.py");
+        let mut cmd = tokio::process::Command::new(python());
+        cmd.arg(script).args(args);
+        let out = cmd.output().await.expect("run kombu_peer.py");
+        assert!(
+            out.status.success(),
+            "kombu_peer.py {args:?} exited {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
