@@ -406,10 +406,12 @@ impl Consumer {
             let message = message?;
             let settle = message.clone();
             let span = message.delivery().span().clone();
+            let started = std::time::Instant::now();
             let outcome = AssertUnwindSafe(handler(message))
                 .catch_unwind()
                 .instrument(span)
                 .await;
+            record_process(started, outcome.as_ref().is_ok_and(|r| r.is_ok()));
             self.after_handler(&settle, outcome.map(|r| r.map_err(|e| e.to_string())));
         }
     }
@@ -439,10 +441,12 @@ impl Consumer {
             };
             let settle = message.clone();
             let span = message.delivery().span().clone();
+            let started = std::time::Instant::now();
             let outcome = AssertUnwindSafe(handler(value, message))
                 .catch_unwind()
                 .instrument(span)
                 .await;
+            record_process(started, outcome.as_ref().is_ok_and(|r| r.is_ok()));
             self.after_handler(&settle, outcome.map(|r| r.map_err(|e| e.to_string())));
         }
         Ok(())
@@ -584,6 +588,24 @@ impl Stream for Consumer {
             }
         }
     }
+}
+
+/// Records a handler's duration as `messaging.process.duration` (with the `metrics`
+/// feature), with `error.type` when it failed.
+pub(crate) fn record_process(started: std::time::Instant, ok: bool) {
+    #[cfg(feature = "metrics")]
+    {
+        let mut labels = vec![
+            metrics::Label::new("messaging.system", "rabbitmq"),
+            metrics::Label::new("messaging.operation.name", "process"),
+        ];
+        if !ok {
+            labels.push(metrics::Label::new("error.type", "handler_failed"));
+        }
+        metrics::histogram!("messaging.process.duration", labels).record(started.elapsed());
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (started, ok);
 }
 
 /// What a caught panic said.

@@ -760,7 +760,10 @@ impl<H: Handler> Runner for AsyncRunner<H> {
         let handler = Arc::clone(&self.0);
         let call = async move { handler.handle(message).await };
         Ok(Box::pin(async move {
-            outcome_of(AssertUnwindSafe(call).catch_unwind().await)
+            let started = std::time::Instant::now();
+            let outcome = outcome_of(AssertUnwindSafe(call).catch_unwind().await);
+            crate::consumer::record_process(started, matches!(outcome, HandlerOutcome::Succeeded));
+            outcome
         }))
     }
 }
@@ -780,7 +783,10 @@ where
         let handler = Arc::clone(&self.handler);
         let call = async move { handler.handle(value, message).await };
         Ok(Box::pin(async move {
-            outcome_of(AssertUnwindSafe(call).catch_unwind().await)
+            let started = std::time::Instant::now();
+            let outcome = outcome_of(AssertUnwindSafe(call).catch_unwind().await);
+            crate::consumer::record_process(started, matches!(outcome, HandlerOutcome::Succeeded));
+            outcome
         }))
     }
 }

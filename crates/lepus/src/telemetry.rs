@@ -77,6 +77,7 @@
 //! | `lepus.connection.blocked.duration` | histogram | | how long the broker blocked publishing (`connection.blocked` to `unblocked`) |
 //! | `lepus.bytes.sent`, `lepus.bytes.received` | counter | | bytes written to and read from the socket |
 //! | `lepus.consumer.buffered` | gauge | `messaging.destination.name` (the queue) | deliveries a consumer took from lepus's buffer in its last batch |
+//! | `messaging.process.duration` | histogram | `messaging.operation.name` (`process`), `error.type` on failure | a handler of `lepus-messaging`'s consumers and workers, with its `metrics` feature |
 //!
 //! Handles are registered when a connection is made: install the recorder first. The
 //! per-message ones are kept, so the hot path costs what the recorder's handle costs (an
