@@ -22,7 +22,7 @@ echo "== cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 echo "== cargo test"
 cargo test --workspace --locked 2>&1 | tee -a "$log"
-cargo test -p lepus --locked --features otel,metrics --test otel --test otel_interop --test metrics 2>&1 | tee -a "$log"
+cargo test -p lepus --locked --features otel,metrics --lib --test otel --test otel_interop --test metrics 2>&1 | tee -a "$log"
 cargo test -p lepus-messaging --locked --features metrics --test metrics 2>&1 | tee -a "$log"
 echo "== serial tests (broker-wide state, one at a time)"
 cargo test -p lepus --locked --test serial_broker --test serial_recovery --test blocking -- --ignored --test-threads=1 \

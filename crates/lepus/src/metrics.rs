@@ -110,3 +110,47 @@ pub(crate) fn consumer_buffered(queue: &str, deliveries: usize) {
     ];
     metrics::gauge!("lepus.consumer.buffered", labels).set(deliveries as f64);
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    #[test]
+    fn blocked_time_and_recovery_steps_come_from_the_events() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let m = Metrics::default();
+            m.on_event(&ConnectionEvent::Blocked("low on memory".into()));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            m.on_event(&ConnectionEvent::Unblocked);
+            m.on_event(&ConnectionEvent::Unblocked); // no second value without a block
+            m.on_event(&ConnectionEvent::Reconnecting {
+                address: "h:5672".into(),
+                attempt: 1,
+                after: std::time::Duration::ZERO,
+            });
+            m.on_event(&ConnectionEvent::Recovered {
+                address: "h:5672".into(),
+                took: std::time::Duration::from_millis(300),
+            });
+        });
+        let mut seen = std::collections::HashMap::new();
+        for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+            let v = match value {
+                DebugValue::Counter(n) => vec![n as f64],
+                DebugValue::Histogram(h) => h.into_iter().map(|v| v.into_inner()).collect(),
+                DebugValue::Gauge(g) => vec![g.into_inner()],
+            };
+            seen.insert(key.key().name().to_owned(), v);
+        }
+        let blocked = &seen["lepus.connection.blocked.duration"];
+        assert_eq!(blocked.len(), 1);
+        assert!(blocked[0] >= 0.02, "{blocked:?}");
+        assert_eq!(seen["lepus.recovery.attempts"], [1.0]);
+        assert_eq!(seen["lepus.recoveries"], [1.0]);
+        assert_eq!(seen["lepus.recovery.duration"], [0.3]);
+    }
+}

@@ -32,7 +32,7 @@ struct Recorded {
 }
 
 #[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<Vec<Recorded>>>);
+struct Recorder(Arc<Mutex<Vec<Recorded>>>, Arc<Mutex<Vec<String>>>);
 
 struct Fields<'a>(&'a mut BTreeMap<String, String>);
 
@@ -64,6 +64,14 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Recorder {
         let mut spans = self.0.lock().unwrap();
         if let Some(r) = spans.iter_mut().rev().find(|r| r.id == id.into_u64()) {
             values.record(&mut Fields(&mut r.fields));
+        }
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        let mut fields = BTreeMap::new();
+        event.record(&mut Fields(&mut fields));
+        if let Some(message) = fields.remove("message") {
+            self.1.lock().unwrap().push(message);
         }
     }
 
