@@ -24,6 +24,13 @@ echo "== cargo test"
 cargo test --workspace --locked 2>&1 | tee -a "$log"
 cargo test -p lepus --locked --features otel,metrics --lib --test otel --test otel_interop --test metrics 2>&1 | tee -a "$log"
 cargo test -p lepus-messaging --locked --features metrics --test metrics 2>&1 | tee -a "$log"
+echo "== the same integration tests against memory:// (the in-process broker)"
+# Conformance runs on both brokers in the workspace run above; these binaries run again with
+# memory:// as the test broker. Tests of TCP-level behaviour say they are skipped there.
+LEPUS_TEST_URL=memory:// cargo test -p lepus --locked --test client --test blocking --test ergonomics \
+  --test full_buffer --test large_bodies 2>&1 | tee -a "$log"
+LEPUS_TEST_URL=memory:// cargo test -p lepus-messaging --locked --test messaging --test simple --test rpc \
+  --test worker --test blocking 2>&1 | tee -a "$log"
 echo "== serial tests (broker-wide state, one at a time)"
 cargo test -p lepus --locked --test serial_broker --test serial_recovery --test blocking -- --ignored --test-threads=1 \
   2>&1 | tee -a "$log"
@@ -31,12 +38,18 @@ cargo test -p lepus-cli --locked --test serial_recovery -- --ignored --test-thre
 cargo test -p lepus-messaging --locked --test serial_worker -- --ignored --test-threads=1 2>&1 | tee -a "$log"
 echo "== failover and cluster tests (extra broker nodes on 5681-5685, one test at a time)"
 cargo test -p lepus --locked --test cluster -- --ignored --test-threads=1 2>&1 | tee -a "$log"
-echo "== examples against the broker"
-for example in consume_acks publish_confirms error_handling; do
-  cargo run -q --locked -p lepus --example "$example"
+echo "== examples, on memory:// (their default) and against RabbitMQ"
+rabbitmq=amqp://guest:guest@127.0.0.1:5672/%2f
+for url in memory:// "$rabbitmq"; do
+  for example in consume_acks publish_confirms error_handling; do
+    AMQP_URL=$url cargo run -q --locked -p lepus --example "$example"
+  done
+  AMQP_URL=$url cargo run -q --locked -p lepus --features otel --example trace_tree
+  for example in orders simple_queue rpc worker; do
+    AMQP_URL=$url cargo run -q --locked -p lepus-messaging --example "$example"
+  done
 done
-cargo run -q --locked -p lepus --features otel --example trace_tree
-for example in orders simple_queue rpc; do cargo run -q --locked -p lepus-messaging --example "$example"; done
-cargo run -q --locked -p lepus-messaging --example worker
+echo "== the CLI's load generator on memory://, no broker needed"
+cargo run -q --locked -p lepus-cli -- perf --url memory:// --producers 1 --consumers 1 --count 20000 --confirm 100
 
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"

@@ -1,5 +1,5 @@
 //! Publishes orders as JSON to a topic exchange and consumes them with a typed handler, the
-//! way a kombu service would, against the local broker (or `AMQP_URL`).
+//! way a kombu service would, against `AMQP_URL` (default `memory://`, the in-process broker).
 //!
 //! ```text
 //! cargo run -p lepus-messaging --example orders
@@ -20,8 +20,7 @@ struct Order {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let url = std::env::var("AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string());
+    let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "memory://".to_string());
     let conn = Connection::connect(&url).await?;
 
     // Entities as values; this example's are transient so that it leaves nothing behind.

@@ -1,6 +1,6 @@
 //! Request and reply: an `RpcServer` answers on one connection, an `RpcClient` calls it over
 //! RabbitMQ's direct reply-to from another, with many calls in flight at once. Against the
-//! local broker (or `AMQP_URL`).
+//! broker at `AMQP_URL` (default `memory://`, the in-process broker).
 //!
 //! ```text
 //! cargo run -p lepus-messaging --example rpc
@@ -19,8 +19,7 @@ struct Add {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let url = std::env::var("AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string());
+    let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "memory://".to_string());
 
     // The server, on a connection of its own; its queue expires once unused.
     let server_conn = Connection::connect(&url).await?;

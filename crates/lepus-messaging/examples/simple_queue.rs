@@ -1,5 +1,5 @@
 //! kombu's `SimpleQueue` and `SimpleBuffer`: a queue used like a queue of values, against the
-//! local broker (or `AMQP_URL`).
+//! broker at `AMQP_URL` (default `memory://`, the in-process broker).
 //!
 //! ```text
 //! cargo run -p lepus-messaging --example simple_queue
@@ -18,8 +18,7 @@ struct Job {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let url = std::env::var("AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string());
+    let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "memory://".to_string());
     let conn = Connection::connect(&url).await?;
 
     // kombu's `conn.SimpleQueue('example.jobs')` makes a durable exchange and queue of that

@@ -1,7 +1,7 @@
 //! A worker service: handles jobs four at a time, publishes a result for each through the
 //! worker's producer connection, and stops gracefully on Ctrl-C or SIGTERM. So that the test
 //! command can run it, it also publishes five jobs to itself and stops once it has handled
-//! them. Against the local broker (or `AMQP_URL`).
+//! them. Against the broker at `AMQP_URL` (default `memory://`, the in-process broker).
 //!
 //! ```text
 //! cargo run -p lepus-messaging --example worker
@@ -25,8 +25,7 @@ const JOBS: u32 = 5;
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let url = std::env::var("AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string());
+    let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "memory://".to_string());
     // Transient queues, so that the example leaves nothing behind.
     let jobs = Queue::new("example.worker.jobs")
         .durable(false)

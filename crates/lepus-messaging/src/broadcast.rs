@@ -8,7 +8,7 @@
 //!
 //! # Examples
 //!
-//! ```no_run
+//! ```
 //! use lepus_messaging::{Broadcast, Connection};
 //!
 //! # async fn demo(conn: Connection) -> lepus_messaging::Result<()> {
@@ -28,6 +28,11 @@
 //!     }
 //! }
 //! # Ok(()) }
+//! # #[tokio::main]
+//! # async fn main() -> lepus_messaging::Result<()> {
+//! # let conn = lepus_messaging::Connection::connect("memory://").await?;
+//! # demo(conn).await
+//! # }
 //! ```
 
 use lepus::ExchangeKind;

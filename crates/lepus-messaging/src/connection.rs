@@ -57,11 +57,13 @@ impl From<&Queue> for Entity {
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use lepus_messaging::{Connection, Queue};
 ///
-/// # async fn demo() -> lepus_messaging::Result<()> {
-/// let conn = Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+/// # #[tokio::main]
+/// # async fn main() -> lepus_messaging::Result<()> {
+/// // "amqp://guest:guest@127.0.0.1:5672/%2f" for a RabbitMQ; "memory://" is in-process.
+/// let conn = Connection::connect("memory://").await?;
 /// let declared = conn.maybe_declare(Queue::new("tasks")).await?;
 /// assert!(declared); // sent queue.declare
 /// assert!(!conn.maybe_declare(Queue::new("tasks")).await?); // cached

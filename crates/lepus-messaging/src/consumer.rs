@@ -277,19 +277,28 @@ type Deliveries =
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use serde::Deserialize;
 /// use lepus_messaging::{Connection, Queue};
 ///
 /// #[derive(Deserialize)]
 /// struct Order { id: u64, item: String }
 ///
-/// # async fn demo() -> lepus_messaging::Result<()> {
-/// let conn = Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+/// # #[tokio::main]
+/// # async fn main() -> lepus_messaging::Result<()> {
+/// let conn = Connection::connect("memory://").await?;
+/// # let order = serde_json::json!({"id": 1, "item": "book"});
+/// # let q = Queue::new("orders");
+/// # conn.producer().build()?.publish(&order).to_queue(&q).declare(q.clone()).await?;
 /// let mut consumer = conn.consumer([Queue::new("orders")]).prefetch(100).consume().await?;
+/// # // Cancel the subscription after the first order, so that `run_typed` returns.
+/// # let ch = consumer.channel().clone();
+/// # let tag = consumer.subscriptions().next().map(|(_, tag)| tag.to_owned()).unwrap();
+/// # let (ch, tag) = (&ch, &tag);
 /// consumer
 ///     .run_typed(|order: Order, _message| async move {
 ///         println!("order {}: {}", order.id, order.item);
+/// #       ch.basic_cancel(tag.as_str()).await.map_err(std::io::Error::other)?;
 ///         Ok::<_, std::io::Error>(()) // acked; an error rejects it
 ///     })
 ///     .await?;

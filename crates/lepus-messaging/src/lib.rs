@@ -37,7 +37,7 @@
 //!
 //! # Publish a struct, consume it with a handler
 //!
-//! ```no_run
+//! ```
 //! use serde::{Deserialize, Serialize};
 //! use lepus_messaging::{Connection, Exchange, Queue};
 //! use lepus::ExchangeKind;
@@ -45,8 +45,10 @@
 //! #[derive(Serialize, Deserialize)]
 //! struct Order { id: u64, item: String }
 //!
-//! # async fn demo() -> lepus_messaging::Result<()> {
-//! let conn = Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+//! # #[tokio::main]
+//! # async fn main() -> lepus_messaging::Result<()> {
+//! // "amqp://guest:guest@127.0.0.1:5672/%2f" for a RabbitMQ; "memory://" is in-process.
+//! let conn = Connection::connect("memory://").await?;
 //! let shop = Exchange::with_kind("shop", ExchangeKind::Topic);
 //! let orders = Queue::new("orders").exchange(shop.clone()).routing_key("order.*");
 //!
@@ -58,9 +60,14 @@
 //!     .await?; // confirmed by the broker
 //!
 //! let mut consumer = conn.consumer([orders]).prefetch(50).consume().await?;
+//! # // Cancel the subscription after the first order, so that `run_typed` returns.
+//! # let ch = consumer.channel().clone();
+//! # let tag = consumer.subscriptions().next().map(|(_, tag)| tag.to_owned()).unwrap();
+//! # let (ch, tag) = (&ch, &tag);
 //! consumer
 //!     .run_typed(|order: Order, _message| async move {
 //!         println!("order {}: {}", order.id, order.item);
+//! #       ch.basic_cancel(tag.as_str()).await.map_err(std::io::Error::other)?;
 //!         Ok::<_, std::io::Error>(()) // Ok acks; an error rejects (or requeues, per policy)
 //!     })
 //!     .await?;
@@ -69,7 +76,7 @@
 //!
 //! # Accept lists and compression
 //!
-//! ```no_run
+//! ```
 //! use lepus_messaging::{Accept, Connection, Queue};
 //!
 //! # async fn demo(conn: Connection) -> lepus_messaging::Result<()> {
@@ -87,11 +94,16 @@
 //! #   let _ = numbers;
 //! }
 //! # Ok(()) }
+//! # #[tokio::main]
+//! # async fn main() -> lepus_messaging::Result<()> {
+//! # let conn = lepus_messaging::Connection::connect("memory://").await?;
+//! # demo(conn).await
+//! # }
 //! ```
 //!
 //! # Retries and pipelining
 //!
-//! ```no_run
+//! ```
 //! use lepus_messaging::{Connection, RetryPolicy};
 //!
 //! # async fn demo(conn: Connection) -> lepus_messaging::Result<()> {
@@ -108,6 +120,11 @@
 //!     confirm.await?; // Err(Nacked), Err(Returned), ... per message
 //! }
 //! # Ok(()) }
+//! # #[tokio::main]
+//! # async fn main() -> lepus_messaging::Result<()> {
+//! # let conn = lepus_messaging::Connection::connect("memory://").await?;
+//! # demo(conn).await
+//! # }
 //! ```
 //!
 //! # Cargo features

@@ -225,15 +225,16 @@ pub(crate) fn check_compression(method: &str) -> Result<()> {
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use serde::Serialize;
 /// use lepus_messaging::{Connection, Exchange, Queue};
 ///
 /// #[derive(Serialize)]
 /// struct Order { id: u64, item: String }
 ///
-/// # async fn demo() -> lepus_messaging::Result<()> {
-/// let conn = Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+/// # #[tokio::main]
+/// # async fn main() -> lepus_messaging::Result<()> {
+/// let conn = Connection::connect("memory://").await?;
 /// let orders = Queue::new("orders");
 /// let producer = conn.producer().build()?;
 /// producer

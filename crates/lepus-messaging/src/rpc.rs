@@ -34,7 +34,7 @@
 //!
 //! # Examples
 //!
-//! ```no_run
+//! ```
 //! use std::time::Duration;
 //! use serde::{Deserialize, Serialize};
 //! use lepus_messaging::{Connection, Queue, RpcClient, RpcServer};
@@ -42,8 +42,9 @@
 //! #[derive(Serialize, Deserialize)]
 //! struct Add { a: i64, b: i64 }
 //!
-//! # async fn demo() -> lepus_messaging::Result<()> {
-//! let conn = Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+//! # #[tokio::main]
+//! # async fn main() -> lepus_messaging::Result<()> {
+//! let conn = Connection::connect("memory://").await?;
 //!
 //! // The server: up to 10 requests handled at once.
 //! let server = RpcServer::builder(&conn, Queue::new("adder")).concurrency(10).build()?;
@@ -178,19 +179,31 @@ fn reply_serializer<'r>(registry: &'r Registry, content_type: Option<&str>) -> O
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use lepus_messaging::{send_reply, Connection, Queue};
 ///
 /// # async fn demo(conn: Connection) -> lepus_messaging::Result<()> {
 /// let producer = conn.producer().build()?;
 /// let mut requests = conn.consumer([Queue::new("rpc")]).consume().await?;
+/// # let client = lepus_messaging::RpcClient::new(&conn).await?;
+/// # let call = tokio::spawn(async move {
+/// #     let timeout = std::time::Duration::from_secs(5);
+/// #     client.call::<_, serde_json::Value>("rpc", &"hi", timeout).await
+/// # });
 /// while let Some(request) = requests.recv().await {
 ///     let request = request?;
 ///     let body: serde_json::Value = request.decode()?;
 ///     send_reply(&producer, &request, &serde_json::json!({"echo": body}))?.await?;
 ///     request.ack()?;
+/// #   break; // one request came: stop waiting for more
 /// }
+/// # assert_eq!(call.await.unwrap()?, serde_json::json!({"echo": "hi"}));
 /// # Ok(()) }
+/// # #[tokio::main]
+/// # async fn main() -> lepus_messaging::Result<()> {
+/// # let conn = lepus_messaging::Connection::connect("memory://").await?;
+/// # demo(conn).await
+/// # }
 /// ```
 pub fn send_reply<'a, T>(
     producer: &'a Producer,
@@ -403,7 +416,7 @@ impl RpcClientBuilder {
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use std::time::Duration;
 /// use lepus_messaging::{Connection, Error, RpcClient};
 ///
@@ -417,6 +430,11 @@ impl RpcClientBuilder {
 ///     Err(e) => return Err(e),
 /// }
 /// # Ok(()) }
+/// # #[tokio::main]
+/// # async fn main() -> lepus_messaging::Result<()> {
+/// # let conn = lepus_messaging::Connection::connect("memory://").await?;
+/// # demo(conn).await
+/// # }
 /// ```
 #[derive(Clone)]
 pub struct RpcClient {
@@ -980,6 +998,7 @@ impl RpcServerBuilder {
 ///
 /// # Examples
 ///
+/// <!-- no_run: it serves until Ctrl-C. -->
 /// ```no_run
 /// use lepus_messaging::{Connection, HandlerErrorPolicy, Queue, RpcServer};
 ///

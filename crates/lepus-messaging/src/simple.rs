@@ -24,12 +24,13 @@
 //!
 //! # Examples
 //!
-//! ```no_run
+//! ```
 //! use std::time::Duration;
 //! use lepus_messaging::{Connection, Error, SimpleQueue};
 //!
-//! # async fn demo() -> lepus_messaging::Result<()> {
-//! let conn = Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+//! # #[tokio::main]
+//! # async fn main() -> lepus_messaging::Result<()> {
+//! let conn = Connection::connect("memory://").await?;
 //! let queue = SimpleQueue::new(&conn, "jobs").await?;
 //! queue.put(&serde_json::json!({"job": 1})).compression("zlib").await?;
 //!
@@ -447,7 +448,7 @@ impl SimpleBufferBuilder {
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use std::time::Duration;
 /// use lepus_messaging::{Connection, SimpleBuffer};
 ///
@@ -458,6 +459,11 @@ impl SimpleBufferBuilder {
 /// assert_eq!(message.decode::<u32>()?, 42); // no ack needed
 /// buffer.close().await?; // the queue and exchange go
 /// # Ok(()) }
+/// # #[tokio::main]
+/// # async fn main() -> lepus_messaging::Result<()> {
+/// # let conn = lepus_messaging::Connection::connect("memory://").await?;
+/// # demo(conn).await
+/// # }
 /// ```
 #[derive(Debug)]
 pub struct SimpleBuffer {

@@ -589,15 +589,21 @@ fn invalid(what: &str) -> Error {
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use serde::Deserialize;
 /// use lepus_messaging::{HandlerErrorPolicy, Queue, Worker};
 ///
 /// #[derive(Deserialize)]
 /// struct Order { id: u64, item: String }
 ///
-/// # async fn demo() -> lepus_messaging::Result<()> {
-/// let builder = Worker::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+/// # #[tokio::main]
+/// # async fn main() -> lepus_messaging::Result<()> {
+/// let builder = Worker::connect("memory://").await?;
+/// # let q = Queue::new("orders").dead_letter_exchange("orders.dead");
+/// # let order = serde_json::json!({"id": 1, "item": "book"});
+/// # let publisher = builder.connection().producer().build()?;
+/// # publisher.publish(&order).to_queue(&q).declare(q.clone()).await?;
+/// # let stop_after_one = builder.shutdown_handle(); // so that `run` returns
 /// let orders = builder.consumer([Queue::new("orders").dead_letter_exchange("orders.dead")]);
 /// let producer = builder.producer(); // opens its connection on first use
 /// let worker = builder
@@ -607,6 +613,7 @@ fn invalid(what: &str) -> Error {
 ///     .stop_on_signals(true) // SIGTERM / Ctrl-C stop it gracefully
 ///     .handle_typed(orders, move |order: Order, _message| {
 ///         let producer = producer.clone();
+/// #       stop_after_one.shutdown();
 ///         async move {
 ///             println!("order {}: {}", order.id, order.item);
 ///             producer

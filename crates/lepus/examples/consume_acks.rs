@@ -1,7 +1,7 @@
 //! Declares an exchange and a queue, binds them, publishes a few messages and consumes them
 //! with manual acknowledgements.
 //!
-//! `cargo run -p lepus --example consume_acks` (broker from `AMQP_URL`, default local).
+//! `cargo run -p lepus --example consume_acks` (broker from `AMQP_URL`, default `memory://`, the in-process broker).
 #![allow(missing_docs)]
 
 use lepus::{
@@ -12,8 +12,7 @@ use lepus::{
 
 #[tokio::main]
 async fn main() -> Result<(), lepus::Error> {
-    let url = std::env::var("AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "memory://".into());
     let conn = Connection::connect(&url).await?;
     let ch = conn.open_channel().await?;
 

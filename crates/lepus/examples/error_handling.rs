@@ -3,7 +3,7 @@
 //! so; a bad password, an unknown vhost and an unreachable broker fail to connect with a clear
 //! message. Every error prints as one line, through `Display`.
 //!
-//! `cargo run -p lepus --example error_handling` (broker from `AMQP_URL`, default local).
+//! `cargo run -p lepus --example error_handling` (broker from `AMQP_URL`, default `memory://`, the in-process broker).
 #![allow(missing_docs)]
 
 use lepus::{
@@ -13,8 +13,7 @@ use lepus::{
 
 #[tokio::main]
 async fn main() -> Result<(), lepus::Error> {
-    let url = std::env::var("AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "memory://".into());
     let conn = Connection::connect(&url).await?;
     let ch = conn.open_channel().await?;
 

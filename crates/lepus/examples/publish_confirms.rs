@@ -1,6 +1,6 @@
 //! Publishes 10 000 messages with publisher confirms, pipelined, and waits for every ack.
 //!
-//! `cargo run -p lepus --example publish_confirms` (broker from `AMQP_URL`, default local).
+//! `cargo run -p lepus --example publish_confirms` (broker from `AMQP_URL`, default `memory://`, the in-process broker).
 #![allow(missing_docs)]
 
 use lepus::{
@@ -9,8 +9,7 @@ use lepus::{
 
 #[tokio::main]
 async fn main() -> Result<(), lepus::Error> {
-    let url = std::env::var("AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "memory://".into());
     let conn = Connection::connect(&url).await?;
     let ch = conn.open_channel().await?;
     let q = ch

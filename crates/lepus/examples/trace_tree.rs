@@ -27,8 +27,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("orders-service")))
         .init();
 
-    let url = std::env::var("AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string());
+    let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "memory://".to_string());
     let conn = Connection::connect(&url).await?;
     let ch = conn.open_channel().await?;
     ch.exchange_declare(

@@ -39,13 +39,16 @@ pub struct GetMessage {
 /// `&str`, a `&String`, or a [`ShortStr`] lepus handed out, such as a [`Consumer::tag`] or a
 /// [`Delivery`]'s routing key, which goes back to the broker as it is:
 ///
-/// ```no_run
+/// ```
 /// # async fn demo(ch: &lepus::Channel) -> Result<(), lepus::Error> {
 /// use lepus::{BasicConsumeOptions, BasicPublishOptions, BindOptions, QueueDeclareOptions};
 ///
 /// let q = ch.queue_declare("", QueueDeclareOptions::default()).await?;
 /// ch.queue_bind(&q.name, "amq.topic", "orders.#", BindOptions::default()).await?;
 /// let mut consumer = ch.basic_consume(&q.name, "", BasicConsumeOptions::default()).await?;
+/// # let props = lepus::BasicProperties::default();
+/// # ch.basic_publish("amq.topic", "orders.new", BasicPublishOptions::default(), &props, "order 1")
+/// #     .await?;
 /// if let Some(delivery) = consumer.recv().await {
 ///     let d = delivery?;
 ///     // Forward it unchanged, to where it was published.
@@ -56,6 +59,13 @@ pub struct GetMessage {
 /// }
 /// ch.basic_cancel(consumer.tag()).await?;
 /// # Ok(()) }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lepus::Error> {
+/// # let conn = lepus::Connection::connect("memory://").await?;
+/// # let ch = conn.open_channel().await?;
+/// # demo(&ch).await?;
+/// # conn.close().await
+/// # }
 /// ```
 ///
 /// # Cancel safety
@@ -382,7 +392,7 @@ impl Channel {
     ///
     /// # Examples
     ///
-    /// ```no_run
+    /// ```
     /// # async fn demo(ch: &lepus::Channel) -> Result<(), lepus::Error> {
     /// use lepus::{FieldTable, QueueDeclareOptions};
     ///
@@ -398,6 +408,13 @@ impl Channel {
     ///     .await?;
     /// println!("{} has {} messages", q.name, q.message_count);
     /// # Ok(()) }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lepus::Error> {
+    /// # let conn = lepus::Connection::connect("memory://").await?;
+    /// # let ch = conn.open_channel().await?;
+    /// # demo(&ch).await?;
+    /// # conn.close().await
+    /// # }
     /// ```
     pub async fn queue_declare(
         &self,
@@ -590,17 +607,28 @@ impl Channel {
     ///
     /// # Examples
     ///
-    /// ```no_run
+    /// ```
     /// # async fn demo(ch: &lepus::Channel) -> Result<(), lepus::Error> {
     /// use lepus::BasicConsumeOptions;
     ///
+    /// # ch.queue_declare("jobs", lepus::QueueDeclareOptions::default()).await?;
+    /// # let (options, props) = (lepus::BasicPublishOptions::default(), lepus::BasicProperties::default());
+    /// # ch.basic_publish("", "jobs", options, &props, "job 1").await?;
     /// let mut consumer = ch.basic_consume("jobs", "", BasicConsumeOptions::default()).await?;
     /// while let Some(delivery) = consumer.recv().await {
     ///     let delivery = delivery?;
     ///     println!("{:?}", delivery.body);
     ///     delivery.ack()?;
+    /// #   break; // the queue had one message: stop waiting for more
     /// }
     /// # Ok(()) }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lepus::Error> {
+    /// # let conn = lepus::Connection::connect("memory://").await?;
+    /// # let ch = conn.open_channel().await?;
+    /// # demo(&ch).await?;
+    /// # conn.close().await
+    /// # }
     /// ```
     pub async fn basic_consume(
         &self,
@@ -833,10 +861,11 @@ impl Channel {
     ///
     /// # Examples
     ///
-    /// ```no_run
+    /// ```
     /// # async fn demo(ch: &lepus::Channel) -> Result<(), lepus::Error> {
     /// use lepus::{BasicProperties, BasicPublishOptions};
     ///
+    /// # ch.queue_declare("jobs", lepus::QueueDeclareOptions::default()).await?;
     /// ch.confirm_select().await?;
     /// let mut confirms = Vec::new();
     /// for i in 0..1000 {
@@ -850,6 +879,13 @@ impl Channel {
     ///     assert!(confirm.await?.is_ack());
     /// }
     /// # Ok(()) }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lepus::Error> {
+    /// # let conn = lepus::Connection::connect("memory://").await?;
+    /// # let ch = conn.open_channel().await?;
+    /// # demo(&ch).await?;
+    /// # conn.close().await
+    /// # }
     /// ```
     ///
     /// [`Confirmation::NotRequested`]: crate::Confirmation::NotRequested

@@ -31,6 +31,8 @@ use crate::uri::{AmqpUri, Scheme, ServerNameIndication, Verify};
 /// ```
 #[derive(Clone)]
 pub struct ConnectionOptions {
+    /// `memory://`: the host is the name of an in-process broker.
+    pub(crate) memory: bool,
     pub(crate) host: String,
     pub(crate) port: u16,
     pub(crate) vhost: String,
@@ -59,11 +61,23 @@ pub struct ConnectionOptions {
 /// The per-broker part of [`ConnectionOptions`]: where, which vhost, as whom, over what.
 #[derive(Clone)]
 pub(crate) struct Endpoint {
+    memory: bool,
     host: String,
     port: u16,
     vhost: String,
     sasl: Sasl,
     tls: Option<TlsOptions>,
+}
+
+impl Endpoint {
+    /// `host:port`, or `memory://NAME` for an in-process broker.
+    pub(crate) fn address(&self) -> String {
+        if self.memory {
+            format!("memory://{}", self.host)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
 }
 
 /// In which order a connection with several brokers
@@ -179,6 +193,7 @@ impl ConnectionOptions {
     /// frame_max 128 KiB, 2047 channels, 30 s to connect, 30 s per request.
     pub fn new() -> Self {
         Self {
+            memory: false,
             host: "localhost".into(),
             port: 5672,
             vhost: "/".into(),
@@ -245,6 +260,12 @@ impl ConnectionOptions {
     fn from_one_uri(uri: &str) -> Result<Self> {
         let uri: AmqpUri = uri.parse()?;
         let mut o = Self::new();
+        o.memory = uri.scheme == Scheme::Memory;
+        if o.memory && !cfg!(feature = "memory") {
+            return Err(Error::InvalidArgument(
+                "memory:// needs lepus's `memory` feature".into(),
+            ));
+        }
         o.host = uri.host;
         o.port = uri.port;
         o.vhost = uri.vhost;
@@ -318,12 +339,9 @@ impl ConnectionOptions {
 
     /// Every broker the connection may use, as `host:port`, in the order given.
     pub fn hosts(&self) -> Vec<String> {
-        std::iter::once(format!("{}:{}", self.host, self.port))
-            .chain(
-                self.more_hosts
-                    .iter()
-                    .map(|e| format!("{}:{}", e.host, e.port)),
-            )
+        std::iter::once(self.endpoint())
+            .chain(self.more_hosts.iter().cloned())
+            .map(|e| e.address())
             .collect()
     }
 
@@ -373,8 +391,9 @@ impl ConnectionOptions {
     }
 
     /// This broker's part of the settings.
-    fn endpoint(&self) -> Endpoint {
+    pub(crate) fn endpoint(&self) -> Endpoint {
         Endpoint {
+            memory: self.memory,
             host: self.host.clone(),
             port: self.port,
             vhost: self.vhost.clone(),
@@ -395,6 +414,7 @@ impl ConnectionOptions {
             .into_iter()
             .map(|e| {
                 let mut o = self.clone();
+                o.memory = e.memory;
                 o.host = e.host;
                 o.port = e.port;
                 o.vhost = e.vhost;

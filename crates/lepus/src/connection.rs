@@ -26,11 +26,15 @@ use crate::transport;
 ///
 /// # Examples
 ///
-/// ```no_run
-/// # async fn demo() -> Result<(), lepus::Error> {
-/// let conn = lepus::Connection::connect("amqp://guest:guest@localhost:5672/%2f").await?;
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lepus::Error> {
+/// // A RabbitMQ URL looks like "amqp://guest:guest@localhost:5672/%2f"; "memory://" is an
+/// // in-process broker (see `lepus::memory`).
+/// let conn = lepus::Connection::connect("memory://").await?;
 /// let ch = conn.open_channel().await?;
 /// // ... use the channel ...
+/// # drop(ch);
 /// conn.close().await?;
 /// # Ok(()) }
 /// ```
@@ -90,7 +94,7 @@ impl Connection {
             let Some(attempt) = attempts.next() else {
                 break None;
             };
-            let addr = format!("{}:{}", attempt.host, attempt.port);
+            let addr = attempt.endpoint().address();
             match Self::connect_one(attempt).await {
                 Ok(conn) => {
                     tracing::debug!(address = %addr, "connection opened");

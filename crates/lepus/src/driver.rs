@@ -19,6 +19,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Instant;
 
+/// The current time on tokio's clock (which tests may pause), as the protocol core takes it.
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 use bytes::{Buf, Bytes, BytesMut};
 use lepus_proto::{Close, ConnectionError, Event, Reply};
 use lepus_wire::method::basic;
@@ -687,7 +692,7 @@ impl Shared {
                 };
                 inner.inline_writing = true;
                 let mut chunks = std::mem::take(&mut inner.inline_chunks);
-                let now = Instant::now();
+                let now = now();
                 inner.last_inline_write = Some(now);
                 let n = inner.proto.poll_transmit(now, &mut chunks);
                 inner.in_flight += n;
@@ -766,7 +771,7 @@ fn wrote(inner: &mut Inner, shared: &Shared, written: usize, writes: u64) {
     inner.stats.bytes_written += written as u64;
     #[cfg(feature = "metrics")]
     shared.events.metrics.bytes_sent.increment(written as u64);
-    inner.last_write = Some(Instant::now());
+    inner.last_write = Some(now());
     if std::mem::take(&mut inner.quiet) {
         shared.traffic.notify_one();
     }
@@ -813,7 +818,7 @@ impl Drop for HandleGuard {
                 return;
             }
         }
-        let started = Instant::now();
+        let started = now();
         if !begin_close(&self.0, "every lepus handle was dropped") {
             return;
         }
@@ -846,7 +851,7 @@ impl Drop for HandleGuard {
 /// failed earlier), and [`Error::Timeout`] when everything was written but close-ok never
 /// came.
 pub(crate) async fn close(shared: &Arc<Shared>, reason: &str) -> Result<()> {
-    let started = Instant::now();
+    let started = now();
     if !begin_close(shared, reason) {
         return shared.lock().lost.clone().map_or(Ok(()), Err);
     }
@@ -1339,7 +1344,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                     Some(shared.writer_wake.notified())
                 } else {
                     self.chunks.append(&mut inner.handoff);
-                    let n = inner.proto.poll_transmit(Instant::now(), &mut self.chunks);
+                    let n = inner.proto.poll_transmit(now(), &mut self.chunks);
                     inner.in_flight += n;
                     inner.acks_unsent = 0;
                     bait = std::mem::take(&mut inner.reply_bait);
@@ -1448,7 +1453,7 @@ impl<W: AsyncWrite + Unpin> Drop for Writer<W> {
         // Output a caller is writing inline right now would be overtaken: leave it all.
         if !inner.inline_writing {
             self.chunks.append(&mut inner.handoff);
-            let n = inner.proto.poll_transmit(Instant::now(), &mut self.chunks);
+            let n = inner.proto.poll_transmit(now(), &mut self.chunks);
             inner.in_flight += n;
             let written = match inner.inline_tcp.clone() {
                 Some(tcp) => {
@@ -1773,7 +1778,7 @@ async fn read<R: AsyncRead + Unpin>(shared: &Arc<Shared>, io: &mut R, session: u
                         // publishes from other threads get in between.
                         // Consumers and confirm futures are woken once the whole read is handled,
                         // so they take one batch and do not contend for the lock meanwhile.
-                        let now = Instant::now();
+                        let now = now();
                         loop {
                             let mut inner = shared.lock();
                             if inner.session != session {
@@ -1809,7 +1814,7 @@ async fn read<R: AsyncRead + Unpin>(shared: &Arc<Shared>, io: &mut R, session: u
                 if inner.session != session {
                     return;
                 }
-                let now = Instant::now();
+                let now = now();
                 if inner.shrink_at().is_some_and(|at| at <= now) {
                     inner.shrink();
                     if buf.is_empty() && buf.capacity() > READ_MIN {
@@ -2330,7 +2335,7 @@ mod tests {
             read_confirms: confirms,
             ..slot
         });
-        let now = Instant::now();
+        let now = now();
         {
             let mut inner = shared.lock();
             inner.read_touched.push(1);

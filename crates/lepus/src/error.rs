@@ -16,7 +16,7 @@ use crate::uri::UriError;
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// # async fn demo(ch: &lepus::Channel) {
 /// use lepus::{Error, ReplyCode};
 ///
@@ -27,6 +27,14 @@ use crate::uri::UriError;
 ///     }
 ///     Err(e) => eprintln!("error: {e}"),
 /// }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lepus::Error> {
+/// # let conn = lepus::Connection::connect("memory://").await?;
+/// # let ch = conn.open_channel().await?;
+/// # demo(&ch).await;
+/// # assert!(!ch.is_open()); // the 404 closed the channel
+/// # conn.close().await
 /// # }
 /// ```
 #[derive(Debug, Clone, thiserror::Error)]

@@ -21,14 +21,16 @@
 //!
 //! Connect, declare and bind, publish with confirms, consume with acks:
 //!
-//! ```no_run
+//! ```
 //! use lepus::{
 //!     BasicConsumeOptions, BasicProperties, BasicPublishOptions, BindOptions, Connection,
 //!     ExchangeDeclareOptions, ExchangeKind, QueueDeclareOptions,
 //! };
 //!
-//! # async fn demo() -> Result<(), lepus::Error> {
-//! let conn = Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), lepus::Error> {
+//! // "amqp://guest:guest@127.0.0.1:5672/%2f" for a RabbitMQ; "memory://" is in-process.
+//! let conn = Connection::connect("memory://").await?;
 //! let ch = conn.open_channel().await?;
 //!
 //! ch.exchange_declare("orders", ExchangeKind::Topic, ExchangeDeclareOptions::default()).await?;
@@ -75,6 +77,8 @@ mod consumer;
 mod driver;
 mod error;
 pub mod manual;
+#[cfg(feature = "memory")]
+pub mod memory;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod options;

@@ -115,6 +115,10 @@ impl AsyncWrite for SharedTcpWrite {
 
 /// Connects TCP (and TLS when configured) within the connect timeout.
 pub(crate) async fn connect(options: &ConnectionOptions) -> Result<Streams> {
+    #[cfg(feature = "memory")]
+    if options.memory {
+        return crate::memory::connect(options).await;
+    }
     // Bad TLS settings (a missing CA file) are reported before any network traffic.
     let tls_config = options.tls.as_ref().map(client_config).transpose()?;
     let addr = format!("{}:{}", options.host, options.port);

@@ -75,6 +75,9 @@ pub enum Scheme {
     Amqp,
     /// `amqps://`: TLS.
     Amqps,
+    /// `memory://NAME`: the in-process broker `NAME` (the process's default one when the name
+    /// is empty); see [`crate::memory`]. No host or port: the name takes the host's place.
+    Memory,
 }
 
 /// Query parameters recognised in an AMQP URI; `None` means "not given".
@@ -133,10 +136,10 @@ pub struct Password(String);
 #[non_exhaustive]
 pub enum UriError {
     /// The scheme is well-formed but is neither `amqp` nor `amqps`.
-    #[error("unsupported uri scheme {} (expected amqp or amqps)", Quoted(.0))]
+    #[error("unsupported uri scheme {} (expected amqp, amqps or memory)", Quoted(.0))]
     UnsupportedScheme(String),
     /// The string does not start with `scheme://`.
-    #[error("missing uri scheme (expected amqp:// or amqps://)")]
+    #[error("missing uri scheme (expected amqp://, amqps:// or memory://)")]
     MissingScheme,
     /// The port is not a number from 1 to 65535.
     #[error("invalid port {} (expected a number from 1 to 65535)", Quoted(.0))]
@@ -209,7 +212,12 @@ impl AmqpUri {
         // text may be the password itself.
         let hide_authority =
             hide || (userinfo.is_none() && !hostport.starts_with('[') && hostport.contains(':'));
-        let (host, port) = parse_host_port(hostport, hide_authority)?;
+        let (host, port) = if scheme == Scheme::Memory {
+            // The broker's name stands where the host would: any text without a port.
+            (decode(hostport, "host")?, None)
+        } else {
+            parse_host_port(hostport, hide_authority)?
+        };
         Ok(Self {
             scheme,
             host,
@@ -255,6 +263,7 @@ impl Scheme {
         match self {
             Self::Amqp => 5672,
             Self::Amqps => 5671,
+            Self::Memory => 0,
         }
     }
 }
@@ -264,6 +273,7 @@ impl fmt::Display for Scheme {
         f.write_str(match self {
             Self::Amqp => "amqp",
             Self::Amqps => "amqps",
+            Self::Memory => "memory",
         })
     }
 }
@@ -364,6 +374,7 @@ fn parse_scheme(s: &str) -> Result<Scheme, UriError> {
     match s.to_ascii_lowercase().as_str() {
         "amqp" => Ok(Scheme::Amqp),
         "amqps" => Ok(Scheme::Amqps),
+        "memory" => Ok(Scheme::Memory),
         _ => Err(UriError::UnsupportedScheme(s.to_owned())),
     }
 }
@@ -606,7 +617,7 @@ mod tests {
         let cases = [
             (
                 "http://h",
-                "unsupported uri scheme \"http\" (expected amqp or amqps)",
+                "unsupported uri scheme \"http\" (expected amqp, amqps or memory)",
             ),
             (
                 "amqp://u@h:99999",

@@ -192,6 +192,9 @@ fn handles_are_send_and_sync_as_documented() {
 
 #[test]
 fn connect_reports_the_server_and_close_ends_everything() {
+    if support::proxy::rabbitmq_only("connect_reports_the_server_and_close_ends_everything") {
+        return;
+    }
     let (conn, ch) = channel();
     let product = conn.server_properties();
     assert_eq!(
@@ -561,6 +564,9 @@ fn a_confirm_handle_ends_with_the_channel_error() {
 
 #[test]
 fn a_confirm_handle_times_out_when_the_broker_goes_silent() {
+    if support::proxy::rabbitmq_only("a_confirm_handle_times_out_when_the_broker_goes_silent") {
+        return;
+    }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let proxy = rt.block_on(support::proxy::Proxy::start(support::proxy::broker_addr()));
     let mut options = support::options();

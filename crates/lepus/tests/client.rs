@@ -41,6 +41,9 @@ async fn temp_queue(ch: &lepus::Channel, prefix: &str) -> String {
 
 #[tokio::test]
 async fn handshake_negotiates_and_exposes_server_properties() {
+    if support::proxy::rabbitmq_only("handshake_negotiates_and_exposes_server_properties") {
+        return;
+    }
     let conn = connect().await;
     let props = conn.server_properties();
     assert_eq!(
@@ -875,6 +878,9 @@ async fn dropping_every_handle_closes_the_connection() {
 
 #[tokio::test]
 async fn handshake_over_a_caller_supplied_stream() {
+    if support::proxy::rabbitmq_only("handshake_over_a_caller_supplied_stream") {
+        return;
+    }
     let addr = support::proxy::broker_addr();
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let conn = Connection::handshake(stream, support::options())

@@ -8,22 +8,30 @@
 //!
 //! # Examples
 //!
-//! ```no_run
+//! ```
 //! use lepus_messaging::blocking::Connection;
 //! use lepus_messaging::Queue;
 //!
-//! # fn demo() -> lepus_messaging::Result<()> {
-//! let conn = Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f")?;
+//! # fn main() -> lepus_messaging::Result<()> {
+//! // "amqp://guest:guest@127.0.0.1:5672/%2f" for a RabbitMQ; "memory://" is in-process.
+//! let conn = Connection::connect("memory://")?;
 //! let jobs = Queue::new("jobs");
 //! let producer = conn.producer().build()?;
 //! producer.publish(&serde_json::json!({"job": 1})).to_queue(&jobs).declare(jobs.clone()).send()?;
 //!
 //! let mut consumer = conn.consumer([jobs]).prefetch(10).consume()?;
+//! # // The handler deletes the queue after the first job: the broker ends the consumer.
+//! # let admin = conn.client().open_channel()?;
+//! # let ended = (|| -> lepus_messaging::Result<()> {
 //! consumer.run(|message| {
 //!     let job: serde_json::Value = message.decode()?;
 //!     println!("{job}");
+//! #   message.ack()?;
+//! #   admin.queue_delete("jobs", Default::default())?;
 //!     Ok::<_, lepus_messaging::Error>(()) // acked
 //! })?;
+//! # Ok(()) })();
+//! # assert!(matches!(ended, Err(lepus_messaging::Error::ConsumerEnded { .. })), "{ended:?}");
 //! # Ok(()) }
 //! ```
 

@@ -64,15 +64,21 @@ impl RpcClientBuilder {
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use std::time::Duration;
 /// use lepus_messaging::blocking::{Connection, RpcClient};
 ///
-/// # fn demo() -> lepus_messaging::Result<()> {
-/// let conn = Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f")?;
+/// # fn main() -> lepus_messaging::Result<()> {
+/// let conn = Connection::connect("memory://")?;
+/// # // A server of the "adder" queue, on a thread of its own.
+/// # conn.maybe_declare(lepus_messaging::Queue::new("adder"))?;
+/// # let server = lepus_messaging::blocking::RpcServer::builder(&conn, "adder").build()?;
+/// # std::thread::spawn(move || {
+/// #     server.serve(|(a, b): (i64, i64), _request| Ok::<_, std::io::Error>(a + b))
+/// # });
 /// let client = RpcClient::new(&conn)?;
 /// let sum: i64 = client.call("adder", &(2, 3), Duration::from_secs(5))?;
-/// # let _ = sum;
+/// # assert_eq!(sum, 5);
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -198,14 +204,27 @@ impl RpcServerBuilder {
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use lepus_messaging::blocking::{Connection, RpcServer};
 /// use lepus_messaging::Queue;
 ///
-/// # fn demo() -> lepus_messaging::Result<()> {
-/// let conn = Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f")?;
+/// # fn main() -> lepus_messaging::Result<()> {
+/// let conn = Connection::connect("memory://")?;
+/// # // A client on another thread calls once, then deletes the queue, which ends `serve`.
+/// # conn.maybe_declare(Queue::new("adder"))?;
+/// # let client = lepus_messaging::blocking::RpcClient::new(&conn)?;
+/// # let admin = conn.client().open_channel()?;
+/// # let caller = std::thread::spawn(move || -> lepus_messaging::Result<i64> {
+/// #     let sum = client.call("adder", &(2, 3), std::time::Duration::from_secs(5))?;
+/// #     admin.queue_delete("adder", Default::default())?;
+/// #     Ok(sum)
+/// # });
+/// # let served = (|| -> lepus_messaging::Result<()> {
 /// let server = RpcServer::builder(&conn, Queue::new("adder")).build()?;
 /// server.serve(|(a, b): (i64, i64), _request| Ok::<_, std::io::Error>(a + b))?;
+/// # Ok(()) })();
+/// # assert!(matches!(served, Err(lepus_messaging::Error::ConsumerEnded { .. })), "{served:?}");
+/// # assert_eq!(caller.join().unwrap()?, 5);
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]

@@ -54,13 +54,13 @@ impl SimpleQueueBuilder {
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use std::time::Duration;
 /// use lepus_messaging::blocking::{Connection, SimpleQueue};
 /// use lepus_messaging::Error;
 ///
-/// # fn demo() -> lepus_messaging::Result<()> {
-/// let conn = Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f")?;
+/// # fn main() -> lepus_messaging::Result<()> {
+/// let conn = Connection::connect("memory://")?;
 /// let queue = SimpleQueue::new(&conn, "jobs")?;
 /// queue.put(&"hello").send()?;
 /// match queue.get(Duration::from_secs(1)) {

@@ -219,12 +219,16 @@ impl WorkerBuilder {
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// use lepus_messaging::blocking::Worker;
 /// use lepus_messaging::Queue;
 ///
-/// # fn demo() -> lepus_messaging::Result<()> {
-/// let builder = Worker::connect("amqp://guest:guest@127.0.0.1:5672/%2f")?;
+/// # fn main() -> lepus_messaging::Result<()> {
+/// let builder = Worker::connect("memory://")?;
+/// # let q = Queue::new("jobs");
+/// # let job = serde_json::json!({"job": 1});
+/// # builder.connection().producer().build()?.publish(&job).to_queue(&q).declare(q.clone()).send()?;
+/// # let stop_after_one = builder.shutdown_handle(); // so that `run` returns
 /// let jobs = builder.consumer([Queue::new("jobs")]);
 /// let producer = builder.producer();
 /// let worker = builder
@@ -232,6 +236,7 @@ impl WorkerBuilder {
 ///     .stop_on_signals(true)
 ///     .handle_typed(jobs, move |job: serde_json::Value, _message| {
 ///         println!("{job}");
+/// #       stop_after_one.shutdown();
 ///         producer.producer()?.publish(&job).routing_key("jobs.done").send()?;
 ///         Ok::<_, lepus_messaging::Error>(()) // acked
 ///     })

@@ -220,7 +220,7 @@ impl Channel {
     ///
     /// # Examples
     ///
-    /// ```no_run
+    /// ```
     /// # fn demo(ch: &lepus::blocking::Channel) -> Result<(), lepus::Error> {
     /// use lepus::QueueDeclareOptions;
     ///
@@ -228,6 +228,12 @@ impl Channel {
     /// let q = ch.queue_declare("jobs", options)?;
     /// println!("{} has {} messages", q.name, q.message_count);
     /// # Ok(()) }
+    /// # fn main() -> Result<(), lepus::Error> {
+    /// # let conn = lepus::blocking::Connection::connect("memory://")?;
+    /// # let ch = conn.open_channel()?;
+    /// # demo(&ch)?;
+    /// # conn.close()
+    /// # }
     /// ```
     #[track_caller]
     pub fn queue_declare(
@@ -348,11 +354,16 @@ impl Channel {
     ///
     /// # Examples
     ///
-    /// ```no_run
+    /// ```
     /// # fn demo(conn: &lepus::blocking::Connection) -> Result<(), lepus::Error> {
     /// use lepus::BasicConsumeOptions;
     ///
     /// let ch = conn.open_channel()?;
+    /// # ch.queue_declare("jobs", lepus::QueueDeclareOptions::default())?;
+    /// # let (options, props) = (lepus::BasicPublishOptions::default(), lepus::BasicProperties::default());
+    /// # for i in 0..10 {
+    /// #     ch.basic_publish("", "jobs", options, &props, format!("job {i}"))?;
+    /// # }
     /// let tag = ch.basic_consume("jobs", "", BasicConsumeOptions::default(), |_ch, delivery| {
     ///     println!("{:?}", delivery.body);
     ///     if let Err(e) = delivery.ack() {
@@ -364,6 +375,11 @@ impl Channel {
     /// }
     /// ch.basic_cancel(&tag)?;
     /// # Ok(()) }
+    /// # fn main() -> Result<(), lepus::Error> {
+    /// # let conn = lepus::blocking::Connection::connect("memory://")?;
+    /// # demo(&conn)?;
+    /// # conn.close()
+    /// # }
     /// ```
     #[track_caller]
     pub fn basic_consume<F>(
@@ -403,16 +419,26 @@ impl Channel {
     ///
     /// # Examples
     ///
-    /// ```no_run
+    /// ```
     /// # fn demo(ch: &lepus::blocking::Channel) -> Result<(), lepus::Error> {
     /// use lepus::BasicConsumeOptions;
     ///
+    /// # ch.queue_declare("jobs", lepus::QueueDeclareOptions::default())?;
+    /// # let (options, props) = (lepus::BasicPublishOptions::default(), lepus::BasicProperties::default());
+    /// # ch.basic_publish("", "jobs", options, &props, "job 1")?;
     /// for delivery in ch.basic_consume_iter("jobs", "", BasicConsumeOptions::default())? {
     ///     let delivery = delivery?;
     ///     println!("{:?}", delivery.body);
     ///     delivery.ack()?;
+    /// #   break; // the queue had one message: stop waiting for more
     /// }
     /// # Ok(()) }
+    /// # fn main() -> Result<(), lepus::Error> {
+    /// # let conn = lepus::blocking::Connection::connect("memory://")?;
+    /// # let ch = conn.open_channel()?;
+    /// # demo(&ch)?;
+    /// # conn.close()
+    /// # }
     /// ```
     #[track_caller]
     pub fn basic_consume_iter(
@@ -479,11 +505,12 @@ impl Channel {
     ///
     /// # Examples
     ///
-    /// ```no_run
+    /// ```
     /// # fn demo(ch: &lepus::blocking::Channel) -> Result<(), lepus::Error> {
     /// use std::time::Duration;
     /// use lepus::{BasicProperties, BasicPublishOptions};
     ///
+    /// # ch.queue_declare("jobs", lepus::QueueDeclareOptions::default())?;
     /// ch.confirm_select()?;
     /// for i in 0..1000 {
     ///     let props = BasicProperties { delivery_mode: Some(2), ..Default::default() };
@@ -493,6 +520,12 @@ impl Channel {
     /// let all_acked = ch.wait_for_confirms(Duration::from_secs(10))?;
     /// assert!(all_acked);
     /// # Ok(()) }
+    /// # fn main() -> Result<(), lepus::Error> {
+    /// # let conn = lepus::blocking::Connection::connect("memory://")?;
+    /// # let ch = conn.open_channel()?;
+    /// # demo(&ch)?;
+    /// # conn.close()
+    /// # }
     /// ```
     #[track_caller]
     pub fn basic_publish(
@@ -532,16 +565,23 @@ impl Channel {
     ///
     /// # Examples
     ///
-    /// ```no_run
+    /// ```
     /// # fn demo(ch: &lepus::blocking::Channel) -> Result<(), lepus::Error> {
     /// use lepus::{BasicProperties, BasicPublishOptions};
     ///
+    /// # ch.queue_declare("jobs", lepus::QueueDeclareOptions::default())?;
     /// ch.confirm_select()?;
     /// let props = BasicProperties::default();
     /// let options = BasicPublishOptions::default();
     /// let confirmation = ch.basic_publish_confirm("", "jobs", options, &props, "hi")?;
     /// assert!(confirmation.is_ack());
     /// # Ok(()) }
+    /// # fn main() -> Result<(), lepus::Error> {
+    /// # let conn = lepus::blocking::Connection::connect("memory://")?;
+    /// # let ch = conn.open_channel()?;
+    /// # demo(&ch)?;
+    /// # conn.close()
+    /// # }
     /// ```
     #[track_caller]
     pub fn basic_publish_confirm(

@@ -18,15 +18,16 @@ use crate::error::{Error, Result};
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// # fn demo(ch: &lepus::blocking::Channel) -> Result<(), lepus::Error> {
 /// use std::collections::VecDeque;
 /// use lepus::{BasicProperties, BasicPublishOptions};
 ///
+/// # ch.queue_declare("jobs", lepus::QueueDeclareOptions::default())?;
 /// ch.confirm_select()?;
 /// let props = BasicProperties::default();
 /// let mut window = VecDeque::new();
-/// for i in 0..100_000 {
+/// for i in 0..10_000 {
 ///     let body = format!("job {i}");
 ///     window.push_back(ch.basic_publish("", "jobs", BasicPublishOptions::default(), &props, body)?);
 ///     if window.len() > 1000 {
@@ -38,6 +39,12 @@ use crate::error::{Error, Result};
 ///     assert!(confirm.wait()?.is_ack());
 /// }
 /// # Ok(()) }
+/// # fn main() -> Result<(), lepus::Error> {
+/// # let conn = lepus::blocking::Connection::connect("memory://")?;
+/// # let ch = conn.open_channel()?;
+/// # demo(&ch)?;
+/// # conn.close()
+/// # }
 /// ```
 pub struct PublisherConfirm {
     inner: crate::PublisherConfirm,

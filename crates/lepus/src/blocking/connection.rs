@@ -39,11 +39,14 @@ use crate::error::Result;
 ///
 /// # Examples
 ///
-/// ```no_run
-/// # fn demo() -> Result<(), lepus::Error> {
-/// let conn = lepus::blocking::Connection::connect("amqp://guest:guest@localhost:5672/%2f")?;
+/// ```
+/// # fn main() -> Result<(), lepus::Error> {
+/// // A RabbitMQ URL looks like "amqp://guest:guest@localhost:5672/%2f"; "memory://" is an
+/// // in-process broker (see `lepus::memory`).
+/// let conn = lepus::blocking::Connection::connect("memory://")?;
 /// let ch = conn.open_channel()?;
 /// // ... use the channel ...
+/// # drop(ch);
 /// conn.close()?;
 /// # Ok(()) }
 /// ```
@@ -158,7 +161,7 @@ impl Connection {
     ///
     /// A worker that stops on Ctrl-C or after ten idle seconds:
     ///
-    /// ```no_run
+    /// ```
     /// # fn demo(conn: &lepus::blocking::Connection, stop: &std::sync::atomic::AtomicBool)
     /// # -> Result<(), lepus::Error> {
     /// use std::sync::atomic::Ordering;
@@ -167,6 +170,9 @@ impl Connection {
     /// use lepus::BasicConsumeOptions;
     ///
     /// let ch = conn.open_channel()?;
+    /// # ch.queue_declare("jobs", lepus::QueueDeclareOptions::default())?;
+    /// # let (options, props) = (lepus::BasicPublishOptions::default(), lepus::BasicProperties::default());
+    /// # ch.basic_publish("", "jobs", options, &props, "job 1")?;
     /// ch.basic_consume("jobs", "", BasicConsumeOptions::default(), |_ch, delivery| {
     ///     let _ = delivery.ack();
     /// })?;
@@ -185,6 +191,18 @@ impl Connection {
     ///     }
     /// }
     /// # Ok(()) }
+    /// # fn main() -> Result<(), lepus::Error> {
+    /// # use std::sync::atomic::{AtomicBool, Ordering};
+    /// # static STOP: AtomicBool = AtomicBool::new(false);
+    /// # // Stands in for Ctrl-C: stop a moment after the start.
+    /// # std::thread::spawn(|| {
+    /// #     std::thread::sleep(std::time::Duration::from_millis(200));
+    /// #     STOP.store(true, Ordering::Relaxed);
+    /// # });
+    /// # let conn = lepus::blocking::Connection::connect("memory://")?;
+    /// # demo(&conn, &STOP)?;
+    /// # conn.close()
+    /// # }
     /// ```
     #[track_caller]
     pub fn drain_events(&self, timeout: Option<Duration>) -> Result<Drained> {

@@ -31,18 +31,27 @@ use crate::error::Result;
 ///
 /// Take what is there, stopping after a second of silence:
 ///
-/// ```no_run
+/// ```
 /// # fn demo(ch: &lepus::blocking::Channel) -> Result<(), lepus::Error> {
 /// use std::time::Duration;
 /// use lepus::blocking::Received;
 /// use lepus::BasicConsumeOptions;
 ///
+/// # ch.queue_declare("jobs", lepus::QueueDeclareOptions::default())?;
+/// # let (options, props) = (lepus::BasicPublishOptions::default(), lepus::BasicProperties::default());
+/// # ch.basic_publish("", "jobs", options, &props, "job 1")?;
 /// let mut consumer = ch.basic_consume_iter("jobs", "", BasicConsumeOptions::default())?;
 /// while let Received::Delivery(delivery) = consumer.recv_timeout(Duration::from_secs(1))? {
 ///     delivery.ack()?;
 /// }
 /// consumer.cancel()?;
 /// # Ok(()) }
+/// # fn main() -> Result<(), lepus::Error> {
+/// # let conn = lepus::blocking::Connection::connect("memory://")?;
+/// # let ch = conn.open_channel()?;
+/// # demo(&ch)?;
+/// # conn.close()
+/// # }
 /// ```
 pub struct Consumer {
     /// `None` once cancelled by [`Consumer::cancel`].

@@ -73,11 +73,14 @@ pub enum Event {
 ///
 /// # Examples
 ///
-/// ```no_run
+/// ```
 /// # fn demo(conn: &lepus::blocking::Connection) -> Result<(), lepus::Error> {
 /// use std::time::Duration;
 /// use lepus::blocking::{Drained, Event};
 ///
+/// # let ch = conn.open_channel()?;
+/// # let options = lepus::BasicPublishOptions { mandatory: true, ..Default::default() };
+/// # ch.basic_publish("", "nowhere", options, &lepus::BasicProperties::default(), "lost")?;
 /// match conn.drain_events(Some(Duration::from_secs(1)))? {
 ///     Drained::TimedOut => println!("nothing for a second"),
 ///     Drained::Events(events) => {
@@ -89,6 +92,11 @@ pub enum Event {
 ///     }
 /// }
 /// # Ok(()) }
+/// # fn main() -> Result<(), lepus::Error> {
+/// # let conn = lepus::blocking::Connection::connect("memory://")?;
+/// # demo(&conn)?;
+/// # conn.close()
+/// # }
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 #[must_use]

@@ -24,13 +24,14 @@
 //!
 //! Declare, publish with a confirm, consume with a callback:
 //!
-//! ```no_run
+//! ```
 //! use std::time::Duration;
 //! use lepus::blocking::{Connection, Drained};
 //! use lepus::{BasicConsumeOptions, BasicProperties, BasicPublishOptions, QueueDeclareOptions};
 //!
 //! # fn main() -> Result<(), lepus::Error> {
-//! let conn = Connection::connect("amqp://guest:guest@127.0.0.1:5672/%2f")?;
+//! // "amqp://guest:guest@127.0.0.1:5672/%2f" for a RabbitMQ; "memory://" is in-process.
+//! let conn = Connection::connect("memory://")?;
 //! let ch = conn.open_channel()?;
 //! let q = ch.queue_declare("jobs", QueueDeclareOptions::default())?;
 //!

@@ -120,6 +120,7 @@
 //!             conn.heartbeat_tick()
 //! ```
 //!
+//! <!-- no_run: like the Python it ports, it consumes until the process is killed. -->
 //! ```no_run
 //! use std::time::Duration;
 //! use lepus::blocking::{Channel, Connection, Delivery};

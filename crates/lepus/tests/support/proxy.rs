@@ -209,3 +209,14 @@ pub(crate) fn broker_addr() -> SocketAddr {
     };
     format!("{host}:{}", uri.port).parse().unwrap()
 }
+
+/// Whether `test` must be skipped because the tests run against `memory://`: it exercises
+/// TCP-level behaviour (through this proxy, over a caller's socket) or what only RabbitMQ
+/// announces, which an in-process broker does not have. Says so on stderr.
+pub(crate) fn rabbitmq_only(test: &str) -> bool {
+    let memory = super::url().starts_with("memory:");
+    if memory {
+        eprintln!("{test}: RabbitMQ only (TCP-level behaviour), skipped on memory://");
+    }
+    memory
+}
