@@ -61,10 +61,10 @@ pub(crate) fn dead_letter(
     unix_time: u64,
 ) -> Option<DeadLetter> {
     let dlx = dlx?;
-    let mut properties = entry.content.properties.clone();
+    let mut properties = entry.content.properties();
     let mut headers = properties.headers.take().unwrap_or_default();
     let keys = routing_keys(
-        entry.routing_key.as_str().unwrap_or_default(),
+        entry.content.routing_key.as_str().unwrap_or_default(),
         Some(&headers),
     );
     let mut deaths: Vec<FieldValue> = headers
@@ -97,7 +97,7 @@ pub(crate) fn dead_letter(
             .with("time", FieldValue::Timestamp(unix_time))
             .with(
                 "exchange",
-                FieldValue::LongStr(LongStr::from(entry.exchange.to_bytes())),
+                FieldValue::LongStr(LongStr::from(entry.content.exchange.to_bytes())),
             )
             .with(
                 "routing-keys",
@@ -136,19 +136,23 @@ pub(crate) fn dead_letter(
         headers.insert(ShortStr::from_static("x-first-death-queue"), long(queue));
         headers.insert(
             ShortStr::from_static("x-first-death-exchange"),
-            FieldValue::LongStr(LongStr::from(entry.exchange.to_bytes())),
+            FieldValue::LongStr(LongStr::from(entry.content.exchange.to_bytes())),
         );
     }
     properties.headers = Some(headers);
-    entry.content = Arc::new(Content {
-        properties,
-        body: entry.content.body.clone(),
-    });
     entry.redelivered = false;
     let routing_keys = match dlrk {
         Some(k) => vec![k.to_owned()],
         None => keys,
     };
+    // Delivered from the dead-letter exchange with the key it was routed with.
+    let name = |s: &str| ShortStr::try_from(s).unwrap_or_default();
+    entry.content = Arc::new(Content::new(
+        &properties,
+        entry.content.body.clone(),
+        name(dlx),
+        routing_keys.first().map(|k| name(k)).unwrap_or_default(),
+    ));
     Some(DeadLetter {
         vhost: vhost.to_owned(),
         exchange: dlx.to_owned(),
@@ -181,9 +185,8 @@ impl super::queue::Queue {
 /// Whether delivering a dead-lettered message to `queue` would close a cycle RabbitMQ drops:
 /// the queue is already in its history and no step of it was a rejection.
 pub(crate) fn is_cycle(entry: &Entry, queue: &str) -> bool {
-    let Some(deaths) = entry
-        .content
-        .properties
+    let properties = entry.content.properties();
+    let Some(deaths) = properties
         .headers
         .as_ref()
         .and_then(|h| h.get("x-death"))

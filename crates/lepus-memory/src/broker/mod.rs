@@ -5,7 +5,7 @@ pub(crate) mod dead_letter;
 pub(crate) mod exchange;
 pub(crate) mod queue;
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use lepus_wire::{FieldTable, FieldValue};
@@ -27,14 +27,14 @@ impl std::fmt::Display for ConnId {
 /// A virtual host: its exchanges and queues.
 #[derive(Debug)]
 pub(crate) struct Vhost {
-    pub(crate) exchanges: HashMap<String, Exchange>,
-    pub(crate) queues: HashMap<String, Queue>,
+    pub(crate) exchanges: FxHashMap<String, Exchange>,
+    pub(crate) queues: FxHashMap<String, Queue>,
 }
 
 impl Vhost {
     /// A vhost with the exchanges RabbitMQ declares in every one.
     pub(crate) fn new() -> Self {
-        let mut exchanges = HashMap::new();
+        let mut exchanges = FxHashMap::default();
         for (name, kind) in [
             ("amq.direct", ExchangeKind::Direct),
             ("amq.fanout", ExchangeKind::Fanout),
@@ -46,7 +46,7 @@ impl Vhost {
         }
         Self {
             exchanges,
-            queues: HashMap::new(),
+            queues: FxHashMap::default(),
         }
     }
 }

@@ -10,25 +10,78 @@ use lepus_wire::{BasicProperties, FieldTable, FieldValue, ShortStr};
 use super::ConnId;
 
 /// A message's content, shared by every queue it was routed to.
+///
+/// The content header is kept as the frame the publisher sent (its channel number is patched
+/// on delivery), so storing a message keeps no decoded properties and delivering it copies
+/// bytes instead of encoding them again.
 #[derive(Debug)]
 pub(crate) struct Content {
-    pub(crate) properties: BasicProperties,
+    /// The whole content header frame.
+    pub(crate) header: Bytes,
     pub(crate) body: Bytes,
+    pub(crate) exchange: ShortStr,
+    pub(crate) routing_key: ShortStr,
+    /// The `priority` property.
+    pub(crate) priority: u8,
+}
+
+impl Content {
+    /// Content whose header frame is `header`, as received.
+    pub(crate) fn received(
+        header: Bytes,
+        properties: &BasicProperties,
+        body: Bytes,
+        exchange: ShortStr,
+        routing_key: ShortStr,
+    ) -> Self {
+        Self {
+            header,
+            priority: properties.priority.unwrap_or(0),
+            body,
+            exchange,
+            routing_key,
+        }
+    }
+
+    /// Content with `properties`, encoded into a header frame now.
+    pub(crate) fn new(
+        properties: &BasicProperties,
+        body: Bytes,
+        exchange: ShortStr,
+        routing_key: ShortStr,
+    ) -> Self {
+        let mut header = bytes::BytesMut::new();
+        // No frame limit: a header that fit the publisher's frame still fits.
+        let _ = lepus_wire::frame::encode_header(
+            &mut header,
+            0,
+            body.len() as u64,
+            properties,
+            u32::MAX,
+        );
+        Self::received(header.freeze(), properties, body, exchange, routing_key)
+    }
+
+    /// The message's properties, decoded from its header frame.
+    pub(crate) fn properties(&self) -> BasicProperties {
+        match lepus_wire::Frame::decode_bytes(&mut self.header.clone(), u32::MAX) {
+            Ok(Some(lepus_wire::Frame::Header { header, .. })) => header.properties,
+            _ => BasicProperties::default(),
+        }
+    }
 }
 
 /// One message in a queue, or delivered and not settled yet.
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
     pub(crate) content: Arc<Content>,
-    pub(crate) exchange: ShortStr,
-    pub(crate) routing_key: ShortStr,
     /// Position in the queue: requeued messages go back where they were.
     pub(crate) seq: u64,
-    pub(crate) redelivered: bool,
     pub(crate) expires_at: Option<Instant>,
-    pub(crate) priority: u8,
     /// How often the message came back to the queue (a quorum queue's `x-delivery-count`).
     pub(crate) returns: u32,
+    pub(crate) redelivered: bool,
+    pub(crate) priority: u8,
 }
 
 impl Entry {
@@ -343,7 +396,7 @@ impl Queue {
         };
         entry.expires_at = ttl.map(|t| now + t);
         let max = self.args.max_priority.unwrap_or(0);
-        entry.priority = entry.content.properties.priority.unwrap_or(0).min(max);
+        entry.priority = entry.content.priority.min(max);
         if self.args.max_priority.is_none() {
             entry.priority = 0;
         }

@@ -41,6 +41,8 @@ impl Settle {
 pub(crate) struct Published {
     pub(crate) publish: basic::Publish,
     pub(crate) properties: BasicProperties,
+    /// The content header frame as received; empty once the properties were changed.
+    pub(crate) header: Bytes,
     pub(crate) body: Bytes,
 }
 
@@ -60,6 +62,7 @@ impl Broker {
         ch.incoming = Some(Incoming {
             publish: m,
             properties: None,
+            header: Bytes::new(),
             size: 0,
             body: BytesMut::new(),
             first: None,
@@ -72,6 +75,7 @@ impl Broker {
         id: ConnId,
         channel: u16,
         header: ContentHeader,
+        raw: Bytes,
     ) -> Res {
         let max = self.config.max_message_size;
         let incoming = self
@@ -98,6 +102,7 @@ impl Broker {
             ));
         }
         incoming.properties = Some(header.properties);
+        incoming.header = raw;
         incoming.size = header.body_size;
         if header.body_size == 0 {
             return match self.content_body(id, channel, Bytes::new())? {
@@ -160,6 +165,7 @@ impl Broker {
         Ok(Some(Published {
             publish: done.publish,
             properties: done.properties.unwrap_or_default(),
+            header: done.header,
             body,
         }))
     }
@@ -170,6 +176,7 @@ impl Broker {
         let Published {
             publish,
             mut properties,
+            mut header,
             body,
         } = p;
         let exchange = publish.exchange.as_str().unwrap_or_default();
@@ -207,6 +214,7 @@ impl Broker {
                     )
                 })?;
             properties.reply_to = Some(short(&address));
+            header = Bytes::new();
         }
         if let Some(expiration) = &properties.expiration {
             let text = expiration.to_string_lossy();
@@ -223,7 +231,12 @@ impl Broker {
             .and_then(|c| c.channels.get_mut(&channel))
             .ok_or_else(|| Fail::new(ReplyCode::CHANNEL_ERROR, "expected 'channel.open'"))?;
         if let Some(tx) = ch.tx.as_mut() {
-            tx.publishes.push((publish, properties, body));
+            tx.publishes.push(Published {
+                publish,
+                properties,
+                header,
+                body,
+            });
             return Ok(());
         }
         let confirming = ch.confirm;
@@ -231,9 +244,18 @@ impl Broker {
             ch.publish_seq += 1;
         }
         let seq = ch.publish_seq;
-        let (routed, rejected) =
-            self.route_and_store(id, channel, &vname, publish, properties, body, now);
-        let _ = routed;
+        let (_, rejected) = self.route_and_store(
+            id,
+            channel,
+            &vname,
+            Published {
+                publish,
+                properties,
+                header,
+                body,
+            },
+            now,
+        );
         if confirming {
             let conn = self.conns.get_mut(&id);
             if let Some(conn) = conn {
@@ -265,11 +287,15 @@ impl Broker {
         id: ConnId,
         channel: u16,
         vname: &str,
-        publish: basic::Publish,
-        mut properties: BasicProperties,
-        body: Bytes,
+        message: Published,
         now: Instant,
     ) -> (bool, bool) {
+        let Published {
+            publish,
+            mut properties,
+            mut header,
+            body,
+        } = message;
         let Some(vhost) = self.vhosts.get_mut(vname) else {
             return (false, false);
         };
@@ -277,17 +303,16 @@ impl Broker {
         let key = publish.routing_key.as_str().unwrap_or_default();
         // Direct reply-to: straight to the waiting consumer.
         if exchange.is_empty() && key.starts_with("amq.rabbitmq.reply-to.") {
+            let content = content_of(header, &properties, body, &publish);
             let target = self.reply_to.get(key).copied();
             let delivered = match target {
-                Some((conn, ch)) => {
-                    deliver_reply(&mut self.conns, conn, ch, &publish, &properties, &body)
-                }
+                Some((conn, ch)) => deliver_reply(&mut self.conns, conn, ch, &content),
                 None => false,
             };
             if let Some((conn, _)) = target.filter(|_| delivered) {
                 self.wake(conn);
             } else if publish.mandatory {
-                self.send_return(id, channel, &publish, &properties, &body);
+                self.send_return(id, channel, &content);
             }
             return (delivered, false);
         }
@@ -314,6 +339,7 @@ impl Broker {
         if !bcc.is_empty() {
             if let Some(h) = properties.headers.as_mut() {
                 h.remove("BCC");
+                header = Bytes::new();
             }
         }
         let ttl = properties
@@ -322,11 +348,9 @@ impl Broker {
             .and_then(|e| e.as_str())
             .and_then(|e| e.parse::<u64>().ok())
             .map(Duration::from_millis);
-        let content = Arc::new(Content { properties, body });
+        let content = Arc::new(content_of(header, &properties, body, &publish));
         let template = Entry {
             content,
-            exchange: publish.exchange.clone(),
-            routing_key: publish.routing_key.clone(),
             seq: 0,
             redelivered: false,
             expires_at: None,
@@ -367,31 +391,23 @@ impl Broker {
         let routed = !targets.is_empty();
         self.scratch = targets;
         if !routed && publish.mandatory {
-            let content = template.content;
-            self.send_return(id, channel, &publish, &content.properties, &content.body);
+            self.send_return(id, channel, &template.content);
         }
         (routed, rejected)
     }
 
-    fn send_return(
-        &mut self,
-        id: ConnId,
-        channel: u16,
-        publish: &basic::Publish,
-        properties: &BasicProperties,
-        body: &Bytes,
-    ) {
+    fn send_return(&mut self, id: ConnId, channel: u16, content: &Content) {
         if let Some(conn) = self.conns.get_mut(&id) {
             conn.send(
                 channel,
                 &basic::Return {
                     reply_code: ReplyCode::NO_ROUTE,
                     reply_text: ShortStr::from_static("NO_ROUTE"),
-                    exchange: publish.exchange.clone(),
-                    routing_key: publish.routing_key.clone(),
+                    exchange: content.exchange.clone(),
+                    routing_key: content.routing_key.clone(),
                 },
             );
-            conn.send_content(channel, properties, body);
+            conn.send_content(channel, content);
         }
         self.wake(id);
     }
@@ -459,7 +475,7 @@ impl Broker {
             vhost,
             &letter.exchange,
             &keys,
-            letter.entry.content.properties.headers.as_ref(),
+            letter.entry.content.properties().headers.as_ref(),
             &mut targets,
         );
         let unix = self.clock.unix_secs(now);
@@ -470,20 +486,9 @@ impl Broker {
             let Some(q) = vhost.queues.get_mut(&*name) else {
                 continue;
             };
-            let mut entry = letter.entry.clone();
-            entry.exchange = short(&letter.exchange);
-            if let Some(k) = letter.routing_keys.first() {
-                entry.routing_key = short(k);
-            }
-            let ttl = entry
-                .content
-                .properties
-                .expiration
-                .as_ref()
-                .and_then(|e| e.as_str())
-                .and_then(|e| e.parse::<u64>().ok())
-                .map(Duration::from_millis);
-            if let Stored::Yes = store(q, &letter.vhost, entry, ttl, now, unix, &mut self.dead) {
+            // Dead-lettering took the message's own expiration away: only the queue's applies.
+            let entry = letter.entry.clone();
+            if let Stored::Yes = store(q, &letter.vhost, entry, None, now, unix, &mut self.dead) {
                 dispatch(
                     q,
                     &mut self.conns,
@@ -727,14 +732,14 @@ impl Broker {
                     &basic::GetOk {
                         delivery_tag: tag,
                         redelivered: entry.redelivered,
-                        exchange: entry.exchange.clone(),
-                        routing_key: entry.routing_key.clone(),
+                        exchange: entry.content.exchange.clone(),
+                        routing_key: entry.content.routing_key.clone(),
                         message_count: remaining as u32,
                     },
                 );
                 let shown = counted(quorum, &entry);
                 let content = shown.as_ref().map_or(&entry.content, |e| &e.content);
-                conn.send_content(channel, &content.properties, &content.body);
+                conn.send_content(channel, content);
                 if !m.no_ack {
                     if let Some(ch) = conn.channels.get_mut(&channel) {
                         ch.unacked.insert(
@@ -965,8 +970,8 @@ impl Broker {
         };
         let publishes = std::mem::take(&mut tx.publishes);
         let settles = std::mem::take(&mut tx.settles);
-        for (publish, properties, body) in publishes {
-            self.route_and_store(id, channel, &vname, publish, properties, body, now);
+        for message in publishes {
+            self.route_and_store(id, channel, &vname, message, now);
         }
         for (_, s) in settles {
             match s {
@@ -1059,9 +1064,7 @@ fn deliver_reply(
     conns: &mut std::collections::BTreeMap<ConnId, Conn>,
     conn: ConnId,
     channel: u16,
-    publish: &basic::Publish,
-    properties: &BasicProperties,
-    body: &Bytes,
+    content: &Content,
 ) -> bool {
     let Some(c) = conns.get_mut(&conn) else {
         return false;
@@ -1080,12 +1083,28 @@ fn deliver_reply(
             consumer_tag: tag,
             delivery_tag,
             redelivered: false,
-            exchange: publish.exchange.clone(),
-            routing_key: publish.routing_key.clone(),
+            exchange: content.exchange.clone(),
+            routing_key: content.routing_key.clone(),
         },
     );
-    c.send_content(channel, properties, body);
+    c.send_content(channel, content);
     true
+}
+
+/// A published message's content: its header frame as received when the properties were not
+/// changed on the way (`header` is then not empty), encoded again otherwise.
+fn content_of(
+    header: Bytes,
+    properties: &BasicProperties,
+    body: Bytes,
+    publish: &basic::Publish,
+) -> Content {
+    let (exchange, key) = (publish.exchange.clone(), publish.routing_key.clone());
+    if header.is_empty() {
+        Content::new(properties, body, exchange, key)
+    } else {
+        Content::received(header, properties, body, exchange, key)
+    }
 }
 
 /// The queues a message published to `exchange` with `keys` reaches: through bindings,
@@ -1281,7 +1300,8 @@ fn counted(quorum: bool, entry: &Entry) -> Option<Entry> {
     if !quorum || entry.returns == 0 {
         return None;
     }
-    let mut properties = entry.content.properties.clone();
+    let c = &entry.content;
+    let mut properties = c.properties();
     properties
         .headers
         .get_or_insert_with(FieldTable::new)
@@ -1290,9 +1310,11 @@ fn counted(quorum: bool, entry: &Entry) -> Option<Entry> {
             FieldValue::I64(i64::from(entry.returns)),
         );
     let mut shown = entry.clone();
-    shown.content = Arc::new(Content {
-        properties,
-        body: entry.content.body.clone(),
-    });
+    shown.content = Arc::new(Content::new(
+        &properties,
+        c.body.clone(),
+        c.exchange.clone(),
+        c.routing_key.clone(),
+    ));
     Some(shown)
 }

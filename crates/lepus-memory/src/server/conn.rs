@@ -1,14 +1,16 @@
 //! The server side of one connection: its handshake phase, channels and output buffer.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use lepus_wire::method::basic;
-use lepus_wire::{frame, BasicProperties, FieldTable, MethodArgs, ReplyCode, ShortStr, FRAME_END};
+use lepus_wire::{frame, FieldTable, MethodArgs, ReplyCode, ShortStr, FRAME_END};
 
-use crate::broker::queue::Entry;
+use crate::broker::queue::{Content, Entry};
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +54,7 @@ pub(crate) enum TxSettle {
 /// What a transaction holds until commit.
 #[derive(Debug, Default)]
 pub(crate) struct Tx {
-    pub(crate) publishes: Vec<(basic::Publish, BasicProperties, Bytes)>,
+    pub(crate) publishes: Vec<crate::server::basic::Published>,
     pub(crate) settles: Vec<(u64, TxSettle)>,
 }
 
@@ -60,7 +62,9 @@ pub(crate) struct Tx {
 #[derive(Debug)]
 pub(crate) struct Incoming {
     pub(crate) publish: basic::Publish,
-    pub(crate) properties: Option<BasicProperties>,
+    pub(crate) properties: Option<lepus_wire::BasicProperties>,
+    /// The content header frame as received.
+    pub(crate) header: Bytes,
     pub(crate) size: u64,
     pub(crate) body: BytesMut,
     pub(crate) first: Option<Bytes>,
@@ -79,7 +83,7 @@ pub(crate) struct Channel {
     pub(crate) global_prefetch: u16,
     /// Deliveries to consumers not yet settled.
     pub(crate) consumer_unacked: u32,
-    pub(crate) consumers: HashMap<ShortStr, ChanConsumer>,
+    pub(crate) consumers: FxHashMap<ShortStr, ChanConsumer>,
     pub(crate) confirm: bool,
     pub(crate) publish_seq: u64,
     pub(crate) confirmed: u64,
@@ -126,7 +130,7 @@ pub(crate) struct Conn {
     pub(crate) frame_max: u32,
     pub(crate) channel_max: u16,
     pub(crate) heartbeat: u16,
-    pub(crate) channels: HashMap<u16, Channel>,
+    pub(crate) channels: FxHashMap<u16, Channel>,
     pub(crate) out: BytesMut,
     /// The client understands server-sent `basic.cancel`.
     pub(crate) cancel_notify: bool,
@@ -150,7 +154,7 @@ impl Conn {
             frame_max,
             channel_max: 0,
             heartbeat: 0,
-            channels: HashMap::new(),
+            channels: FxHashMap::default(),
             out: BytesMut::new(),
             cancel_notify: false,
             blocked_notify: false,
@@ -168,10 +172,19 @@ impl Conn {
         let _ = frame::encode_method(&mut self.out, channel, method, self.frame_max.max(4096));
     }
 
-    /// Queues a content header and the body frames of `body`.
-    pub(crate) fn send_content(&mut self, channel: u16, properties: &BasicProperties, body: &[u8]) {
+    /// Queues a message's content header (as stored) and its body frames.
+    pub(crate) fn send_content(&mut self, channel: u16, content: &Content) {
+        let at = self.out.len();
+        self.out.extend_from_slice(&content.header);
+        if let Some(slot) = self.out.get_mut(at + 1..at + 3) {
+            slot.copy_from_slice(&channel.to_be_bytes());
+        }
+        self.send_body(channel, &content.body);
+    }
+
+    /// Queues the body frames of `body`, split at the connection's frame_max.
+    fn send_body(&mut self, channel: u16, body: &[u8]) {
         let max = self.frame_max.max(4096);
-        let _ = frame::encode_header(&mut self.out, channel, body.len() as u64, properties, max);
         let piece = (max as usize).saturating_sub(8).max(1);
         self.out
             .reserve(body.len() + 8 * body.len().div_ceil(piece));
@@ -194,11 +207,11 @@ impl Conn {
             consumer_tag: tag.clone(),
             delivery_tag,
             redelivered: entry.redelivered,
-            exchange: entry.exchange.clone(),
-            routing_key: entry.routing_key.clone(),
+            exchange: entry.content.exchange.clone(),
+            routing_key: entry.content.routing_key.clone(),
         };
         self.send(channel, &deliver);
-        self.send_content(channel, &entry.content.properties, &entry.content.body);
+        self.send_content(channel, &entry.content);
     }
 
     /// Queues `channel.close` for a channel error.

@@ -4,7 +4,9 @@ mod basic;
 mod conn;
 mod entities;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -51,7 +53,7 @@ pub(crate) type Res = Result<(), Fail>;
 pub struct Broker {
     pub(crate) config: BrokerConfig,
     pub(crate) clock: Clock,
-    pub(crate) vhosts: HashMap<String, Vhost>,
+    pub(crate) vhosts: FxHashMap<String, Vhost>,
     pub(crate) conns: BTreeMap<ConnId, Conn>,
     next_conn: u64,
     pub(crate) woken: Vec<ConnId>,
@@ -60,7 +62,7 @@ pub struct Broker {
     pub(crate) dirty: Vec<(Arc<str>, Arc<str>)>,
     pub(crate) names: u64,
     /// Direct reply-to addresses and the channel each belongs to.
-    pub(crate) reply_to: HashMap<String, (ConnId, u16)>,
+    pub(crate) reply_to: FxHashMap<String, (ConnId, u16)>,
     blocked: Option<String>,
     /// A routing result kept between publishes, so routing allocates nothing.
     pub(crate) scratch: Vec<Arc<str>>,
@@ -85,7 +87,7 @@ impl Broker {
             dead: Vec::new(),
             dirty: Vec::new(),
             names: 0,
-            reply_to: HashMap::new(),
+            reply_to: FxHashMap::default(),
             blocked: None,
             scratch: Vec::new(),
         }
@@ -135,6 +137,24 @@ impl Broker {
                 self.config.frame_max
             };
             let before = input.len();
+            // A content header frame is kept as it came, to be delivered as it is.
+            if let Some(len) = whole_header_frame(input, frame_max) {
+                let mut frame = input.split_to(len).freeze();
+                let raw = frame.clone();
+                match Frame::decode_bytes(&mut frame, frame_max) {
+                    Ok(Some(Frame::Header { channel, header })) => {
+                        self.content_frame_header(id, channel, header, raw, now);
+                        continue;
+                    }
+                    Ok(_) => continue,
+                    Err(e) => {
+                        let code = e.reply_code();
+                        let text = format!("{} - {e}", code.name().unwrap_or("FRAME_ERROR"));
+                        self.close_connection_with(id, code, &text, (0, 0));
+                        continue;
+                    }
+                }
+            }
             match Frame::decode(input, frame_max) {
                 Ok(None) => break,
                 Ok(Some(frame)) => self.handle_frame(id, frame, now),
@@ -419,9 +439,17 @@ impl Broker {
             Frame::Header { channel, .. } | Frame::Body { channel, .. }
                 if conn.channels.get(&channel).is_some_and(|ch| ch.closing) => {}
             Frame::Header { channel, header } => {
-                if let Err(f) = self.content_header(id, channel, header) {
-                    self.fail(id, channel, f, (60, 40), now);
-                }
+                // Only reached for a header frame that did not come through
+                // `whole_header_frame`; encode it as received.
+                let mut raw = BytesMut::new();
+                let _ = lepus_wire::frame::encode_header(
+                    &mut raw,
+                    channel,
+                    header.body_size,
+                    &header.properties,
+                    u32::MAX,
+                );
+                self.content_frame_header(id, channel, header, raw.freeze(), now);
             }
             Frame::Body { channel, body } => match self.content_body(id, channel, body) {
                 Ok(Some(done)) => {
@@ -433,6 +461,38 @@ impl Broker {
                 Ok(None) => {}
                 Err(f) => self.fail(id, channel, f, (60, 40), now),
             },
+        }
+    }
+
+    /// A content header frame, with the frame as received.
+    fn content_frame_header(
+        &mut self,
+        id: ConnId,
+        channel: u16,
+        header: lepus_wire::ContentHeader,
+        raw: bytes::Bytes,
+        now: Instant,
+    ) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        if conn.phase != Phase::Running {
+            if conn.phase != Phase::Closing {
+                self.close_connection_with(
+                    id,
+                    ReplyCode::COMMAND_INVALID,
+                    "COMMAND_INVALID - channel frame before the connection is open",
+                    (0, 0),
+                );
+            }
+            return;
+        }
+        // RabbitMQ drops content sent on a channel it is closing.
+        if conn.channels.get(&channel).is_some_and(|ch| ch.closing) {
+            return;
+        }
+        if let Err(f) = self.content_header(id, channel, header, raw) {
+            self.fail(id, channel, f, (60, 40), now);
         }
     }
 
@@ -863,4 +923,16 @@ impl Broker {
             .get(&id)
             .map_or_else(|| Arc::from("/"), |c| c.vhost.clone())
     }
+}
+
+/// The length of the content header frame at the front of `input`, when one is there whole
+/// and within `frame_max` (anything else is left to [`Frame::decode`], errors included).
+fn whole_header_frame(input: &BytesMut, frame_max: u32) -> Option<usize> {
+    let (&kind, size) = input.first().zip(input.get(3..7))?;
+    if kind != lepus_wire::frame::FRAME_HEADER {
+        return None;
+    }
+    let size = u32::from_be_bytes(size.try_into().ok()?) as usize;
+    let len = size.checked_add(8)?;
+    (len <= frame_max as usize && input.len() >= len).then_some(len)
 }
