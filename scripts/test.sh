@@ -26,9 +26,10 @@ cargo test -p lepus --locked --features otel,metrics --lib --test otel --test ot
 cargo test -p lepus-messaging --locked --features metrics --test metrics 2>&1 | tee -a "$log"
 echo "== the same integration tests against memory:// (the in-process broker)"
 # Conformance runs on both brokers in the workspace run above; these binaries run again with
-# memory:// as the test broker. Tests of TCP-level behaviour say they are skipped there.
+# memory:// as the test broker (the test proxy becomes a link to it, which cuts and freezes the
+# same way). Tests of TCP-level behaviour say they are skipped there.
 LEPUS_TEST_URL=memory:// cargo test -p lepus --locked --test client --test blocking --test ergonomics \
-  --test full_buffer --test large_bodies 2>&1 | tee -a "$log"
+  --test full_buffer --test large_bodies --test recovery --test failures 2>&1 | tee -a "$log"
 LEPUS_TEST_URL=memory:// cargo test -p lepus-messaging --locked --test messaging --test simple --test rpc \
   --test worker --test blocking 2>&1 | tee -a "$log"
 echo "== serial tests (broker-wide state, one at a time)"

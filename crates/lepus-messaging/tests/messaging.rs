@@ -385,11 +385,6 @@ fn err_code(e: &Error) -> Option<ReplyCode> {
 
 #[tokio::test]
 async fn the_declaration_cache_is_dropped_when_the_connection_recovers() {
-    if support::proxy::rabbitmq_only(
-        "the_declaration_cache_is_dropped_when_the_connection_recovers",
-    ) {
-        return;
-    }
     use support::proxy::{broker_addr, through, Proxy};
     let proxy = Proxy::start(broker_addr()).await;
     let client = through(&proxy, |o| {
@@ -508,9 +503,6 @@ async fn a_refused_publish_is_not_retried() {
 /// arrives at least once.
 #[tokio::test]
 async fn publishes_survive_a_cut_link() {
-    if support::proxy::rabbitmq_only("publishes_survive_a_cut_link") {
-        return;
-    }
     use support::proxy::{broker_addr, through, Proxy};
     let proxy = Proxy::start(broker_addr()).await;
     let client = through(&proxy, |o| {

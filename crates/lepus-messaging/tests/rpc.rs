@@ -400,11 +400,6 @@ async fn broadcast_reaches_every_consumer() {
 
 #[tokio::test]
 async fn calls_in_flight_fail_when_the_connection_is_lost_and_later_calls_work() {
-    if support::proxy::rabbitmq_only(
-        "calls_in_flight_fail_when_the_connection_is_lost_and_later_calls_work",
-    ) {
-        return;
-    }
     use support::proxy::{broker_addr, through, Proxy};
 
     let server_conn = connect().await;

@@ -586,9 +586,6 @@ async fn an_undecodable_message_is_settled_by_the_decode_policy_without_the_hand
 /// needs no code of ours to recover.
 #[tokio::test]
 async fn the_worker_survives_a_cut_link_without_losing_a_message() {
-    if support::proxy::rabbitmq_only("the_worker_survives_a_cut_link_without_losing_a_message") {
-        return;
-    }
     use support::proxy::{broker_addr, through, Proxy};
     let proxy = Proxy::start(broker_addr()).await;
     let client = through(&proxy, |o| {

@@ -54,6 +54,15 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # `memory://`
+//!
+//! With the default `memory` feature, `memory://` (and `memory://NAME`) connects to a broker
+//! inside the process: `lepus-memory`'s model of RabbitMQ, reached over an in-memory stream
+//! through the same codec, protocol core and driver as TCP. Tests and examples run on it with
+//! no broker installed, and a conformance suite holds it to RabbitMQ's behaviour. See
+//! [`memory`] for what it implements, its limits, and the handle that inspects it and
+//! injects faults.
+//!
 //! # Observability
 //!
 //! Publishes, deliveries, `basic.get` and acknowledgements emit `tracing` spans named and

@@ -12,11 +12,23 @@
 //! handle inspects it (queue depths, unacked messages, consumers) and injects faults: closing
 //! connections with a reply code, dropping them without a close, stalling them (to exercise
 //! heartbeats and timeouts), refusing new ones for a while (to exercise recovery), and
-//! `connection.blocked`.
+//! `connection.blocked`. [`MemoryBroker::link`] opens a [`MemoryLink`]: connections made to
+//! its URL reach the same broker, and it cuts or freezes them alone.
 //!
 //! Timers (message TTL, queue expiry, heartbeats) run on tokio's clock, so tests can use
 //! paused time. Across processes `memory://` means nothing: a CLI command given `memory://`
 //! runs against a broker of its own that ends with the command.
+//!
+//! # Limits
+//!
+//! What a single node in one process cannot mean: durability (durable entities and persistent
+//! messages last as long as the broker), clustering, and replication (quorum and stream queues
+//! behave as classic queues, minus the options RabbitMQ refuses for them; quorum queues count
+//! returns in `x-delivery-count` and honour `x-delivery-limit`, stream offsets are not
+//! modelled). [`MemoryBroker`]'s faults apply to every connection of a broker, a
+//! [`MemoryLink`]'s to the connections made through it. `connection.blocked` is a
+//! notification: the broker keeps reading publishes. A client that stops reading gets no more
+//! deliveries once 256 KiB wait for it, as a socket's buffers would hold RabbitMQ back.
 //!
 //! ```
 //! use lepus::memory::MemoryBroker;
@@ -56,9 +68,15 @@ use crate::ReplyCode;
 /// Bytes the in-memory stream holds in each direction before a writer waits.
 const PIPE: usize = 256 * 1024;
 
-/// The process's brokers by name; a broker no connection or handle holds is gone.
-fn registry() -> MutexGuard<'static, HashMap<String, Weak<Shared>>> {
-    static REGISTRY: OnceLock<Mutex<HashMap<String, Weak<Shared>>>> = OnceLock::new();
+/// A name in the registry: a broker, or a link to one (see [`MemoryLink`]).
+struct Named {
+    broker: Weak<Shared>,
+    link: Option<u64>,
+}
+
+/// The process's brokers (and links) by name; a broker no connection or handle holds is gone.
+fn registry() -> MutexGuard<'static, HashMap<String, Named>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<String, Named>>> = OnceLock::new();
     REGISTRY
         .get_or_init(Default::default)
         .lock()
@@ -68,8 +86,6 @@ fn registry() -> MutexGuard<'static, HashMap<String, Weak<Shared>>> {
 struct Shared {
     name: String,
     state: Mutex<State>,
-    /// Stalled connections neither read nor write (see [`MemoryBroker::stall`]).
-    stalled: watch::Sender<bool>,
 }
 
 struct State {
@@ -83,6 +99,18 @@ struct State {
     timer_task: Option<tokio::task::JoinHandle<()>>,
     /// The deadline the timer task sleeps until.
     armed: Option<std::time::Instant>,
+    /// Every connection is frozen (see [`MemoryBroker::stall`]).
+    stalled: bool,
+    /// The links opened to this broker, by id.
+    links: HashMap<u64, LinkState>,
+    next_link: u64,
+}
+
+/// What a [`MemoryLink`] does to its connections.
+#[derive(Default)]
+struct LinkState {
+    frozen: bool,
+    accepted: usize,
 }
 
 impl Drop for Shared {
@@ -94,6 +122,10 @@ impl Drop for Shared {
 
 struct Slot {
     wake: Arc<Notify>,
+    /// The link the connection came through.
+    link: Option<u64>,
+    /// The connection neither reads nor writes while this holds true.
+    frozen: watch::Sender<bool>,
     /// Drop the stream without a close frame.
     kill: bool,
     /// The client closed its side.
@@ -109,6 +141,20 @@ impl Shared {
 }
 
 impl State {
+    /// Whether a connection through `link` is frozen now.
+    fn frozen(&self, link: Option<u64>) -> bool {
+        self.stalled || link.is_some_and(|l| self.links.get(&l).is_some_and(|s| s.frozen))
+    }
+
+    /// Tells every connection whether it is frozen now.
+    fn refreeze(&self) {
+        for slot in self.conns.values() {
+            let frozen = self.frozen(slot.link);
+            slot.frozen
+                .send_if_modified(|f| std::mem::replace(f, frozen) != frozen);
+        }
+    }
+
     /// Wakes the writer of every connection the broker produced output for, and the timer
     /// task when the broker's next deadline moved earlier.
     fn wake_all(&mut self) {
@@ -164,23 +210,22 @@ impl MemoryBroker {
     /// [`Error::InvalidArgument`] when a broker of that name exists already.
     pub fn create(name: &str, config: BrokerConfig) -> Result<Self> {
         let mut registry = registry();
-        if registry.get(name).and_then(Weak::upgrade).is_some() {
+        if registry
+            .get(name)
+            .and_then(|n| n.broker.upgrade())
+            .is_some()
+        {
             return Err(Error::InvalidArgument(format!(
                 "the in-memory broker {name:?} exists already"
             )));
         }
         let shared = new_shared(name, config);
-        registry.insert(name.to_owned(), Arc::downgrade(&shared));
+        registry.insert(name.to_owned(), Named::broker(&shared));
         Ok(Self { shared })
     }
 
     fn get_or_create(name: &str, config: Option<BrokerConfig>) -> Self {
-        let mut registry = registry();
-        if let Some(shared) = registry.get(name).and_then(Weak::upgrade) {
-            return Self { shared };
-        }
-        let shared = new_shared(name, config.unwrap_or_default());
-        registry.insert(name.to_owned(), Arc::downgrade(&shared));
+        let (shared, _) = resolve(name, config);
         Self { shared }
     }
 
@@ -236,7 +281,35 @@ impl MemoryBroker {
     /// Stops (`true`) or resumes (`false`) reading from and writing to every connection, so
     /// the broker looks hung: clients see their heartbeats and timeouts fire.
     pub fn stall(&self, stalled: bool) {
-        self.shared.stalled.send_replace(stalled);
+        let mut state = self.shared.lock();
+        state.stalled = stalled;
+        state.refreeze();
+    }
+
+    /// A link to this broker: connections made to [`MemoryLink::url`] reach this broker, and
+    /// the link can cut or freeze them alone, as a network between one client and the broker
+    /// would, while other connections go on.
+    pub fn link(&self) -> MemoryLink {
+        let id = {
+            let mut state = self.shared.lock();
+            state.next_link += 1;
+            let id = state.next_link;
+            state.links.insert(id, LinkState::default());
+            id
+        };
+        let name = format!("{}~link-{id}", self.shared.name);
+        registry().insert(
+            name.clone(),
+            Named {
+                broker: Arc::downgrade(&self.shared),
+                link: Some(id),
+            },
+        );
+        MemoryLink {
+            shared: Arc::clone(&self.shared),
+            id,
+            name,
+        }
     }
 
     /// Refuses new connections for `period` (as a broker that is down would), to exercise
@@ -261,6 +334,108 @@ impl MemoryBroker {
     }
 }
 
+/// A network link between clients and an in-memory broker (see [`MemoryBroker::link`]): what a
+/// test proxy is to a TCP broker. Dropped, it stops taking new connections.
+pub struct MemoryLink {
+    shared: Arc<Shared>,
+    id: u64,
+    name: String,
+}
+
+impl std::fmt::Debug for MemoryLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryLink")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryLink {
+    /// The URL that connects to the broker through this link.
+    pub fn url(&self) -> String {
+        format!("memory://{}", self.name)
+    }
+
+    /// The name to connect to (the URL's host part).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Ends every connection made through the link, without a close frame, as a lost network
+    /// would; later connections through it work.
+    pub fn cut(&self) {
+        let mut state = self.shared.lock();
+        for slot in state.conns.values_mut() {
+            if slot.link == Some(self.id) {
+                slot.kill = true;
+                slot.wake.notify_one();
+            }
+        }
+    }
+
+    /// Stops passing bytes either way on the link's connections (new ones included) until
+    /// [`thaw`](Self::thaw): a network that went silent.
+    pub fn freeze(&self) {
+        self.set_frozen(true);
+    }
+
+    /// Passes bytes again after [`freeze`](Self::freeze).
+    pub fn thaw(&self) {
+        self.set_frozen(false);
+    }
+
+    fn set_frozen(&self, frozen: bool) {
+        let mut state = self.shared.lock();
+        if let Some(link) = state.links.get_mut(&self.id) {
+            link.frozen = frozen;
+        }
+        state.refreeze();
+    }
+
+    /// How many connections were made through the link.
+    pub fn accepted(&self) -> usize {
+        self.shared
+            .lock()
+            .links
+            .get(&self.id)
+            .map_or(0, |l| l.accepted)
+    }
+}
+
+impl Drop for MemoryLink {
+    fn drop(&mut self) {
+        registry().remove(&self.name);
+        let mut state = self.shared.lock();
+        if let Some(link) = state.links.get_mut(&self.id) {
+            link.frozen = false;
+        }
+        state.refreeze();
+    }
+}
+
+impl Named {
+    fn broker(shared: &Arc<Shared>) -> Self {
+        Self {
+            broker: Arc::downgrade(shared),
+            link: None,
+        }
+    }
+}
+
+/// The broker (and link) `name` reaches, creating the broker with `config` (or the default
+/// one) when no broker has that name.
+fn resolve(name: &str, config: Option<BrokerConfig>) -> (Arc<Shared>, Option<u64>) {
+    let mut registry = registry();
+    if let Some(named) = registry.get(name) {
+        if let Some(shared) = named.broker.upgrade() {
+            return (shared, named.link);
+        }
+    }
+    let shared = new_shared(name, config.unwrap_or_default());
+    registry.insert(name.to_owned(), Named::broker(&shared));
+    (shared, None)
+}
+
 fn new_shared(name: &str, config: BrokerConfig) -> Arc<Shared> {
     Arc::new(Shared {
         name: name.to_owned(),
@@ -271,17 +446,18 @@ fn new_shared(name: &str, config: BrokerConfig) -> Arc<Shared> {
             timer: Arc::new(Notify::new()),
             timer_task: None,
             armed: None,
+            stalled: false,
+            links: HashMap::new(),
+            next_link: 0,
         }),
-        stalled: watch::Sender::new(false),
     })
 }
 
 /// Opens a stream to the in-memory broker `options` name and starts serving it.
 pub(crate) async fn connect(options: &ConnectionOptions) -> Result<Streams> {
-    let handle = MemoryBroker::named(&options.host);
-    let shared = handle.shared;
+    let (shared, link) = resolve(&options.host, None);
     let (client, server) = tokio::io::duplex(PIPE);
-    let (id, wake) = {
+    let (id, wake, frozen) = {
         let mut state = shared.lock();
         if state.refuse_until.is_some_and(|t| Instant::now() < t) {
             return Err(Error::Connect {
@@ -302,25 +478,39 @@ pub(crate) async fn connect(options: &ConnectionOptions) -> Result<Streams> {
         }
         let id = state.broker.open_connection(now());
         let wake = Arc::new(Notify::new());
+        let frozen = watch::Sender::new(state.frozen(link));
+        let receiver = frozen.subscribe();
+        if let Some(l) = link.and_then(|l| state.links.get_mut(&l)) {
+            l.accepted += 1;
+        }
         state.conns.insert(
             id,
             Slot {
                 wake: Arc::clone(&wake),
+                link,
+                frozen,
                 kill: false,
                 eof: false,
             },
         );
-        (id, wake)
+        (id, wake, receiver)
     };
     let (read, write) = tokio::io::split(server);
-    let reader = tokio::spawn(serve_input(Arc::clone(&shared), id, read));
-    tokio::spawn(serve_output(shared, id, write, wake, reader.abort_handle()));
+    let reader = tokio::spawn(serve_input(Arc::clone(&shared), id, read, frozen.clone()));
+    tokio::spawn(serve_output(
+        shared,
+        id,
+        write,
+        wake,
+        frozen,
+        reader.abort_handle(),
+    ));
     let (r, w) = tokio::io::split(client);
     Ok((Box::new(r), Box::new(w), None))
 }
 
-/// Waits while the broker is stalled.
-async fn unstalled(rx: &mut watch::Receiver<bool>) {
+/// Waits while the connection is frozen.
+async fn unfrozen(rx: &mut watch::Receiver<bool>) {
     while *rx.borrow_and_update() {
         if rx.changed().await.is_err() {
             return;
@@ -329,17 +519,21 @@ async fn unstalled(rx: &mut watch::Receiver<bool>) {
 }
 
 /// Reads what the client sends and hands it to the broker.
-async fn serve_input(shared: Arc<Shared>, id: ConnId, mut read: tokio::io::ReadHalf<DuplexStream>) {
+async fn serve_input(
+    shared: Arc<Shared>,
+    id: ConnId,
+    mut read: tokio::io::ReadHalf<DuplexStream>,
+    mut frozen: watch::Receiver<bool>,
+) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut stalled = shared.stalled.subscribe();
     loop {
-        unstalled(&mut stalled).await;
+        unfrozen(&mut frozen).await;
         if buf.capacity() - buf.len() < 16 * 1024 {
             buf.reserve(64 * 1024);
         }
         match read.read_buf(&mut buf).await {
             Ok(n) if n > 0 => {
-                unstalled(&mut stalled).await;
+                unfrozen(&mut frozen).await;
                 let mut state = shared.lock();
                 state.broker.handle_input(id, now(), &mut buf);
                 state.wake_all();
@@ -361,16 +555,15 @@ async fn serve_output(
     id: ConnId,
     mut write: tokio::io::WriteHalf<DuplexStream>,
     wake: Arc<Notify>,
+    mut frozen: watch::Receiver<bool>,
     reader: tokio::task::AbortHandle,
 ) {
-    let mut stalled = shared.stalled.subscribe();
     let guard = Ending {
         shared: Arc::clone(&shared),
         id,
         reader,
     };
     loop {
-        unstalled(&mut stalled).await;
         let (out, close) = {
             let mut state = shared.lock();
             let (kill, eof) = state
@@ -380,8 +573,12 @@ async fn serve_output(
             if kill || eof {
                 break;
             }
-            let out = state.broker.take_output(id, now());
-            (out, state.broker.wants_close(id))
+            if *frozen.borrow_and_update() {
+                (None, false)
+            } else {
+                let out = state.broker.take_output(id, now());
+                (out, state.broker.wants_close(id))
+            }
         };
         if let Some(out) = out {
             if write.write_all(&out).await.is_err() {
@@ -392,7 +589,10 @@ async fn serve_output(
         if close {
             break;
         }
-        wake.notified().await;
+        tokio::select! {
+            () = wake.notified() => {}
+            _ = frozen.changed() => {}
+        }
     }
     let _ = write.shutdown().await;
     drop(guard);

@@ -564,13 +564,10 @@ fn a_confirm_handle_ends_with_the_channel_error() {
 
 #[test]
 fn a_confirm_handle_times_out_when_the_broker_goes_silent() {
-    if support::proxy::rabbitmq_only("a_confirm_handle_times_out_when_the_broker_goes_silent") {
-        return;
-    }
     let rt = tokio::runtime::Runtime::new().unwrap();
     let proxy = rt.block_on(support::proxy::Proxy::start(support::proxy::broker_addr()));
     let mut options = support::options();
-    options.address(proxy.addr.ip().to_string(), proxy.addr.port());
+    proxy.route(&mut options);
     let conn = connect_with(options);
     let ch = conn.open_channel().unwrap();
     let q = temp_queue(&ch, "bsilent");

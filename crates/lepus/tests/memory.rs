@@ -310,3 +310,40 @@ async fn message_ttl_and_queue_expiry_run_on_tokios_clock() {
     assert!(conn.is_open());
     conn.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_link_cuts_and_freezes_its_own_connections_only() {
+    let broker = MemoryBroker::named("memory-link");
+    let link = broker.link();
+    let mut options = ConnectionOptions::from_uri(&link.url()).unwrap();
+    options.recovery(RecoveryPolicy::disabled());
+    let through = Connection::connect_with(options).await.unwrap();
+    let direct = Connection::connect(&broker.url()).await.unwrap();
+    assert_eq!((link.accepted(), broker.connection_count()), (1, 2));
+    // Frozen, the link holds back a reply; thawed, it comes.
+    let ch = through.open_channel().await.unwrap();
+    link.freeze();
+    let declare = tokio::spawn(async move {
+        ch.queue_declare("linked", QueueDeclareOptions::default())
+            .await
+            .map(|_| ())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!declare.is_finished());
+    assert!(broker.queue("linked").is_none(), "the broker saw nothing");
+    link.thaw();
+    declare.await.unwrap().unwrap();
+    assert!(broker.queue("linked").is_some());
+    // Cut, the link's connection is lost; the direct one goes on.
+    link.cut();
+    let err = tokio::time::timeout(Duration::from_secs(5), through.closed())
+        .await
+        .unwrap();
+    assert!(
+        matches!(err, Error::ConnectionClosed(ConnectionError::TransportClosed(_))),
+        "{err}"
+    );
+    assert!(direct.is_open());
+    direct.open_channel().await.unwrap();
+    direct.close().await.unwrap();
+}

@@ -18,6 +18,11 @@ use crate::broker::{Clock, ConnId, Vhost};
 
 const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
+/// Output a connection may hold unwritten before its consumers get nothing more: what a
+/// socket's buffers are to RabbitMQ, so a client that stops reading leaves the messages in
+/// their queues instead of in the broker's output.
+pub(crate) const OUT_HIGH_WATER: usize = 256 * 1024;
+
 /// How a delivery is settled.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Settle {
@@ -1204,6 +1209,7 @@ fn choose(q: &Queue, conns: &std::collections::BTreeMap<ConnId, Conn>) -> Option
     let has_room = |c: &ConsumerRef| {
         conns
             .get(&c.conn)
+            .filter(|conn| conn.out.len() < OUT_HIGH_WATER)
             .and_then(|conn| conn.channels.get(&c.channel))
             .is_some_and(|ch| ch.can_take(&c.tag))
     };

@@ -22,6 +22,9 @@ pub(crate) struct Proxy {
     /// Connections accepted so far.
     accepted: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
+    /// On `memory://`, the proxy is a link to the in-memory broker, which cuts and freezes
+    /// the connections made through it the same way.
+    link: Option<lepus::memory::MemoryLink>,
 }
 
 /// How the proxy passes on what the broker sends: at most `chunk` bytes per write, with a
@@ -64,6 +67,21 @@ impl Proxy {
         up: Option<Pace>,
         down: Option<Pace>,
     ) -> Self {
+        if let Some(broker) = memory_broker() {
+            assert!(
+                up.is_none() && down.is_none(),
+                "a memory:// link cannot pace bytes"
+            );
+            return Self {
+                addr: listen,
+                frozen: Arc::new(AtomicBool::new(false)),
+                sent_upstream: Arc::default(),
+                cut: tokio::sync::watch::Sender::new(0),
+                accepted: Arc::default(),
+                task: tokio::spawn(async {}),
+                link: Some(broker.link()),
+            };
+        }
         let listener = TcpListener::bind(listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let frozen = Arc::new(AtomicBool::new(false));
@@ -105,32 +123,54 @@ impl Proxy {
             cut,
             accepted,
             task,
+            link: None,
         }
+    }
+
+    /// Points `options` at the proxy.
+    pub(crate) fn route(&self, options: &mut lepus::ConnectionOptions) {
+        match &self.link {
+            Some(link) => options.address(link.name(), 0),
+            None => options.address(self.addr.ip().to_string(), self.addr.port()),
+        };
     }
 
     /// Closes every proxied connection at once; bytes not yet forwarded are lost. Connections
     /// accepted later are forwarded as usual.
     pub(crate) fn cut(&self) {
+        if let Some(link) = &self.link {
+            link.cut();
+        }
         self.cut.send_modify(|cuts| *cuts += 1);
     }
 
     /// How many connections the proxy accepted so far.
     pub(crate) fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
+        match &self.link {
+            Some(link) => link.accepted(),
+            None => self.accepted.load(Ordering::SeqCst),
+        }
     }
 
     /// Stops forwarding in both directions; sockets stay open, bytes are held back.
     pub(crate) fn freeze(&self) {
+        if let Some(link) = &self.link {
+            link.freeze();
+        }
         self.frozen.store(true, Ordering::SeqCst);
     }
 
     /// Every byte clients sent through the proxy to the broker so far.
     pub(crate) fn sent_upstream(&self) -> Vec<u8> {
+        assert!(self.link.is_none(), "a memory:// link records no bytes");
         self.sent_upstream.lock().unwrap().clone()
     }
 
     /// Forwards again what was held back, and everything after it.
     pub(crate) fn thaw(&self) {
+        if let Some(link) = &self.link {
+            link.thaw();
+        }
         self.frozen.store(false, Ordering::SeqCst);
     }
 }
@@ -181,7 +221,7 @@ pub(crate) async fn through(
     configure: impl FnOnce(&mut lepus::ConnectionOptions),
 ) -> lepus::Connection {
     let mut o = super::options();
-    o.address(proxy.addr.ip().to_string(), proxy.addr.port());
+    proxy.route(&mut o);
     configure(&mut o);
     lepus::Connection::connect_with(o).await.unwrap()
 }
@@ -201,6 +241,10 @@ pub(crate) async fn black_hole() -> (SocketAddr, tokio::task::JoinHandle<()>) {
 
 /// The broker's address, from the test URL.
 pub(crate) fn broker_addr() -> SocketAddr {
+    if memory_broker().is_some() {
+        // A proxy on memory:// is a link to the broker, not a TCP forwarder.
+        return "127.0.0.1:0".parse().unwrap();
+    }
     let uri = lepus::uri::AmqpUri::parse(&super::url()).unwrap();
     let host = if uri.host == "localhost" {
         "127.0.0.1".to_string()
@@ -219,4 +263,11 @@ pub(crate) fn rabbitmq_only(test: &str) -> bool {
         eprintln!("{test}: RabbitMQ only (TCP-level behaviour), skipped on memory://");
     }
     memory
+}
+
+/// The in-memory broker the tests run against, when the test URL is `memory://`.
+fn memory_broker() -> Option<lepus::memory::MemoryBroker> {
+    let uri = lepus::uri::AmqpUri::parse(&super::url()).ok()?;
+    (uri.scheme == lepus::uri::Scheme::Memory)
+        .then(|| lepus::memory::MemoryBroker::named(&uri.host))
 }
