@@ -340,7 +340,10 @@ async fn a_link_cuts_and_freezes_its_own_connections_only() {
         .await
         .unwrap();
     assert!(
-        matches!(err, Error::ConnectionClosed(ConnectionError::TransportClosed(_))),
+        matches!(
+            err,
+            Error::ConnectionClosed(ConnectionError::TransportClosed(_))
+        ),
         "{err}"
     );
     assert!(direct.is_open());
