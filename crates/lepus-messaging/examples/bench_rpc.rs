@@ -16,7 +16,7 @@
 //! python crates/lepus-messaging/tests/interop/kombu_peer.py rpc-bench --url amqp://guest:guest@127.0.0.1:5672// --n 10000 --inflight 100
 //! ```
 //!
-//! `AMQP_URL` names the broker (default: the local one). The server confirms its replies
+//! `AMQP_URL` names the broker (default: `memory://`, the in-process one). The server confirms its replies
 //! before acknowledging each request (lepus's default); `CONFIRM_REPLIES=0` turns that off,
 //! as kombu publishes without confirms. Ten untimed calls warm up first.
 
@@ -70,8 +70,7 @@ async fn run() -> Result<(), BoxError> {
     if inflights.is_empty() {
         inflights = vec![1, 100];
     }
-    let url = std::env::var("AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string());
+    let url = std::env::var("AMQP_URL").unwrap_or_else(|_| "memory://".to_string());
     let confirm_replies = std::env::var("CONFIRM_REPLIES").map_or(true, |v| v != "0");
 
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();

@@ -186,10 +186,9 @@ pub(crate) fn args(program: &str) -> Option<(String, u64)> {
     Some((workload, n))
 }
 
-/// `AMQP_URL`, or the local broker.
+/// `AMQP_URL` (the harness always sets it), or `memory://`.
 pub(crate) fn url() -> String {
-    std::env::var("AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string())
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "memory://".to_string())
 }
 
 /// A queue name unique to this run, with the `bench.<client>.` prefix `run.sh` cleans up by.
