@@ -71,6 +71,7 @@ conformance! {
     // Handshake.
     handshake_server_properties_and_tuning,
     wrong_password_is_access_refused,
+    amqplain_logs_in_and_is_refused_by_name,
     unknown_vhost_is_not_allowed,
     // Exchanges.
     direct_exchange_routes_on_the_exact_key,
@@ -544,6 +545,29 @@ async fn wrong_password_is_access_refused(url: String) {
     assert_eq!(
         close.text,
         "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. \
+         For details see the broker logfile."
+    );
+}
+
+async fn amqplain_logs_in_and_is_refused_by_name(url: String) {
+    // The URL's query picks the mechanism; the test URL may already have a query.
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let good = format!("{url}{sep}auth_mechanism=AMQPLAIN");
+    let conn = Connection::connect(&good).await.unwrap();
+    conn.close().await.unwrap();
+    let mut options = ConnectionOptions::from_uri(&good).unwrap();
+    options.sasl(lepus::Sasl::AmqPlain {
+        username: "guest".into(),
+        password: "wrong-password".into(),
+    });
+    let err = Connection::connect_with(options).await.unwrap_err();
+    let Error::AuthenticationFailed(close) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(close.code, ReplyCode::ACCESS_REFUSED);
+    assert_eq!(
+        close.text,
+        "ACCESS_REFUSED - Login was refused using authentication mechanism AMQPLAIN. \
          For details see the broker logfile."
     );
 }
