@@ -350,3 +350,52 @@ async fn a_link_cuts_and_freezes_its_own_connections_only() {
     direct.open_channel().await.unwrap();
     direct.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_message_over_the_size_limit_closes_the_channel_with_rabbitmqs_words() {
+    let config = BrokerConfig {
+        max_message_size: 1024,
+        ..BrokerConfig::default()
+    };
+    let broker = MemoryBroker::create("memory-max-size", config).unwrap();
+    let conn = Connection::connect(&broker.url()).await.unwrap();
+    let ch = conn.open_channel().await.unwrap();
+    declare(&ch, "small", FieldTable::new()).await;
+    ch.confirm_select().await.unwrap();
+    let fits = vec![b'x'; 1024];
+    ch.basic_publish(
+        "",
+        "small",
+        BasicPublishOptions::default(),
+        &BasicProperties::default(),
+        fits,
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let too_big = vec![b'x'; 1025];
+    let sent = ch
+        .basic_publish(
+            "",
+            "small",
+            BasicPublishOptions::default(),
+            &BasicProperties::default(),
+            too_big,
+        )
+        .await;
+    let err = match sent {
+        Ok(confirm) => confirm.await.unwrap_err(),
+        Err(e) => e,
+    };
+    let Error::ChannelClosed(close) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(close.code, ReplyCode::PRECONDITION_FAILED);
+    assert_eq!(
+        close.text,
+        "PRECONDITION_FAILED - message size 1025 is larger than configured max size 1024"
+    );
+    assert_eq!(broker.queue("small").unwrap().messages_ready, 1);
+    conn.close().await.unwrap();
+}
