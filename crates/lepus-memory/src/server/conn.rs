@@ -143,6 +143,8 @@ pub(crate) struct Conn {
     pub(crate) close_transport: bool,
     /// Already in the broker's list of connections with output.
     pub(crate) woken: bool,
+    /// Deliveries held back because the output was over its high-water mark when taken.
+    pub(crate) throttled: bool,
 }
 
 impl Conn {
@@ -163,6 +165,7 @@ impl Conn {
             last_sent: now,
             close_transport: false,
             woken: false,
+            throttled: false,
         }
     }
 

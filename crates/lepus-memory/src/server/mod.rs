@@ -194,24 +194,31 @@ impl Broker {
 
     /// Takes the bytes to write to connection `id`'s client.
     ///
-    /// A connection whose output had grown past what a socket would hold gets deliveries again
-    /// once it is taken, so poll [`poll_woken`](Self::poll_woken) afterwards.
+    /// A connection whose output had grown past what a socket would hold gets deliveries
+    /// again once that output was taken and written: the next call (after the write) runs
+    /// them, and may return more.
     pub fn take_output(&mut self, id: ConnId, now: Instant) -> Option<bytes::Bytes> {
         let conn = self.conns.get_mut(&id)?;
         if conn.out.is_empty() {
-            return None;
-        }
-        conn.last_sent = now;
-        let throttled = conn.out.len() >= basic::OUT_HIGH_WATER;
-        let out = conn.out.split().freeze();
-        if throttled {
+            if !conn.throttled {
+                return None;
+            }
+            conn.throttled = false;
             let channels: Vec<u16> = conn.channels.keys().copied().collect();
             for channel in channels {
                 self.redispatch_channel(id, channel);
             }
             self.run_pending(now);
         }
-        Some(out)
+        let conn = self.conns.get_mut(&id)?;
+        if conn.out.is_empty() {
+            return None;
+        }
+        conn.last_sent = now;
+        if conn.out.len() >= basic::OUT_HIGH_WATER {
+            conn.throttled = true;
+        }
+        Some(conn.out.split().freeze())
     }
 
     /// Whether the stream of connection `id` should be closed once its output is written.

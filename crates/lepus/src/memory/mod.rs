@@ -56,9 +56,10 @@ use std::time::Duration;
 use bytes::BytesMut;
 use lepus_memory::Broker;
 pub use lepus_memory::{BrokerConfig, ConnId, ExchangeInfo, ExchangeKind, QueueInfo};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
+
+mod pipe;
 
 use crate::config::ConnectionOptions;
 use crate::error::{Error, Result};
@@ -456,7 +457,8 @@ fn new_shared(name: &str, config: BrokerConfig) -> Arc<Shared> {
 /// Opens a stream to the in-memory broker `options` name and starts serving it.
 pub(crate) async fn connect(options: &ConnectionOptions) -> Result<Streams> {
     let (shared, link) = resolve(&options.host, None);
-    let (client, server) = tokio::io::duplex(PIPE);
+    let (client_read, client_write, server) = pipe::pipe(PIPE);
+    let server = Arc::new(server);
     let (id, wake, frozen) = {
         let mut state = shared.lock();
         if state.refuse_until.is_some_and(|t| Instant::now() < t) {
@@ -495,18 +497,21 @@ pub(crate) async fn connect(options: &ConnectionOptions) -> Result<Streams> {
         );
         (id, wake, receiver)
     };
-    let (read, write) = tokio::io::split(server);
-    let reader = tokio::spawn(serve_input(Arc::clone(&shared), id, read, frozen.clone()));
+    let reader = tokio::spawn(serve_input(
+        Arc::clone(&shared),
+        id,
+        Arc::clone(&server),
+        frozen.clone(),
+    ));
     tokio::spawn(serve_output(
         shared,
         id,
-        write,
+        server,
         wake,
         frozen,
         reader.abort_handle(),
     ));
-    let (r, w) = tokio::io::split(client);
-    Ok((Box::new(r), Box::new(w), None))
+    Ok((Box::new(client_read), Box::new(client_write), None))
 }
 
 /// Waits while the connection is frozen.
@@ -522,23 +527,26 @@ async fn unfrozen(rx: &mut watch::Receiver<bool>) {
 async fn serve_input(
     shared: Arc<Shared>,
     id: ConnId,
-    mut read: tokio::io::ReadHalf<DuplexStream>,
+    pipe: Arc<pipe::BrokerSide>,
     mut frozen: watch::Receiver<bool>,
 ) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    // What the client sent; a partial frame waits here for the rest.
+    let mut buf = BytesMut::new();
     loop {
         unfrozen(&mut frozen).await;
-        if buf.capacity() - buf.len() < 16 * 1024 {
-            buf.reserve(64 * 1024);
-        }
-        match read.read_buf(&mut buf).await {
-            Ok(n) if n > 0 => {
+        match pipe.take().await {
+            Some(chunk) => {
+                if buf.is_empty() {
+                    buf = chunk;
+                } else {
+                    buf.extend_from_slice(&chunk);
+                }
                 unfrozen(&mut frozen).await;
                 let mut state = shared.lock();
                 state.broker.handle_input(id, now(), &mut buf);
                 state.wake_all();
             }
-            _ => break,
+            None => break,
         }
     }
     let mut state = shared.lock();
@@ -553,7 +561,7 @@ async fn serve_input(
 async fn serve_output(
     shared: Arc<Shared>,
     id: ConnId,
-    mut write: tokio::io::WriteHalf<DuplexStream>,
+    pipe: Arc<pipe::BrokerSide>,
     wake: Arc<Notify>,
     mut frozen: watch::Receiver<bool>,
     reader: tokio::task::AbortHandle,
@@ -581,7 +589,7 @@ async fn serve_output(
             }
         };
         if let Some(out) = out {
-            if write.write_all(&out).await.is_err() {
+            if pipe.send(&out).await.is_err() {
                 break;
             }
             continue;
@@ -594,7 +602,7 @@ async fn serve_output(
             _ = frozen.changed() => {}
         }
     }
-    let _ = write.shutdown().await;
+    pipe.close();
     drop(guard);
 }
 
