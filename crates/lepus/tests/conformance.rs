@@ -20,7 +20,8 @@ use lepus::{
     BasicConsumeOptions, BasicProperties, BasicPublishOptions, BasicQosOptions, BindOptions,
     Channel, Close, Confirmation, Connection, ConnectionError, ConnectionOptions, Consumer,
     Delivery, Error, ExchangeDeclareOptions, ExchangeDeleteOptions, ExchangeKind, FieldTable,
-    FieldValue, GetMessage, QueueDeclareOptions, QueueDeleteOptions, ReplyCode, ShortStr,
+    FieldValue, GetMessage, Heartbeat, QueueDeclareOptions, QueueDeleteOptions, ReplyCode,
+    ShortStr,
 };
 
 /// The real broker: `AMQP_URL`, or the local RabbitMQ.
@@ -72,6 +73,8 @@ conformance! {
     handshake_server_properties_and_tuning,
     wrong_password_is_access_refused,
     amqplain_logs_in_and_is_refused_by_name,
+    tune_takes_the_smaller_limits,
+    prefetch_size_is_not_implemented,
     unknown_vhost_is_not_allowed,
     // Exchanges.
     direct_exchange_routes_on_the_exact_key,
@@ -570,6 +573,55 @@ async fn amqplain_logs_in_and_is_refused_by_name(url: String) {
         "ACCESS_REFUSED - Login was refused using authentication mechanism AMQPLAIN. \
          For details see the broker logfile."
     );
+}
+
+async fn tune_takes_the_smaller_limits(url: String) {
+    let mut options = ConnectionOptions::from_uri(&url).unwrap();
+    options
+        .channel_max(10)
+        .frame_max(8192)
+        .heartbeat(Heartbeat::Secs(7));
+    let conn = Connection::connect_with(options).await.unwrap();
+    let n = conn.negotiated();
+    assert_eq!((n.channel_max, n.frame_max, n.heartbeat), (10, 8192, 7));
+    // A body larger than the frame goes in several frames, and comes back whole.
+    let ch = conn.open_channel().await.unwrap();
+    let q = plain_queue(&ch, "tune").await;
+    let body = "x".repeat(20_000);
+    ch.basic_publish(
+        "",
+        &q,
+        BasicPublishOptions::default(),
+        &props(),
+        body.clone(),
+    )
+    .await
+    .unwrap();
+    let got = get(&ch, &q, true).await;
+    assert_eq!(text(&got.delivery.body), body);
+    delete_queue(&ch, &q).await;
+    conn.close().await.unwrap();
+}
+
+async fn prefetch_size_is_not_implemented(url: String) {
+    let (conn, ch) = open(&url).await;
+    // RabbitMQ refuses a byte limit on prefetch, and closes the whole connection for it.
+    let err = ch
+        .basic_qos(
+            10,
+            BasicQosOptions {
+                prefetch_size: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    let Error::ConnectionClosed(ConnectionError::ServerClosed(close)) = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(close.code, ReplyCode::NOT_IMPLEMENTED);
+    assert_eq!(close.text, "NOT_IMPLEMENTED - prefetch_size!=0 (1)");
+    assert!(!conn.is_open());
 }
 
 async fn unknown_vhost_is_not_allowed(url: String) {
