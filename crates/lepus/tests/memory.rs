@@ -399,3 +399,50 @@ async fn a_message_over_the_size_limit_closes_the_channel_with_rabbitmqs_words()
     assert_eq!(broker.queue("small").unwrap().messages_ready, 1);
     conn.close().await.unwrap();
 }
+
+#[test]
+fn a_connection_whose_runtime_ends_is_released_in_the_broker() {
+    let broker = MemoryBroker::named("memory-runtime-end");
+    let first = tokio::runtime::Runtime::new().unwrap();
+    first.block_on(async {
+        let conn = Connection::connect(&broker.url()).await.unwrap();
+        let ch = conn.open_channel().await.unwrap();
+        declare(&ch, "held", FieldTable::new()).await;
+        publish(&ch, "held", "one").await;
+        let mut consumer = ch
+            .basic_consume("held", "", BasicConsumeOptions::default())
+            .await
+            .unwrap();
+        let held = consumer.recv().await.unwrap().unwrap();
+        assert_eq!(&held.body[..], b"one");
+        // Neither acked nor closed: the runtime ends under the connection.
+        std::mem::forget(held);
+        std::mem::forget(consumer);
+        std::mem::forget(conn);
+    });
+    assert_eq!(broker.queue("held").unwrap().messages_unacknowledged, 1);
+    drop(first);
+    // The broker released the connection: its unacked message is ready again, its consumer
+    // gone, and another runtime's connection gets the message, redelivered.
+    let info = broker.queue("held").unwrap();
+    assert_eq!(
+        (
+            info.messages_ready,
+            info.messages_unacknowledged,
+            info.consumers
+        ),
+        (1, 0, 0)
+    );
+    assert_eq!(broker.connection_count(), 0);
+    let second = tokio::runtime::Runtime::new().unwrap();
+    second.block_on(async {
+        let conn = Connection::connect(&broker.url()).await.unwrap();
+        let ch = conn.open_channel().await.unwrap();
+        let got = ch.basic_get("held", true).await.unwrap().unwrap();
+        assert_eq!(
+            (&got.delivery.body[..], got.delivery.redelivered),
+            (&b"one"[..], true)
+        );
+        conn.close().await.unwrap();
+    });
+}

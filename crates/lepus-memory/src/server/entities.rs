@@ -117,7 +117,6 @@ impl Broker {
         id: ConnId,
         channel: u16,
         m: exchange_m::Declare,
-        _now: Instant,
     ) -> Res {
         let vname = self.vhost_of(id);
         let name = m.exchange.to_string_lossy().into_owned();
@@ -229,12 +228,12 @@ impl Broker {
     }
 
     /// Removes an exchange and every binding to it.
-    fn delete_exchange(&mut self, vname: &str, name: &str, _now: Instant) {
+    fn delete_exchange(&mut self, vname: &str, name: &str, now: Instant) {
         let Some(vhost) = self.vhosts.get_mut(vname) else {
             return;
         };
         vhost.exchanges.remove(name);
-        self.unbind_everywhere(vname, &Destination::Exchange(name.to_owned()), _now);
+        self.unbind_everywhere(vname, &Destination::Exchange(name.to_owned()), now);
     }
 
     /// Removes every binding to `gone`; auto-delete exchanges left without bindings go too.
@@ -532,13 +531,7 @@ impl Broker {
         self.change_binding(&vname, &exchange, binding, bind, now)
     }
 
-    pub(crate) fn queue_purge(
-        &mut self,
-        id: ConnId,
-        channel: u16,
-        m: queue_m::Purge,
-        _now: Instant,
-    ) -> Res {
+    pub(crate) fn queue_purge(&mut self, id: ConnId, channel: u16, m: queue_m::Purge) -> Res {
         let vname = self.vhost_of(id);
         let name = self.queue_name(id, channel, &m.queue)?;
         let vhost = self

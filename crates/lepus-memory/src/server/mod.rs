@@ -229,15 +229,8 @@ impl Broker {
     /// The client's stream ended (or the driver dropped it): everything the connection held
     /// is released as RabbitMQ releases it (unacked messages requeued, exclusive queues deleted).
     pub fn connection_lost(&mut self, id: ConnId, now: Instant) {
-        if let Some(conn) = self.conns.get(&id) {
-            let channels: Vec<u16> = conn.channels.keys().copied().collect();
-            for ch in channels {
-                self.release_channel(id, ch, now);
-            }
-        }
+        self.connection_lost_keep(id, now);
         self.conns.remove(&id);
-        self.reply_to.retain(|_, (c, _)| *c != id);
-        self.delete_exclusive_queues(id, now);
         self.run_pending(now);
     }
 
@@ -839,7 +832,7 @@ impl Broker {
                 );
                 Ok(())
             }
-            Method::ExchangeDeclare(m) => self.exchange_declare(id, channel, m, now),
+            Method::ExchangeDeclare(m) => self.exchange_declare(id, channel, m),
             Method::ExchangeDelete(m) => self.exchange_delete(id, channel, m, now),
             Method::ExchangeBind(m) => self.exchange_bind(id, channel, m, true, now),
             Method::ExchangeUnbind(m) => {
@@ -855,7 +848,7 @@ impl Broker {
             Method::QueueDeclare(m) => self.queue_declare(id, channel, m, now),
             Method::QueueBind(m) => self.queue_bind(id, channel, m, now),
             Method::QueueUnbind(m) => self.queue_unbind(id, channel, m, now),
-            Method::QueuePurge(m) => self.queue_purge(id, channel, m, now),
+            Method::QueuePurge(m) => self.queue_purge(id, channel, m),
             Method::QueueDelete(m) => self.queue_delete_method(id, channel, m, now),
             Method::BasicQos(m) => self.basic_qos(id, channel, m),
             Method::BasicConsume(m) => self.basic_consume(id, channel, m, now),

@@ -196,7 +196,9 @@ impl MemoryBroker {
     /// The broker `memory://NAME` reaches, created with the default configuration if it does
     /// not exist.
     pub fn named(name: &str) -> Self {
-        Self::get_or_create(name, None)
+        Self {
+            shared: resolve(name).0,
+        }
     }
 
     /// The process's default broker, which `memory://` reaches.
@@ -223,11 +225,6 @@ impl MemoryBroker {
         let shared = new_shared(name, config);
         registry.insert(name.to_owned(), Named::broker(&shared));
         Ok(Self { shared })
-    }
-
-    fn get_or_create(name: &str, config: Option<BrokerConfig>) -> Self {
-        let (shared, _) = resolve(name, config);
-        Self { shared }
     }
 
     /// The URL that connects to this broker.
@@ -423,16 +420,16 @@ impl Named {
     }
 }
 
-/// The broker (and link) `name` reaches, creating the broker with `config` (or the default
-/// one) when no broker has that name.
-fn resolve(name: &str, config: Option<BrokerConfig>) -> (Arc<Shared>, Option<u64>) {
+/// The broker (and link) `name` reaches, creating the broker with the default configuration
+/// when no broker has that name.
+fn resolve(name: &str) -> (Arc<Shared>, Option<u64>) {
     let mut registry = registry();
     if let Some(named) = registry.get(name) {
         if let Some(shared) = named.broker.upgrade() {
             return (shared, named.link);
         }
     }
-    let shared = new_shared(name, config.unwrap_or_default());
+    let shared = new_shared(name, BrokerConfig::default());
     registry.insert(name.to_owned(), Named::broker(&shared));
     (shared, None)
 }
@@ -456,7 +453,7 @@ fn new_shared(name: &str, config: BrokerConfig) -> Arc<Shared> {
 
 /// Opens a stream to the in-memory broker `options` name and starts serving it.
 pub(crate) async fn connect(options: &ConnectionOptions) -> Result<Streams> {
-    let (shared, link) = resolve(&options.host, None);
+    let (shared, link) = resolve(&options.host);
     let (client_read, client_write, server) = pipe::pipe(PIPE);
     let server = Arc::new(server);
     let (id, wake, frozen) = {
